@@ -1,0 +1,10 @@
+"""The one exception type for mistakes a user can make and fix.
+
+Library code raises `PoetsError` with a message that names the file or flag at
+fault and what to do about it; `retrain.py` and `label_image.py` catch it once
+and print it as a single line, without a traceback.
+"""
+
+
+class PoetsError(Exception):
+  """A problem with the user's input, files or environment, not a bug."""
