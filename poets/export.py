@@ -1,0 +1,133 @@
+"""Export: the frozen graph, the labels file and the SavedModel.
+
+The fifth stage. The frozen `.pb` is built from an evaluation graph (the
+module and the new layer, no training ops): the module is loaded afresh, the
+trained layer restored from the checkpoint, variables turned into constants,
+and everything `final_result` does not need pruned, functions included. Its
+input is `Placeholder` (float32 [None, H, W, 3] in [0, 1]) and its output the
+`--final_tensor_name` softmax, as in the original hub-based retrain.py.
+"""
+
+import os
+
+import tensorflow as tf
+
+from poets import files
+from poets import modules
+from poets import training
+from poets.errors import PoetsError
+
+INPUT_NAME = 'Placeholder'
+
+
+def _used_functions(graph_def):
+  """Names of the library functions reachable from the graph's nodes."""
+  by_name = {f.signature.name: f for f in graph_def.library.function}
+  used = set()
+
+  def visit(nodes):
+    for node in nodes:
+      for attr in node.attr.values():
+        names = [attr.func.name] if attr.HasField('func') else []
+        names += [f.name for f in attr.list.func]
+        for name in names:
+          if name in by_name and name not in used:
+            used.add(name)
+            visit(by_name[name].node_def)
+      if node.op in by_name and node.op not in used:
+        used.add(node.op)
+        visit(by_name[node.op].node_def)
+
+  visit(graph_def.node)
+  return used
+
+
+def prune_functions(graph_def):
+  """Drops library functions that no node calls (the loaded module keeps
+  every function of its SavedModel, most of them unused by inference)."""
+  used = _used_functions(graph_def)
+  kept = [f for f in graph_def.library.function if f.signature.name in used]
+  gradients = [g for g in graph_def.library.gradient
+               if g.function_name in used]
+  del graph_def.library.function[:]
+  graph_def.library.function.extend(kept)
+  del graph_def.library.gradient[:]
+  graph_def.library.gradient.extend(gradients)
+  return graph_def
+
+
+def frozen_graph_def(module_spec, class_count, final_tensor_name,
+                     checkpoint_path, model_dir=None, input_size=None):
+  """The evaluation graph with the trained layer, frozen and pruned."""
+  graph = tf.Graph()
+  with graph.as_default():
+    module = modules.load_module(module_spec, model_dir, input_size)
+    height, width = module.image_size
+    resized_input = tf.compat.v1.placeholder(
+        tf.float32, [None, height, width, 3], name=INPUT_NAME)
+    if resized_input.op.name != INPUT_NAME:
+      raise AssertionError(f'input placeholder became {resized_input.name}')
+    layer = training.add_final_retrain_ops(class_count, final_tensor_name,
+                                           module.apply(resized_input))
+    init = tf.compat.v1.global_variables_initializer()
+    saver = tf.compat.v1.train.Saver(tf.compat.v1.get_collection(
+        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, scope='final_retrain_ops'))
+  with tf.compat.v1.Session(graph=graph) as session:
+    session.run(init)
+    saver.restore(session, checkpoint_path)
+    graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
+        session, graph.as_graph_def(), [layer.final_tensor.op.name])
+  return prune_functions(graph_def)
+
+
+def save_graph(graph_def, path):
+  files.atomic_write(path, graph_def.SerializeToString())
+
+
+def save_labels(labels, path):
+  files.atomic_write(path, ''.join(f'{label}\n' for label in labels))
+
+
+def import_frozen(graph_def):
+  """A new graph holding `graph_def` under its own names (no prefix)."""
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.compat.v1.import_graph_def(graph_def, name='')
+  return graph
+
+
+def write_graph_summary(graph_def, summaries_dir):
+  """Puts the exported graph where TensorBoard's Graphs tab shows it, so a
+  learner can read the input and output layer names there."""
+  graph = import_frozen(graph_def)
+  with graph.as_default():
+    writer = tf.compat.v1.summary.FileWriter(
+        os.path.join(summaries_dir, 'retrained_graph'), graph)
+    writer.close()
+
+
+def export_saved_model(graph_def, saved_model_dir, final_tensor_name):
+  """A SavedModel whose serving signature maps `image` to `prediction`.
+
+  Built in a temporary folder and swapped in, so a failure leaves any
+  previous export intact. A non-empty folder that is not a SavedModel is
+  never overwritten.
+  """
+  if (os.path.isdir(saved_model_dir) and os.listdir(saved_model_dir) and
+      not os.path.exists(os.path.join(saved_model_dir, 'saved_model.pb'))):
+    raise PoetsError(f'{saved_model_dir} exists and is not a SavedModel; '
+                     'choose another --saved_model_dir.')
+  graph = import_frozen(graph_def)
+  built = files.temporary_sibling(saved_model_dir)
+  os.rmdir(built)  # The builder insists on creating the folder itself.
+  with tf.compat.v1.Session(graph=graph) as session:
+    signature = tf.compat.v1.saved_model.predict_signature_def(
+        inputs={'image': graph.get_tensor_by_name(f'{INPUT_NAME}:0')},
+        outputs={'prediction': graph.get_tensor_by_name(
+            f'{final_tensor_name}:0')})
+    builder = tf.compat.v1.saved_model.Builder(built)
+    builder.add_meta_graph_and_variables(
+        session, [tf.compat.v1.saved_model.SERVING],
+        signature_def_map={'serving_default': signature})
+    builder.save()
+  files.replace_directory(built, saved_model_dir)

@@ -1,0 +1,222 @@
+"""Images: find them, split them, decode them.
+
+The first stage of the pipeline. `create_image_lists` walks `--image_dir` (one
+sub-folder per class) and assigns every image to training, testing or
+validation with the original retrain.py's stable hash rule, so an image never
+changes sets when photos are added. `decode_and_resize` and `decode_and_distort`
+are the TensorFlow ops that turn file bytes into the float [0,1] RGB a module
+expects; retrain.py and label_image.py share them so an image gets the same
+pixels in both.
+"""
+
+import dataclasses
+import hashlib
+import os
+import re
+
+from absl import logging
+import tensorflow as tf
+
+from poets.errors import PoetsError
+
+# The original's cap: above this many images per class the hash buckets
+# repeat, so some images would never be chosen.
+MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
+
+# Decoding goes by content, not extension, so the list only decides what
+# counts as a photo when walking a folder.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
+
+DEFAULT_IMAGE_DIR = 'tf_files/flower_photos'
+FLOWER_PHOTOS_COMMAND = (
+    'curl http://download.tensorflow.org/example_images/flower_photos.tgz'
+    ' | tar xz -C tf_files')
+
+SPLITS = ('training', 'testing', 'validation')
+
+
+@dataclasses.dataclass
+class ClassImages:
+  """One class: its label, its folder, and its images in each split.
+
+  Image names are paths relative to the class folder (nested sub-folders
+  allowed), as the original kept base names.
+  """
+  label: str
+  dir: str
+  training: list[str]
+  testing: list[str]
+  validation: list[str]
+
+  def split(self, name):
+    return getattr(self, name)
+
+
+@dataclasses.dataclass
+class ImageLists:
+  """The split of a whole image folder; classes in sorted label order."""
+  image_dir: str
+  classes: list[ClassImages]
+
+  @property
+  def labels(self):
+    return [c.label for c in self.classes]
+
+  def image_path(self, class_index, image_name):
+    return os.path.join(self.image_dir, self.classes[class_index].dir,
+                        image_name)
+
+
+def label_for(dir_name):
+  """The class label the original derived from a folder name."""
+  return re.sub(r'[^a-z0-9]+', ' ', dir_name.lower())
+
+
+def which_split(class_dir, image_name, testing_percentage,
+                validation_percentage):
+  """Assigns an image to a split by a hash of its name, as the original did.
+
+  Anything after `_nohash_` is ignored so variants of one photo stay together.
+  We hash `<class folder>/<image name>` rather than the path as typed, so
+  `tf_files/x` and `./tf_files/x/` give the same split.
+  """
+  hash_name = re.sub(r'_nohash_.*$', '', f'{class_dir}/{image_name}')
+  hash_hex = hashlib.sha1(hash_name.encode('utf-8')).hexdigest()
+  percentage_hash = ((int(hash_hex, 16) % (MAX_NUM_IMAGES_PER_CLASS + 1)) *
+                     (100.0 / MAX_NUM_IMAGES_PER_CLASS))
+  if percentage_hash < validation_percentage:
+    return 'validation'
+  if percentage_hash < testing_percentage + validation_percentage:
+    return 'testing'
+  return 'training'
+
+
+def _find_images(class_path):
+  """Image files under a class folder, recursively, skipping hidden entries."""
+  found = []
+  for root, dirs, files in os.walk(class_path, followlinks=True):
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    for name in files:
+      if name.startswith('.'):
+        continue
+      if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+        found.append(os.path.relpath(os.path.join(root, name), class_path))
+  return sorted(found)
+
+
+def _missing_dir_message(image_dir):
+  message = f"Image directory '{image_dir}' not found."
+  if os.path.normpath(image_dir) == os.path.normpath(DEFAULT_IMAGE_DIR):
+    message += (f' Download the codelab\'s flower photos (needs network) with:'
+                f' {FLOWER_PHOTOS_COMMAND}  -- or pass --image_dir with any'
+                ' folder of class sub-folders.')
+  else:
+    message += (' Pass --image_dir a folder holding one sub-folder of images'
+                ' per class.')
+  return message
+
+
+def create_image_lists(image_dir, testing_percentage, validation_percentage):
+  """Finds the classes and images under `image_dir` and splits them.
+
+  Returns an ImageLists with classes sorted by label. Raises PoetsError when
+  the folder is missing or holds fewer than two classes with images.
+  """
+  if not os.path.isdir(image_dir):
+    raise PoetsError(_missing_dir_message(image_dir))
+  classes = []
+  for dir_name in sorted(os.listdir(image_dir)):
+    class_path = os.path.join(image_dir, dir_name)
+    if dir_name.startswith('.') or not os.path.isdir(class_path):
+      continue
+    logging.info("Looking for images in '%s'", dir_name)
+    images = _find_images(class_path)
+    if not images:
+      logging.warning('No files found in %s', class_path)
+      continue
+    if len(images) < 20:
+      logging.warning(
+          'WARNING: Folder %s has less than 20 images, which may cause issues.',
+          dir_name)
+    elif len(images) > MAX_NUM_IMAGES_PER_CLASS:
+      logging.warning(
+          'WARNING: Folder %s has more than %d images. Some images will never '
+          'be selected.', dir_name, MAX_NUM_IMAGES_PER_CLASS)
+    splits = {name: [] for name in SPLITS}
+    for image in images:
+      splits[which_split(dir_name, image, testing_percentage,
+                         validation_percentage)].append(image)
+    classes.append(ClassImages(label=label_for(dir_name), dir=dir_name,
+                               **splits))
+  classes.sort(key=lambda c: c.label)
+  labels = [c.label for c in classes]
+  for previous, current in zip(classes, classes[1:]):
+    if previous.label == current.label:
+      raise PoetsError(
+          f"Folders '{previous.dir}' and '{current.dir}' in {image_dir} both "
+          f"give the label '{current.label}'; rename one of them.")
+  if len(labels) < 2:
+    found = f'only {labels[0]!r}' if labels else 'none'
+    raise PoetsError(
+        f'{image_dir} needs at least 2 class folders with images (found '
+        f'{found}); add one sub-folder of images per class.')
+  return ImageLists(image_dir=image_dir, classes=classes)
+
+
+def decode_image(contents):
+  """Decodes JPEG, PNG, GIF (first frame), BMP or WEBP bytes to uint8 RGB.
+
+  Goes by content, so a PNG named .jpg decodes; grayscale and RGBA become RGB.
+  """
+  image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def decode_and_resize(contents, height, width):
+  """File bytes -> float32 [height, width, 3] in [0, 1], bilinear resize.
+
+  Resizing the uint8 image before converting keeps a very large photo from
+  becoming an even larger float copy.
+  """
+  image = tf.image.resize(decode_image(contents), [height, width],
+                          method=tf.image.ResizeMethod.BILINEAR)
+  return image / 255.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Distortions:
+  """The original's training-time distortions, each a percentage (0 = off)."""
+  flip_left_right: bool = False
+  random_crop: int = 0
+  random_scale: int = 0
+  random_brightness: int = 0
+
+  @property
+  def enabled(self):
+    return (self.flip_left_right or self.random_crop != 0 or
+            self.random_scale != 0 or self.random_brightness != 0)
+
+
+def decode_and_distort(contents, height, width, distortions, seed=None):
+  """File bytes -> a randomly distorted float32 [height, width, 3] in [0, 1].
+
+  The original's recipe: scale up by the crop margin times a random scale,
+  crop a random window of the module's size, maybe flip, then multiply the
+  brightness by a random factor.
+  """
+  image = decode_image(contents)
+  margin_scale = 1.0 + distortions.random_crop / 100.0
+  resize_scale = tf.random.uniform([], 1.0, 1.0 + distortions.random_scale /
+                                   100.0, seed=seed)
+  scale = margin_scale * resize_scale
+  precrop_size = tf.cast(tf.stack([scale * height, scale * width]), tf.int32)
+  precropped = tf.image.resize(image, precrop_size,
+                               method=tf.image.ResizeMethod.BILINEAR) / 255.0
+  distorted = tf.image.random_crop(precropped, [height, width, 3], seed=seed)
+  if distortions.flip_left_right:
+    distorted = tf.image.random_flip_left_right(distorted, seed=seed)
+  brightness = tf.random.uniform([], 1.0 - distortions.random_brightness / 100.0,
+                                 1.0 + distortions.random_brightness / 100.0,
+                                 seed=seed)
+  return distorted * brightness

@@ -1,0 +1,169 @@
+"""Modules: resolve a feature extractor and load it into the current graph.
+
+The second stage. `resolve_module` turns `--architecture` or `--tfhub_module`
+into a handle and the name that bottleneck files and summaries carry;
+`load_module` calls `hub.load` inside the tf.compat.v1 graph being built and
+reads the image and bottleneck sizes from the module's own signature.
+Both the TF2 SavedModel format and the legacy TF1 Hub format
+(`tfhub_module.pb`) load, the latter through its `image_feature_vector` or
+`default` signature.
+"""
+
+import dataclasses
+import os
+import re
+
+import tensorflow as tf
+import tensorflow_hub as hub
+
+from poets import efficientnet_lite
+from poets.errors import PoetsError
+
+DEFAULT_ARCHITECTURE = 'efficientnet_lite0'
+
+_MOBILENET_RE = re.compile(r'^mobilenet_(1\.0|0\.75|0\.50|0\.25)_(224|192|160|128)$')
+_HUB_URL = 'https://tfhub.dev/google/imagenet/{}/feature_vector/4'
+
+OFFLINE_ALTERNATIVES = (
+    '--architecture efficientnet_lite0 (the default, built from an installed '
+    'package), or --tfhub_module with a local module directory')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleSpec:
+  """What to load, and the name its bottleneck files and summaries carry."""
+  handle: str
+  name: str
+
+
+@dataclasses.dataclass
+class LoadedModule:
+  """A module loaded into the current graph, ready to apply to images."""
+  spec: ModuleSpec
+  image_size: tuple[int, int]
+  bottleneck_size: int
+  apply: object  # images float32 [N, H, W, 3] in [0, 1] -> [N, bottleneck_size]
+
+
+def architecture_names():
+  """The names --architecture accepts, for help text and errors."""
+  mobilenets = [f'mobilenet_{w}_{s}' for w in ('1.0', '0.75', '0.50', '0.25')
+                for s in (224, 192, 160, 128)]
+  return list(efficientnet_lite.VARIANTS) + mobilenets + ['inception_v3']
+
+
+def _sanitized(handle):
+  """The original's module name for file names: separators become '~'."""
+  for separator in ('://', '/', ':', '\\'):
+    handle = handle.replace(separator, '~')
+  return handle
+
+
+def resolve_module(architecture, tfhub_module, model_dir):
+  """Turns --architecture or --tfhub_module into a ModuleSpec.
+
+  The embedded EfficientNet-Lite modules are built into `model_dir` on first
+  use; the codelab's MobileNet and Inception names map to their TF Hub URLs.
+  """
+  if architecture and tfhub_module:
+    raise PoetsError('Pass either --architecture or --tfhub_module, not both.')
+  if tfhub_module:
+    return ModuleSpec(handle=tfhub_module, name=_sanitized(tfhub_module))
+  architecture = architecture or DEFAULT_ARCHITECTURE
+  if architecture in efficientnet_lite.VARIANTS:
+    path = efficientnet_lite.ensure_module(architecture, model_dir)
+    return ModuleSpec(handle=path, name=architecture)
+  match = _MOBILENET_RE.match(architecture)
+  if match:
+    width = match.group(1).replace('.', '')
+    width = {'10': '100', '075': '075', '050': '050', '025': '025'}[width]
+    url = _HUB_URL.format(f'mobilenet_v1_{width}_{match.group(2)}')
+    return ModuleSpec(handle=url, name=architecture)
+  if architecture == 'inception_v3':
+    return ModuleSpec(handle=_HUB_URL.format('inception_v3'), name=architecture)
+  raise PoetsError(
+      f"Unknown --architecture '{architecture}'; choose one of: "
+      f"{', '.join(architecture_names())}.")
+
+
+def _is_url(handle):
+  return handle.startswith(('http://', 'https://'))
+
+
+def _hub_load(handle, model_dir):
+  """hub.load with the download cache in model_dir and one-line errors."""
+  if model_dir:
+    os.environ['TFHUB_CACHE_DIR'] = os.path.abspath(model_dir)
+  if not _is_url(handle) and not os.path.isdir(handle):
+    raise PoetsError(f"Module directory '{handle}' not found; pass "
+                     '--tfhub_module a module directory or URL, or use '
+                     f'{OFFLINE_ALTERNATIVES}.')
+  try:
+    return hub.load(handle)
+  except PoetsError:
+    raise
+  except Exception as e:  # hub and urllib raise many types; all mean the same.
+    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if _is_url(handle):
+      raise PoetsError(
+          f'Could not download the module {handle} ({first_line}). Without '
+          f'network use {OFFLINE_ALTERNATIVES}.') from e
+    raise PoetsError(f"Could not load the module in '{handle}' "
+                     f'({first_line}); is it a SavedModel or TF1 Hub module?'
+                     ) from e
+
+
+def _static_dim(dim):
+  return dim if isinstance(dim, int) else None
+
+
+def _tf1_signature(obj):
+  signatures = getattr(obj, 'signatures', {}) or {}
+  for name in ('image_feature_vector', 'default'):
+    if name in signatures:
+      return signatures[name]
+  return None
+
+
+def load_module(spec, model_dir=None, input_size=None):
+  """Loads the module into the current default graph.
+
+  Image size comes from the module's input signature, else `input_size`
+  (height, width), else an error; the bottleneck size from its output.
+  """
+  obj = _hub_load(spec.handle, model_dir)
+  signature = _tf1_signature(obj) if getattr(
+      obj, '_is_hub_module_v1', False) else None
+  if signature is not None:
+    input_spec = next(iter(signature.structured_input_signature[1].values()))
+    input_key = next(iter(signature.structured_input_signature[1]))
+    output_spec = signature.structured_outputs['default']
+
+    def apply(images):
+      return signature(**{input_key: images})['default']
+  elif callable(obj) and hasattr(obj.__call__, 'concrete_functions') and (
+      obj.__call__.concrete_functions):
+    function = obj.__call__.concrete_functions[0]
+    input_spec = function.structured_input_signature[0][0]
+    output_spec = function.structured_outputs
+
+    def apply(images):
+      return obj(images)
+  else:
+    raise PoetsError(
+        f"The module in '{spec.handle}' has no image feature vector to call "
+        '(no __call__ and no image_feature_vector or default signature).')
+  shape = input_spec.shape
+  height, width = _static_dim(shape[1]), _static_dim(shape[2])
+  if height is None or width is None:
+    if not input_size:
+      raise PoetsError(
+          f"The module '{spec.name}' does not fix its image size; pass "
+          '--input_height and --input_width.')
+    height, width = input_size
+  bottleneck_size = _static_dim(output_spec.shape[-1])
+  if bottleneck_size is None:
+    raise PoetsError(f"The module '{spec.name}' does not fix the size of its "
+                     'output, so it cannot serve as a feature vector.')
+  return LoadedModule(spec=spec, image_size=(height, width),
+                      bottleneck_size=bottleneck_size, apply=apply)

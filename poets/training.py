@@ -1,0 +1,387 @@
+"""Training: the new softmax layer, its loop, evaluation and summaries.
+
+The fourth stage. The graph mirrors the original retrain.py op for op and name
+for name (`input/BottleneckInputPlaceholder`, `input/GroundTruthInput`,
+`final_retrain_ops/...`, `final_result`, `cross_entropy`, `accuracy`) so
+TensorBoard looks as the codelab describes.
+
+What differs is where a training batch comes from. The original read each
+sampled bottleneck from its text file at every step. Here all training
+bottlenecks sit in one in-graph variable and each step samples its batch with
+TensorFlow ops (a class uniformly, then an image of it, as the original did),
+so a step is a single session call with nothing fed. With distortions on, the
+batch comes from a tf.data pipeline that decodes, distorts and runs the module
+on sampled images instead.
+"""
+
+import dataclasses
+import datetime
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from poets import images
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+  """The hyperparameters and outputs of one training run."""
+  how_many_training_steps: int = 4000
+  learning_rate: float = 0.01
+  train_batch_size: int = 100
+  eval_step_interval: int = 10
+  validation_batch_size: int = 100
+  test_batch_size: int = -1
+  final_tensor_name: str = 'final_result'
+  print_misclassified_test_images: bool = False
+  summaries_dir: str = ''
+  checkpoint_path: str = 'tf_files/_retrain_checkpoint'
+  random_seed: int | None = None
+  distortions: images.Distortions = dataclasses.field(
+      default_factory=images.Distortions)
+
+
+@dataclasses.dataclass
+class Evaluation:
+  """How the trained layer does on a set of bottlenecks."""
+  accuracy: float
+  count: int
+  predictions: np.ndarray
+  ground_truth: np.ndarray
+  confusion: np.ndarray  # [true class, predicted class] counts
+
+  @property
+  def precision(self):
+    predicted = self.confusion.sum(axis=0)
+    return np.divide(np.diag(self.confusion), predicted,
+                     out=np.zeros(len(predicted)), where=predicted > 0)
+
+  @property
+  def recall(self):
+    actual = self.confusion.sum(axis=1)
+    return np.divide(np.diag(self.confusion), actual,
+                     out=np.zeros(len(actual)), where=actual > 0)
+
+
+@dataclasses.dataclass
+class TrainingResult:
+  steps_done: int
+  interrupted: bool
+  test: Evaluation | None
+  validation_curve: list  # (step, accuracy) at each evaluation
+
+
+def variable_summaries(var):
+  """Mean, stddev, min, max and a histogram of a tensor, as the original."""
+  with tf.name_scope('summaries'):
+    mean = tf.reduce_mean(var)
+    tf.compat.v1.summary.scalar('mean', mean)
+    with tf.name_scope('stddev'):
+      stddev = tf.sqrt(tf.reduce_mean(tf.square(var - mean)))
+    tf.compat.v1.summary.scalar('stddev', stddev)
+    tf.compat.v1.summary.scalar('max', tf.reduce_max(var))
+    tf.compat.v1.summary.scalar('min', tf.reduce_min(var))
+    tf.compat.v1.summary.histogram('histogram', var)
+
+
+@dataclasses.dataclass
+class FinalLayer:
+  bottleneck_input: tf.Tensor
+  ground_truth_input: tf.Tensor
+  final_tensor: tf.Tensor
+  train_step: tf.Operation | None = None
+  cross_entropy: tf.Tensor | None = None
+  evaluation_step: tf.Tensor | None = None
+  prediction: tf.Tensor | None = None
+
+
+def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
+                          ground_truth_tensor=None, learning_rate=None):
+  """Adds the new softmax layer on top of `bottleneck_tensor`.
+
+  Both inputs are placeholders with defaults, named as the original's, so
+  evaluation can feed them. Without a learning rate the graph is for
+  evaluation and export only: no loss, no training ops.
+  """
+  bottleneck_size = bottleneck_tensor.shape[-1]
+  with tf.name_scope('input'):
+    bottleneck_input = tf.compat.v1.placeholder_with_default(
+        bottleneck_tensor, shape=[None, bottleneck_size],
+        name='BottleneckInputPlaceholder')
+    if ground_truth_tensor is None:
+      ground_truth_input = tf.compat.v1.placeholder(
+          tf.int64, [None], name='GroundTruthInput')
+    else:
+      ground_truth_input = tf.compat.v1.placeholder_with_default(
+          ground_truth_tensor, [None], name='GroundTruthInput')
+  with tf.name_scope('final_retrain_ops'):
+    with tf.name_scope('weights'):
+      layer_weights = tf.compat.v1.Variable(
+          tf.random.truncated_normal([bottleneck_size, class_count],
+                                     stddev=0.001), name='final_weights')
+      variable_summaries(layer_weights)
+    with tf.name_scope('biases'):
+      layer_biases = tf.compat.v1.Variable(tf.zeros([class_count]),
+                                           name='final_biases')
+      variable_summaries(layer_biases)
+    with tf.name_scope('Wx_plus_b'):
+      logits = tf.matmul(bottleneck_input, layer_weights) + layer_biases
+      tf.compat.v1.summary.histogram('pre_activations', logits)
+  final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
+  tf.compat.v1.summary.histogram('activations', final_tensor)
+  layer = FinalLayer(bottleneck_input, ground_truth_input, final_tensor)
+  if learning_rate is None:
+    return layer
+  with tf.name_scope('cross_entropy'):
+    layer.cross_entropy = tf.compat.v1.losses.sparse_softmax_cross_entropy(
+        labels=ground_truth_input, logits=logits)
+  tf.compat.v1.summary.scalar('cross_entropy', layer.cross_entropy)
+  with tf.name_scope('train'):
+    optimizer = tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
+    layer.train_step = optimizer.minimize(layer.cross_entropy)
+  with tf.name_scope('accuracy'):
+    with tf.name_scope('correct_prediction'):
+      layer.prediction = tf.argmax(final_tensor, 1)
+      correct_prediction = tf.equal(layer.prediction, ground_truth_input)
+    with tf.name_scope('accuracy'):
+      layer.evaluation_step = tf.reduce_mean(
+          tf.cast(correct_prediction, tf.float32))
+  tf.compat.v1.summary.scalar('accuracy', layer.evaluation_step)
+  return layer
+
+
+def _class_ranges(ground_truth, class_count):
+  """Start offset and count of each class in a class-sorted split."""
+  counts = np.bincount(ground_truth, minlength=class_count)
+  offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  return offsets, counts
+
+
+def _sample_indices(offsets, counts, batch_size, seed):
+  """In-graph: a class uniformly (among those with images), then an image."""
+  present = np.flatnonzero(counts)
+  pick = tf.random.uniform([batch_size], 0, len(present), tf.int32, seed=seed)
+  classes = tf.gather(tf.constant(present, tf.int64), pick)
+  count = tf.gather(tf.constant(counts, tf.int64), classes)
+  within = tf.cast(tf.random.uniform([batch_size], seed=seed) *
+                   tf.cast(count, tf.float32), tf.int64)
+  within = tf.minimum(within, count - 1)
+  return tf.gather(tf.constant(offsets, tf.int64), classes) + within, classes
+
+
+class _CachedBatches:
+  """Training batches sampled in-graph from all training bottlenecks."""
+
+  def __init__(self, split, class_count, batch_size, seed):
+    self._values = split.bottlenecks
+    self._init_input = tf.compat.v1.placeholder(tf.float32,
+                                                split.bottlenecks.shape)
+    # collections=[]: not saved, not exported, filled once by feeding.
+    self._store = tf.compat.v1.Variable(self._init_input, trainable=False,
+                                        collections=[],
+                                        name='training_bottlenecks')
+    offsets, counts = _class_ranges(split.ground_truth, class_count)
+    indices, self.ground_truth = _sample_indices(offsets, counts, batch_size,
+                                                 seed)
+    self.bottlenecks = tf.gather(self._store, indices)
+
+  def initialize(self, session):
+    session.run(self._store.initializer, {self._init_input: self._values})
+
+
+class _DistortedBatches:
+  """Training batches of freshly distorted images run through the module."""
+
+  def __init__(self, split, class_count, batch_size, module, distortions,
+               seed):
+    offsets, counts = _class_ranges(split.ground_truth, class_count)
+    height, width = module.image_size
+    filenames = tf.constant(split.filenames)
+
+    def sample(_):
+      index, label = _sample_indices(offsets, counts, 1, seed)
+      contents = tf.io.read_file(tf.gather(filenames, index[0]))
+      return (images.decode_and_distort(contents, height, width, distortions,
+                                        seed), label[0])
+
+    dataset = (tf.data.Dataset.range(1).repeat()
+               .map(sample, num_parallel_calls=tf.data.AUTOTUNE)
+               .batch(batch_size).prefetch(1))
+    distorted, self.ground_truth = tf.compat.v1.data.make_one_shot_iterator(
+        dataset).get_next()
+    self.bottlenecks = module.apply(distorted)
+
+  def initialize(self, session):
+    pass
+
+
+def _now():
+  return datetime.datetime.now()
+
+
+def _random_batch(split, count, rng):
+  """Evaluation batch: `count` sampled like training, or all when -1."""
+  if count < 0 or len(split.ground_truth) == 0:
+    return split.bottlenecks, split.ground_truth, list(range(len(
+        split.ground_truth)))
+  classes = np.unique(split.ground_truth)
+  chosen = []
+  for label in rng.choice(classes, size=count):
+    members = np.flatnonzero(split.ground_truth == label)
+    chosen.append(int(rng.choice(members)))
+  return split.bottlenecks[chosen], split.ground_truth[chosen], chosen
+
+
+def evaluate(session, layer, bottlenecks, ground_truth, class_count):
+  """Runs the layer on bottlenecks; returns an Evaluation."""
+  accuracy, predictions = session.run(
+      [layer.evaluation_step, layer.prediction],
+      {layer.bottleneck_input: bottlenecks,
+       layer.ground_truth_input: ground_truth})
+  confusion = np.zeros([class_count, class_count], np.int64)
+  np.add.at(confusion, (ground_truth, predictions), 1)
+  return Evaluation(float(accuracy), len(ground_truth), predictions,
+                    ground_truth, confusion)
+
+
+def log_class_table(evaluation, labels):
+  """The per-class precision/recall table and the confusion matrix."""
+  width = max(len(label) for label in labels + ['class'])
+  lines = [f'{"class":<{width}}  precision  recall  count']
+  for label, precision, recall, count in zip(
+      labels, evaluation.precision, evaluation.recall,
+      evaluation.confusion.sum(axis=1)):
+    lines.append(f'{label:<{width}}  {precision:9.3f}  {recall:6.3f}  '
+                 f'{count:5d}')
+  logging.info('Per-class results on the test set:\n%s', '\n'.join(lines))
+  header = ' ' * width + '  ' + ' '.join(f'{i:>5d}' for i in range(
+      len(labels)))
+  rows = [f'{label:<{width}}  ' + ' '.join(f'{n:>5d}' for n in row)
+          for label, row in zip(labels, evaluation.confusion)]
+  logging.info('Confusion matrix (rows: true class, columns: predicted, in '
+               'label order):\n%s', '\n'.join([header] + rows))
+
+
+def _warn_empty(splits, labels):
+  for name in ('validation', 'testing'):
+    present = set(splits[name].ground_truth.tolist())
+    missing = [label for i, label in enumerate(labels) if i not in present]
+    if missing:
+      logging.warning('No %s images for %s; evaluating on the classes that '
+                      'have some.', name, ', '.join(missing))
+
+
+def train(config, splits, labels, module, save_intermediate=None,
+          intermediate_store_frequency=0):
+  """Trains the final layer on cached bottlenecks (or distorted images).
+
+  `splits` maps split names to SplitBottlenecks; `module` is the
+  LoadedModule, needed only with distortions. `save_intermediate(step)` is
+  called every `intermediate_store_frequency` steps after the checkpoint is
+  written. Ctrl-C stops training after the current step and saves the
+  checkpoint; the caller still exports what was trained.
+  """
+  class_count = len(labels)
+  _warn_empty(splits, labels)
+  rng = np.random.default_rng(config.random_seed)
+  seed = config.random_seed
+  graph = tf.Graph()
+  with graph.as_default():
+    if seed is not None:
+      tf.compat.v1.set_random_seed(seed)
+    if config.distortions.enabled:
+      batches = _DistortedBatches(splits['training'], class_count,
+                                  config.train_batch_size, module,
+                                  config.distortions, seed)
+    else:
+      batches = _CachedBatches(splits['training'], class_count,
+                               config.train_batch_size, seed)
+    layer = add_final_retrain_ops(class_count, config.final_tensor_name,
+                                  batches.bottlenecks, batches.ground_truth,
+                                  config.learning_rate)
+    merged = tf.compat.v1.summary.merge_all()
+    # Only the new layer: export restores it on top of a freshly loaded module.
+    saver = tf.compat.v1.train.Saver(tf.compat.v1.get_collection(
+        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, scope='final_retrain_ops'))
+    init = tf.compat.v1.global_variables_initializer()
+    train_writer = tf.compat.v1.summary.FileWriter(
+        os.path.join(config.summaries_dir, 'train'), graph)
+    validation_writer = tf.compat.v1.summary.FileWriter(
+        os.path.join(config.summaries_dir, 'validation'))
+  validation = splits['validation']
+  curve = []
+  step = 0
+  interrupted = False
+  with tf.compat.v1.Session(graph=graph) as session:
+    session.run(init)
+    batches.initialize(session)
+    try:
+      for step in range(config.how_many_training_steps):
+        is_last_step = step + 1 == config.how_many_training_steps
+        if step % config.eval_step_interval and not is_last_step:
+          session.run(layer.train_step)
+          continue
+        train_summary, _, bottlenecks, ground_truth = session.run(
+            [merged, layer.train_step, layer.bottleneck_input,
+             layer.ground_truth_input])
+        train_writer.add_summary(train_summary, step)
+        train_accuracy, cross_entropy = session.run(
+            [layer.evaluation_step, layer.cross_entropy],
+            {layer.bottleneck_input: bottlenecks,
+             layer.ground_truth_input: ground_truth})
+        logging.info('%s: Step %d: Train accuracy = %.1f%%', _now(), step,
+                     train_accuracy * 100)
+        logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
+                     cross_entropy)
+        if len(validation.ground_truth):
+          batch, truth, _ = _random_batch(validation,
+                                          config.validation_batch_size, rng)
+          validation_summary, validation_accuracy = session.run(
+              [merged, layer.evaluation_step],
+              {layer.bottleneck_input: batch,
+               layer.ground_truth_input: truth})
+          validation_writer.add_summary(validation_summary, step)
+          curve.append((step, float(validation_accuracy)))
+          logging.info('%s: Step %d: Validation accuracy = %.1f%% (N=%d)',
+                       _now(), step, validation_accuracy * 100, len(truth))
+        if (intermediate_store_frequency > 0 and step > 0 and
+            step % intermediate_store_frequency == 0 and save_intermediate):
+          saver.save(session, config.checkpoint_path, write_state=False)
+          save_intermediate(step)
+      steps_done = config.how_many_training_steps
+    except KeyboardInterrupt:
+      interrupted = True
+      steps_done = step
+      logging.warning('Interrupted at step %d of %d; saving what was trained.',
+                      step, config.how_many_training_steps)
+    os.makedirs(os.path.dirname(config.checkpoint_path) or '.', exist_ok=True)
+    saver.save(session, config.checkpoint_path, write_state=False)
+    train_writer.close()
+    validation_writer.close()
+    test = None
+    if not interrupted:
+      test = _final_test(session, layer, splits['testing'], config, labels,
+                         rng)
+  return TrainingResult(steps_done, interrupted, test, curve)
+
+
+def _final_test(session, layer, split, config, labels, rng):
+  if not len(split.ground_truth):
+    logging.warning('No test images (every class is too small for a test '
+                    'share); skipping the final test.')
+    return None
+  bottlenecks, truth, chosen = _random_batch(split, config.test_batch_size,
+                                             rng)
+  evaluation = evaluate(session, layer, bottlenecks, truth, len(labels))
+  logging.info('Final test accuracy = %.1f%% (N=%d)',
+               evaluation.accuracy * 100, evaluation.count)
+  if config.print_misclassified_test_images:
+    logging.info('=== MISCLASSIFIED TEST IMAGES ===')
+    for position, index in enumerate(chosen):
+      if evaluation.predictions[position] != truth[position]:
+        logging.info('%70s  %s', split.filenames[index],
+                     labels[evaluation.predictions[position]])
+  log_class_table(evaluation, labels)
+  return evaluation

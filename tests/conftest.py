@@ -1,0 +1,119 @@
+"""Shared test fixtures: tiny modules and synthetic photo folders.
+
+Everything here is built in the test's temporary folder in well under a
+second, so the suite runs offline and fast. The tiny modules see colour: their
+bottleneck is a fixed projection of each image's mean and spread of R, G and
+B, so solid-colour classes are separable and training can be checked.
+"""
+
+import io
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+TINY_SIZE = 32
+TINY_BOTTLENECK = 8
+CLASS_COLOURS = {'red': (220, 30, 30), 'green': (30, 200, 40),
+                 'blue': (30, 40, 220)}
+
+
+def _tiny_weights():
+  return np.random.default_rng(7).normal(size=[6, TINY_BOTTLENECK]).astype(
+      np.float32)
+
+
+def _tiny_features(images, weights):
+  mean = tf.reduce_mean(images, axis=[1, 2])
+  spread = tf.math.reduce_std(images, axis=[1, 2])
+  # Scaled so the default learning rate trains in a few hundred steps.
+  return 10.0 * tf.nn.relu(tf.concat([mean, spread], 1) @ weights) + 0.1
+
+
+class _TinyModule(tf.Module):
+
+  def __init__(self, size):
+    super().__init__()
+    self.weights = tf.Variable(_tiny_weights())
+    self.__call__ = tf.function(
+        lambda images: _tiny_features(images, self.weights),
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+
+
+def make_tf2_module(path, size=TINY_SIZE):
+  """A TF2 SavedModel feature-vector module: [N,size,size,3] -> [N,8]."""
+  tf.saved_model.save(_TinyModule(size), str(path))
+  return str(path)
+
+
+def make_tf1_hub_module(path, size=TINY_SIZE):
+  """A legacy TF1 Hub format module: a TF1 SavedModel with tags [] whose
+  `default` and `image_feature_vector` signatures map `images` to
+  `default`, plus the tfhub_module.pb marker file."""
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3],
+                                      name='images')
+    weights = tf.compat.v1.Variable(_tiny_weights(), name='weights')
+    features = _tiny_features(images, weights)
+    signature = tf.compat.v1.saved_model.build_signature_def(
+        inputs={'images': tf.compat.v1.saved_model.build_tensor_info(images)},
+        outputs={'default':
+                 tf.compat.v1.saved_model.build_tensor_info(features)})
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      builder = tf.compat.v1.saved_model.Builder(str(path))
+      builder.add_meta_graph_and_variables(
+          session, [], signature_def_map={
+              'default': signature, 'image_feature_vector': signature})
+      builder.save()
+  # ModuleDef { format: FORMAT_V3 }: hub only checks the file exists.
+  with open(os.path.join(path, 'tfhub_module.pb'), 'wb') as f:
+    f.write(b'\x08\x03')
+  return str(path)
+
+
+def encode(array, fmt='JPEG', **options):
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, fmt, **options)
+  return buffer.getvalue()
+
+
+def solid_image(colour, seed, size=24):
+  """A noisy solid-colour RGB image as uint8."""
+  rng = np.random.default_rng(seed)
+  noise = rng.integers(-20, 21, size=[size, size, 3])
+  return np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+
+
+def make_image_dir(root, per_class=20, colours=None, fmt='JPEG',
+                   extension='jpg'):
+  """Class folders of noisy solid-colour photos; returns the folder path."""
+  colours = colours or CLASS_COLOURS
+  for index, (name, colour) in enumerate(sorted(colours.items())):
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    for i in range(per_class):
+      with open(os.path.join(folder, f'{name}_{i:03d}.{extension}'),
+                'wb') as f:
+        f.write(encode(solid_image(colour, seed=index * 1000 + i), fmt))
+  return str(root)
+
+
+@pytest.fixture(scope='session')
+def tf2_module(tmp_path_factory):
+  return make_tf2_module(tmp_path_factory.mktemp('modules') / 'tiny_tf2')
+
+
+@pytest.fixture(scope='session')
+def tf1_hub_module(tmp_path_factory):
+  return make_tf1_hub_module(tmp_path_factory.mktemp('modules') / 'tiny_tf1')
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+  return make_image_dir(tmp_path / 'photos')
