@@ -1,0 +1,136 @@
+"""Tests for poets/images.py: finding images, labels and the stable split."""
+
+import hashlib
+import os
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import encode, make_image_dir, solid_image
+from poets import images
+from poets.errors import PoetsError
+
+
+def test_labels_follow_the_original_rule():
+  assert images.label_for('Daisy') == 'daisy'
+  assert images.label_for('Sun--Flowers_2') == 'sun flowers 2'
+  assert images.label_for('roses') == 'roses'
+
+
+def _original_split(hash_name, testing, validation):
+  """The original retrain.py's rule, written out independently."""
+  hashed = int(hashlib.sha1(hash_name.encode()).hexdigest(), 16)
+  percentage = (hashed % (2**27)) * (100.0 / (2**27 - 1))
+  if percentage < validation:
+    return 'validation'
+  if percentage < testing + validation:
+    return 'testing'
+  return 'training'
+
+
+def test_split_matches_the_original_hash_rule():
+  for i in range(300):
+    name = f'photo_{i}.jpg'
+    assert images.which_split('daisy', name, 10, 10) == _original_split(
+        f'daisy/{name}', 10, 10)
+
+
+def test_split_ignores_nohash_suffix_and_is_roughly_proportional():
+  assert (images.which_split('a', 'x_nohash_1.jpg', 10, 10) ==
+          images.which_split('a', 'x_nohash_2.jpg', 10, 10))
+  splits = [images.which_split('a', f'{i}.jpg', 10, 20) for i in range(2000)]
+  assert 0.15 < splits.count('validation') / 2000 < 0.25
+  assert 0.06 < splits.count('testing') / 2000 < 0.14
+
+
+def test_split_does_not_depend_on_how_the_folder_is_typed(tmp_path,
+                                                          monkeypatch):
+  make_image_dir(tmp_path / 'photos', per_class=30)
+  monkeypatch.chdir(tmp_path)
+  plain = images.create_image_lists('photos', 10, 10)
+  dotted = images.create_image_lists('./photos/', 10, 10)
+  absolute = images.create_image_lists(str(tmp_path / 'photos'), 10, 10)
+  for a, b, c in zip(plain.classes, dotted.classes, absolute.classes):
+    assert a.training == b.training == c.training
+    assert a.testing == b.testing == c.testing
+
+
+def test_finds_images_in_any_case_nested_and_skips_hidden(tmp_path):
+  root = tmp_path / 'photos'
+  for name, colour in [('Tulips', (200, 0, 0)), ('Daisy', (0, 200, 0))]:
+    (root / name / 'more').mkdir(parents=True)
+    for i, file_name in enumerate(['a.JPG', 'b.jpeg', 'c.Png', 'more/d.jpg',
+                                   'e.gif', '.hidden.jpg', 'notes.txt']):
+      (root / name / file_name).write_bytes(
+          encode(solid_image(colour, i), 'PNG'))
+  (root / '.DS_Store').write_bytes(b'\0')
+  lists = images.create_image_lists(str(root), 0, 0)
+  assert lists.labels == ['daisy', 'tulips']
+  assert sorted(lists.classes[0].training) == sorted(
+      ['a.JPG', 'b.jpeg', 'c.Png', os.path.join('more', 'd.jpg'), 'e.gif'])
+
+
+def test_missing_default_folder_tells_how_to_get_the_flowers(monkeypatch,
+                                                             tmp_path):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(PoetsError, match=r'flower_photos\.tgz.*tar xz -C '
+                     r'tf_files.*any\s+folder of class sub-folders'):
+    images.create_image_lists('tf_files/flower_photos', 10, 10)
+  with pytest.raises(PoetsError, match="'elsewhere' not found"):
+    images.create_image_lists('elsewhere', 10, 10)
+
+
+def test_needs_two_classes(tmp_path):
+  make_image_dir(tmp_path / 'one', colours={'red': (255, 0, 0)})
+  (tmp_path / 'one' / 'empty').mkdir()
+  with pytest.raises(PoetsError, match="at least 2 class folders.*only 'red'"):
+    images.create_image_lists(str(tmp_path / 'one'), 10, 10)
+
+
+def test_labels_that_collide_are_refused(tmp_path):
+  make_image_dir(tmp_path / 'p', colours={'Sun Flowers': (255, 0, 0),
+                                          'sun_flowers': (250, 0, 0)}, per_class=2)
+  with pytest.raises(PoetsError, match='both give the label'):
+    images.create_image_lists(str(tmp_path / 'p'), 10, 10)
+
+
+def test_small_folder_warns(tmp_path, caplog):
+  make_image_dir(tmp_path / 'p', per_class=3)
+  images.create_image_lists(str(tmp_path / 'p'), 10, 10)
+  assert 'has less than 20 images' in caplog.text
+
+
+def _run(tensor_fn, contents):
+  graph = tf.Graph()
+  with graph.as_default():
+    placeholder = tf.compat.v1.placeholder(tf.string)
+    output = tensor_fn(placeholder)
+  with tf.compat.v1.Session(graph=graph) as session:
+    return session.run(output, {placeholder: contents})
+
+
+def test_decode_goes_by_content_and_scales_to_unit_range():
+  pixels = solid_image((250, 10, 10), 0, size=10)
+  png = encode(pixels, 'PNG')
+  resized = _run(lambda c: images.decode_and_resize(c, 10, 10), png)
+  np.testing.assert_allclose(resized, pixels / 255.0, atol=1e-6)
+  gray = encode(pixels[:, :, 0], 'PNG')
+  assert _run(lambda c: images.decode_and_resize(c, 4, 6), gray).shape == (
+      4, 6, 3)
+
+
+def test_distortions_keep_the_size_and_vary():
+  contents = encode(solid_image((120, 120, 120), 0, size=40), 'JPEG')
+  distortions = images.Distortions(flip_left_right=True, random_crop=10,
+                                   random_scale=20, random_brightness=30)
+  assert distortions.enabled and not images.Distortions().enabled
+  graph = tf.Graph()
+  with graph.as_default():
+    output = images.decode_and_distort(tf.constant(contents), 16, 16,
+                                       distortions)
+  with tf.compat.v1.Session(graph=graph) as session:
+    first, second = session.run(output), session.run(output)
+  assert first.shape == (16, 16, 3)
+  assert not np.allclose(first, second)

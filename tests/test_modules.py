@@ -1,0 +1,133 @@
+"""Tests for poets/modules.py: resolving handles and loading in graph mode."""
+
+import functools
+import http.server
+import io
+import os
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TINY_BOTTLENECK, TINY_SIZE
+from poets import modules
+from poets.errors import PoetsError
+
+
+def test_architecture_and_module_together_is_an_error():
+  with pytest.raises(PoetsError, match='not both'):
+    modules.resolve_module('mobilenet_0.50_224', '/some/module', 'models')
+
+
+def test_codelab_names_map_to_hub_urls_and_keep_their_names():
+  spec = modules.resolve_module('mobilenet_0.50_224', '', 'models')
+  assert 'mobilenet_v1_050_224/feature_vector' in spec.handle
+  assert spec.name == 'mobilenet_0.50_224'
+  spec = modules.resolve_module('mobilenet_1.0_128', '', 'models')
+  assert 'mobilenet_v1_100_128' in spec.handle
+  assert modules.resolve_module('inception_v3', '', 'm').handle.startswith(
+      'https://tfhub.dev/google/imagenet/inception_v3/')
+
+
+def test_unknown_architecture_lists_the_known_ones():
+  with pytest.raises(PoetsError, match='efficientnet_lite0.*inception_v3'):
+    modules.resolve_module('resnet_9000', '', 'models')
+
+
+def test_module_name_in_files_replaces_separators():
+  spec = modules.resolve_module(
+      '', 'https://tfhub.dev/google/imagenet/x/feature_vector/4', 'm')
+  assert spec.name == 'https~tfhub.dev~google~imagenet~x~feature_vector~4'
+
+
+def _features(spec, batch, **kwargs):
+  graph = tf.Graph()
+  with graph.as_default():
+    module = modules.load_module(spec, **kwargs)
+    images = tf.compat.v1.placeholder(tf.float32, [None, *module.image_size,
+                                                   3])
+    output = module.apply(images)
+    init = tf.compat.v1.global_variables_initializer()
+  with tf.compat.v1.Session(graph=graph) as session:
+    session.run(init)
+    return module, session.run(output, {images: batch})
+
+
+@pytest.mark.parametrize('fixture', ['tf2_module', 'tf1_hub_module'])
+def test_both_formats_load_in_graph_mode_with_sizes_from_the_signature(
+    fixture, request):
+  path = request.getfixturevalue(fixture)
+  batch = np.random.default_rng(0).random([2, TINY_SIZE, TINY_SIZE, 3],
+                                          dtype=np.float32)
+  module, features = _features(modules.ModuleSpec(path, 'tiny'), batch)
+  assert module.image_size == (TINY_SIZE, TINY_SIZE)
+  assert module.bottleneck_size == TINY_BOTTLENECK
+  assert features.shape == (2, TINY_BOTTLENECK)
+  np.testing.assert_allclose(features[:, :3], 10 * batch.mean(axis=(1, 2)),
+                             rtol=1e-5)
+
+
+def test_unfixed_image_size_needs_the_override(tmp_path):
+  class Flexible(tf.Module):
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3],
+                                                tf.float32)])
+    def __call__(self, images):
+      return tf.reduce_mean(images, axis=[1, 2])
+
+  tf.saved_model.save(Flexible(), str(tmp_path / 'flexible'))
+  spec = modules.ModuleSpec(str(tmp_path / 'flexible'), 'flexible')
+  with tf.Graph().as_default(), pytest.raises(PoetsError,
+                                              match='--input_height'):
+    modules.load_module(spec)
+  module, features = _features(spec, np.ones([1, 20, 30, 3], np.float32),
+                               input_size=(20, 30))
+  assert module.image_size == (20, 30) and module.bottleneck_size == 3
+
+
+def test_missing_directory_and_unreachable_url_name_offline_alternatives():
+  with tf.Graph().as_default():
+    with pytest.raises(PoetsError, match='not found.*efficientnet_lite0'):
+      modules.load_module(modules.ModuleSpec('/no/such/module', 'x'))
+    with pytest.raises(PoetsError, match='Could not download.*'
+                       'efficientnet_lite0'):
+      modules.load_module(modules.ModuleSpec(
+          'http://127.0.0.1:9/module.tar.gz', 'x'))
+
+
+def _tar_gz(directory):
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode='w:gz') as archive:
+    archive.add(directory, arcname='.')
+  return buffer.getvalue()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+  """Serves tmp_path/served on 127.0.0.1 for the test's duration."""
+  served = tmp_path / 'served'
+  served.mkdir()
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                              directory=str(served))
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield served, f'http://127.0.0.1:{server.server_address[1]}'
+  server.shutdown()
+
+
+def test_tar_gz_url_is_downloaded_into_model_dir_and_used(
+    http_server, tf2_module, tmp_path):
+  served, url = http_server
+  (served / 'tiny.tar.gz').write_bytes(_tar_gz(tf2_module))
+  model_dir = tmp_path / 'models'
+  spec = modules.resolve_module('', f'{url}/tiny.tar.gz', str(model_dir))
+  module, features = _features(spec, np.ones([1, TINY_SIZE, TINY_SIZE, 3],
+                                             np.float32),
+                               model_dir=str(model_dir))
+  assert features.shape == (1, TINY_BOTTLENECK)
+  cached = [d for d in os.listdir(model_dir)
+            if os.path.exists(model_dir / d / 'saved_model.pb')]
+  assert len(cached) == 1
