@@ -173,15 +173,20 @@ def decode_image(contents):
   return image
 
 
-def decode_and_resize(contents, height, width):
-  """File bytes -> float32 [height, width, 3] in [0, 1], bilinear resize.
+def resize(image, height, width):
+  """uint8 [h, w, 3] -> float32 [height, width, 3] in [0, 255], bilinear.
 
   Resizing the uint8 image before converting keeps a very large photo from
-  becoming an even larger float copy.
+  becoming an even larger float copy. label_image.py normalizes the result
+  with its own mean and std, so it sees the pixels retrain.py saw.
   """
-  image = tf.image.resize(decode_image(contents), [height, width],
-                          method=tf.image.ResizeMethod.BILINEAR)
-  return image / 255.0
+  return tf.image.resize(image, [height, width],
+                         method=tf.image.ResizeMethod.BILINEAR)
+
+
+def decode_and_resize(contents, height, width):
+  """File bytes -> float32 [height, width, 3] in [0, 1], bilinear resize."""
+  return resize(decode_image(contents), height, width) / 255.0
 
 
 @dataclasses.dataclass(frozen=True)
