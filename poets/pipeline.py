@@ -148,7 +148,9 @@ def run(config):
 
   _set_aside_earlier_run(config.training.summaries_dir)
   start = time.perf_counter()
-  result = training.train(config.training, splits, labels, module,
+  result = training.train(config.training, splits, labels,
+                          lambda: modules.load_module(spec, config.model_dir,
+                                                      config.input_size),
                           save_intermediate,
                           config.intermediate_store_frequency)
   training_seconds = time.perf_counter() - start

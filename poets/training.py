@@ -73,17 +73,32 @@ class TrainingResult:
   validation_curve: list  # (step, accuracy) at each evaluation
 
 
+def _summary(kind, name, value):
+  """A summary whose tag is exactly `<current scope>/<name>`.
+
+  tf.compat.v1.summary.scalar would make the tags `accuracy_1` and
+  `cross_entropy_1` (their name scopes are taken by the ops); the tags
+  TensorBoard shows should be the plain names.
+  """
+  scope = tf.compat.v1.get_default_graph().get_name_scope()
+  tag = f'{scope}/{name}' if scope else name
+  if kind == 'scalar':
+    op = tf.raw_ops.ScalarSummary(tags=tag, values=value)
+  else:
+    op = tf.raw_ops.HistogramSummary(tag=tag, values=value)
+  tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.SUMMARIES, op)
+
+
 def variable_summaries(var):
   """Mean, stddev, min, max and a histogram of a tensor, as the original."""
   with tf.name_scope('summaries'):
     mean = tf.reduce_mean(var)
-    tf.compat.v1.summary.scalar('mean', mean)
-    with tf.name_scope('stddev'):
-      stddev = tf.sqrt(tf.reduce_mean(tf.square(var - mean)))
-    tf.compat.v1.summary.scalar('stddev', stddev)
-    tf.compat.v1.summary.scalar('max', tf.reduce_max(var))
-    tf.compat.v1.summary.scalar('min', tf.reduce_min(var))
-    tf.compat.v1.summary.histogram('histogram', var)
+    _summary('scalar', 'mean', mean)
+    _summary('scalar', 'stddev',
+             tf.sqrt(tf.reduce_mean(tf.square(var - mean))))
+    _summary('scalar', 'max', tf.reduce_max(var))
+    _summary('scalar', 'min', tf.reduce_min(var))
+    _summary('histogram', 'histogram', var)
 
 
 @dataclasses.dataclass
@@ -128,19 +143,21 @@ def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
       variable_summaries(layer_biases)
     with tf.name_scope('Wx_plus_b'):
       logits = tf.matmul(bottleneck_input, layer_weights) + layer_biases
-      tf.compat.v1.summary.histogram('pre_activations', logits)
+      _summary('histogram', 'pre_activations', logits)
   final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
-  tf.compat.v1.summary.histogram('activations', final_tensor)
+  _summary('histogram', 'activations', final_tensor)
   layer = FinalLayer(bottleneck_input, ground_truth_input, final_tensor)
   if learning_rate is None:
     return layer
   with tf.name_scope('cross_entropy'):
     layer.cross_entropy = tf.compat.v1.losses.sparse_softmax_cross_entropy(
         labels=ground_truth_input, logits=logits)
-  tf.compat.v1.summary.scalar('cross_entropy', layer.cross_entropy)
+  _summary('scalar', 'cross_entropy', layer.cross_entropy)
   with tf.name_scope('train'):
     optimizer = tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
-    layer.train_step = optimizer.minimize(layer.cross_entropy)
+    # Only the new layer learns; the module stays as it was pretrained.
+    layer.train_step = optimizer.minimize(
+        layer.cross_entropy, var_list=[layer_weights, layer_biases])
   with tf.name_scope('accuracy'):
     with tf.name_scope('correct_prediction'):
       layer.prediction = tf.argmax(final_tensor, 1)
@@ -148,7 +165,7 @@ def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
     with tf.name_scope('accuracy'):
       layer.evaluation_step = tf.reduce_mean(
           tf.cast(correct_prediction, tf.float32))
-  tf.compat.v1.summary.scalar('accuracy', layer.evaluation_step)
+  _summary('scalar', 'accuracy', layer.evaluation_step)
   return layer
 
 
@@ -273,12 +290,12 @@ def _warn_empty(splits, labels):
                       'have some.', name, ', '.join(missing))
 
 
-def train(config, splits, labels, module, save_intermediate=None,
+def train(config, splits, labels, load_module=None, save_intermediate=None,
           intermediate_store_frequency=0):
   """Trains the final layer on cached bottlenecks (or distorted images).
 
-  `splits` maps split names to SplitBottlenecks; `module` is the
-  LoadedModule, needed only with distortions. `save_intermediate(step)` is
+  `splits` maps split names to SplitBottlenecks; `load_module()` loads the
+  module into the current graph, needed only with distortions. `save_intermediate(step)` is
   called every `intermediate_store_frequency` steps after the checkpoint is
   written. Ctrl-C stops training after the current step and saves the
   checkpoint; the caller still exports what was trained.
@@ -293,7 +310,7 @@ def train(config, splits, labels, module, save_intermediate=None,
       tf.compat.v1.set_random_seed(seed)
     if config.distortions.enabled:
       batches = _DistortedBatches(splits['training'], class_count,
-                                  config.train_batch_size, module,
+                                  config.train_batch_size, load_module(),
                                   config.distortions, seed)
     else:
       batches = _CachedBatches(splits['training'], class_count,

@@ -11,10 +11,14 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+# As retrain.py runs: INFO lines are part of what users see.
+logging.set_verbosity(logging.INFO)
 
 TINY_SIZE = 32
 TINY_BOTTLENECK = 8
@@ -118,3 +122,30 @@ def tf1_hub_module(tmp_path_factory):
 @pytest.fixture
 def image_dir(tmp_path):
   return make_image_dir(tmp_path / 'photos')
+
+
+@pytest.fixture(scope='session')
+def retrained(tmp_path_factory, tf2_module):
+  """One whole retrain.py run on three colour classes, shared by tests.
+
+  Returns (config, RunResult); every output lies in a temporary folder.
+  """
+  from poets import pipeline
+  from poets import training
+  root = tmp_path_factory.mktemp('retrained')
+  config = pipeline.RetrainConfig(
+      image_dir=make_image_dir(root / 'photos', per_class=30),
+      output_graph=str(root / 'retrained_graph.pb'),
+      output_labels=str(root / 'retrained_labels.txt'),
+      bottleneck_dir=str(root / 'bottlenecks'),
+      intermediate_output_graphs_dir=str(root / 'intermediate'),
+      intermediate_store_frequency=100,
+      saved_model_dir=str(root / 'saved_model'),
+      tfhub_module=tf2_module,
+      model_dir=str(root / 'models'),
+      training=training.TrainingConfig(
+          how_many_training_steps=300, eval_step_interval=50,
+          summaries_dir=str(root / 'summaries'),
+          checkpoint_path=str(root / 'checkpoint' / 'retrain'),
+          print_misclassified_test_images=True, random_seed=0))
+  return config, pipeline.run(config)

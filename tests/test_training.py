@@ -1,0 +1,157 @@
+"""Tests for poets/training.py: the new layer, its loop and its summaries."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from poets import bottlenecks
+from poets import training
+
+
+def _events(directory):
+  """(scalar tags, has a graph) of the event files in a folder."""
+  tags, graph = set(), False
+  for path in glob.glob(os.path.join(directory, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      graph = graph or bool(event.graph_def)
+      tags.update(value.tag for value in event.summary.value)
+  return tags, graph
+
+
+def test_separable_classes_reach_high_test_accuracy(retrained):
+  _, result = retrained
+  assert result.training.test.accuracy >= 0.9
+  assert result.training.steps_done == 300
+  assert not result.training.interrupted
+  assert result.training.validation_curve[-1][0] == 299
+
+
+def test_log_lines_follow_the_original(retrained, caplog, tmp_path):
+  config, _ = retrained
+  from poets import pipeline
+  import dataclasses
+  rerun = dataclasses.replace(config, training=dataclasses.replace(
+      config.training, how_many_training_steps=11, eval_step_interval=10,
+      summaries_dir=str(tmp_path / 's')),
+      output_graph=str(tmp_path / 'g.pb'), saved_model_dir='',
+      intermediate_store_frequency=0)
+  pipeline.run(rerun)
+  text = caplog.text
+  assert 'Step 0: Train accuracy = ' in text
+  assert 'Step 10: Cross entropy = ' in text
+  assert 'Step 10: Validation accuracy = ' in text and '(N=100)' in text
+  assert 'Final test accuracy = ' in text
+  assert '=== MISCLASSIFIED TEST IMAGES ===' in text
+  assert 'precision  recall  count' in text and 'Confusion matrix' in text
+
+
+def test_summaries_hold_scalars_histograms_and_graph(retrained):
+  config, _ = retrained
+  train_tags, train_graph = _events(os.path.join(config.training.summaries_dir,
+                                                 'train'))
+  validation_tags, _ = _events(os.path.join(config.training.summaries_dir,
+                                            'validation'))
+  expected = {'accuracy', 'cross_entropy', 'activations',
+              'final_retrain_ops/Wx_plus_b/pre_activations',
+              'final_retrain_ops/weights/summaries/mean',
+              'final_retrain_ops/weights/summaries/stddev',
+              'final_retrain_ops/weights/summaries/histogram',
+              'final_retrain_ops/biases/summaries/max'}
+  assert expected <= train_tags
+  assert expected <= validation_tags
+  assert train_graph
+  _, exported_graph = _events(os.path.join(config.training.summaries_dir,
+                                           'retrained_graph'))
+  assert exported_graph
+
+
+def _split(rng, count, class_count, size=4):
+  truth = np.sort(rng.integers(0, class_count, count))
+  values = np.eye(class_count, size, dtype=np.float32)[truth] * 5
+  values += rng.normal(0, 0.1, values.shape).astype(np.float32)
+  return bottlenecks.SplitBottlenecks(values, truth.astype(np.int64),
+                                      [f'img{i}.jpg' for i in range(count)])
+
+
+def test_empty_validation_and_test_shares_do_not_crash(tmp_path, caplog):
+  rng = np.random.default_rng(0)
+  empty = bottlenecks.SplitBottlenecks(np.zeros([0, 4], np.float32),
+                                       np.zeros([0], np.int64), [])
+  splits = {'training': _split(rng, 40, 2), 'validation': empty,
+            'testing': empty}
+  config = training.TrainingConfig(
+      how_many_training_steps=20, summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1)
+  result = training.train(config, splits, ['a', 'b'])
+  assert result.test is None and result.steps_done == 20
+  assert 'No validation images for a, b' in caplog.text
+  assert 'skipping the final test' in caplog.text
+
+
+def test_sampling_is_uniform_over_classes_and_seeded():
+  rng = np.random.default_rng(0)
+  split = _split(rng, 200, 3)
+  split.ground_truth[:] = np.array([0] * 180 + [1] * 10 + [2] * 10)
+
+  def draw(seed):
+    graph = tf.Graph()
+    with graph.as_default():
+      tf.compat.v1.set_random_seed(seed)
+      batches = training._CachedBatches(split, 3, 3000, seed)
+    with tf.compat.v1.Session(graph=graph) as session:
+      batches.initialize(session)
+      return session.run(batches.ground_truth)
+
+  truth = draw(5)
+  counts = np.bincount(truth, minlength=3) / len(truth)
+  np.testing.assert_allclose(counts, [1 / 3] * 3, atol=0.05)
+  np.testing.assert_array_equal(truth, draw(5))
+
+
+def test_ctrl_c_stops_cleanly_and_saves(tmp_path, monkeypatch, caplog):
+  rng = np.random.default_rng(0)
+  splits = {name: _split(rng, 30, 2) for name in ('training', 'validation',
+                                                   'testing')}
+  calls = []
+  real_run = tf.compat.v1.Session.run
+
+  def interrupting_run(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 40:
+      raise KeyboardInterrupt
+    return real_run(self, *args, **kwargs)
+
+  monkeypatch.setattr(tf.compat.v1.Session, 'run', interrupting_run)
+  config = training.TrainingConfig(
+      how_many_training_steps=1000, summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1)
+  result = training.train(config, splits, ['a', 'b'])
+  assert result.interrupted and 0 < result.steps_done < 1000
+  assert 'Interrupted at step' in caplog.text
+  assert os.path.exists(str(tmp_path / 'c' / 'x.index'))
+
+
+@pytest.mark.parametrize('flip', [True, False])
+def test_distortions_train_through_the_module(tmp_path, tf2_module, flip):
+  from conftest import make_image_dir
+  from poets import images, modules
+  image_dir = make_image_dir(tmp_path / 'p', per_class=8)
+  lists = images.create_image_lists(image_dir, 0, 0)
+  spec = modules.ModuleSpec(tf2_module, 'tiny')
+  with tf.Graph().as_default():
+    module = modules.load_module(spec)
+  splits, _ = bottlenecks.cache_bottlenecks(lists, module,
+                                            str(tmp_path / 'b'))
+  config = training.TrainingConfig(
+      how_many_training_steps=60, eval_step_interval=20, learning_rate=0.05,
+      summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1,
+      distortions=images.Distortions(flip_left_right=flip, random_crop=10,
+                                     random_scale=10, random_brightness=10))
+  splits['testing'] = splits['training']
+  result = training.train(config, splits, lists.labels,
+                          lambda: modules.load_module(spec))
+  assert result.test.accuracy >= 0.9
