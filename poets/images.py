@@ -12,6 +12,7 @@ pixels in both.
 import dataclasses
 import hashlib
 import os
+import random
 import re
 
 from absl import logging
@@ -161,6 +162,24 @@ def create_image_lists(image_dir, testing_percentage, validation_percentage):
         f'{image_dir} needs at least 2 class folders with images (found '
         f'{found}); add one sub-folder of images per class.')
   return ImageLists(image_dir=image_dir, classes=classes)
+
+
+def limit_training_images(image_lists, per_class, seed=None):
+  """Keeps at most `per_class` training images of each class.
+
+  For learning curves: the choice is seeded (None = a fixed default) and
+  nested (a smaller limit keeps a subset of a larger one's images), and the
+  testing and validation images stay as split, so runs stay comparable.
+  """
+  seed = 0 if seed is None else seed
+  classes = []
+  for image_class in image_lists.classes:
+    # Seeded by class too, so a class's choice ignores the other classes.
+    shuffled = random.Random(f'{seed}/{image_class.label}').sample(
+        image_class.training, len(image_class.training))
+    classes.append(dataclasses.replace(
+        image_class, training=sorted(shuffled[:per_class])))
+  return dataclasses.replace(image_lists, classes=classes)
 
 
 def decode_image(contents):

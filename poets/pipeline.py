@@ -39,6 +39,7 @@ class RetrainConfig:
   tfhub_module: str = ''
   model_dir: str = 'tf_files/models'
   input_size: tuple[int, int] | None = None
+  images_per_class: int | None = None  # training images kept per class
   training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
 
@@ -115,6 +116,9 @@ def run(config):
   image_lists = images.create_image_lists(config.image_dir,
                                           config.testing_percentage,
                                           config.validation_percentage)
+  if config.images_per_class is not None:
+    image_lists = images.limit_training_images(
+        image_lists, config.images_per_class, config.training.random_seed)
   labels = image_lists.labels
   module = _module_info(spec, config)
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks', spec.name,
