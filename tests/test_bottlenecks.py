@@ -107,23 +107,6 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(
   assert summary.reused == 25 and summary.created == 35
 
 
-def test_atomic_write_never_leaves_a_half_file(tmp_path, monkeypatch):
-  target = tmp_path / 'out.txt'
-  target.write_text('old and good')
-
-  class Boom(Exception):
-    pass
-
-  def failing_replace(source, destination):
-    raise Boom
-
-  monkeypatch.setattr(os, 'replace', failing_replace)
-  with pytest.raises(Boom):
-    files.atomic_write(str(target), 'new')
-  assert target.read_text() == 'old and good'
-  assert os.listdir(tmp_path) == ['out.txt']
-
-
 def test_undecodable_image_is_skipped_with_its_path(tmp_path, tf2_module,
                                                     caplog):
   image_dir = make_image_dir(tmp_path / 'p')
