@@ -1,0 +1,67 @@
+"""Tests for retrain.py itself: flags, one-line errors, the codelab flow."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_image_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def retrain(*args, cwd=None):
+  """Runs retrain.py as a user would; returns (exit code, stdout+stderr)."""
+  process = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'retrain.py'), *args], cwd=cwd,
+      capture_output=True, text=True, timeout=300)
+  return process.returncode, process.stdout + process.stderr
+
+
+def test_help_documents_the_flags():
+  _, output = retrain('--help')
+  assert 'Retrains the last layer' in output
+  for flag in ('--image_dir', '--how_many_training_steps', '--tfhub_module',
+               '--architecture', '--random_crop', '--saved_model_dir',
+               '--random_seed', '--input_height'):
+    assert flag in output
+
+
+def test_codelab_flow_both_flag_spellings_and_outputs(tmp_path, tf2_module):
+  make_image_dir(tmp_path / 'tf_files' / 'flower_photos')
+  code, output = retrain(
+      '--how_many_training_steps', '50', '--eval_step_interval=25',
+      f'--tfhub_module={tf2_module}', '--random_seed', '3', cwd=tmp_path)
+  assert code == 0, output
+  assert re.search(r'Step 49: Train accuracy = [\d.]+%', output)
+  assert re.search(r'Final test accuracy = [\d.]+% \(N=\d+\)', output)
+  assert 'Traceback' not in output
+  files = tmp_path / 'tf_files'
+  assert (files / 'retrained_graph.pb').stat().st_size > 0
+  assert (files / 'retrained_labels.txt').read_text() == 'blue\ngreen\nred\n'
+  module_name = tf2_module.replace('/', '~')
+  assert (files / 'training_summaries' / module_name / 'train').is_dir()
+  assert (files / 'bottlenecks' / 'red' /
+          f'red_000.jpg_{module_name}.txt').exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--image_dir', 'nowhere'], "Image directory 'nowhere' not found"),
+    ([], 'flower_photos.tgz'),
+    (['--architecture', 'mobilenet_0.50_224', '--tfhub_module', 'x'],
+     'not both'),
+    (['--tfhub_module', '/no/module'], "Module directory '/no/module' not "
+     'found'),
+])
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+  make_image_dir(tmp_path / 'photos', per_class=2)
+  if args[:1] == ['--tfhub_module']:
+    args = ['--image_dir', 'photos', *args]
+  code, output = retrain(*args, cwd=tmp_path)
+  assert code != 0
+  assert 'Traceback' not in output
+  error_lines = [line for line in output.splitlines()
+                 if line.startswith('ERROR: ')]
+  assert len(error_lines) == 1 and message in error_lines[0]
