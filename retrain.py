@@ -180,11 +180,13 @@ def main(argv):
   # TensorFlow's own deprecation notices about tf.compat.v1 are not for users.
   tf.get_logger().setLevel('ERROR')
   try:
-    pipeline.run(config_from_flags())
+    result = pipeline.run(config_from_flags())
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
   except KeyboardInterrupt:
     sys.exit('Interrupted; finished bottleneck files and outputs are intact.')
+  if result.training.interrupted:
+    sys.exit(130)  # What was trained is saved, but the run did not finish.
 
 
 if __name__ == '__main__':

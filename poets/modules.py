@@ -12,9 +12,13 @@ Both the TF2 SavedModel format and the legacy TF1 Hub format
 import dataclasses
 import os
 import re
+import tarfile
+import urllib.request
 
-import tensorflow as tf
 import tensorflow_hub as hub
+from tensorflow_hub import compressed_module_resolver
+from tensorflow_hub import registry
+from tensorflow_hub import resolver
 
 from poets import efficientnet_lite
 from poets.errors import PoetsError
@@ -84,6 +88,43 @@ def resolve_module(architecture, tfhub_module, model_dir):
   raise PoetsError(
       f"Unknown --architecture '{architecture}'; choose one of: "
       f"{', '.join(architecture_names())}.")
+
+
+def _extract_checked(handle, fileobj, destination):
+  """Unpacks a module archive, refusing any member that would land outside.
+
+  TF Hub's own extractor refuses `..` but quietly strips a leading `/`; an
+  archive naming absolute paths is not a module anyone should trust.
+  """
+  with tarfile.open(mode='r|*', fileobj=fileobj) as archive:
+    for member in archive:
+      name = member.name
+      if (os.path.isabs(name) or name.startswith(('/', '\\')) or
+          os.path.normpath(name).split(os.sep)[0] == '..'):
+        raise PoetsError(f'Refused the module archive {handle}: it holds '
+                         f"'{name}', a path outside the module folder.")
+      if not (member.isfile() or member.isdir()):
+        raise PoetsError(f'Refused the module archive {handle}: '
+                         f"'{name}' is a link or device, not a file.")
+      archive.extract(member, destination, filter='data')
+
+
+class _CheckedArchiveResolver(
+    compressed_module_resolver.HttpCompressedFileResolver):
+  """TF Hub's download-and-cache for archive URLs, with a checked unpack."""
+
+  def __call__(self, handle):
+    def download(handle, temp_dir):
+      request = urllib.request.Request(
+          self._append_compressed_format_query(handle))
+      _extract_checked(handle, self._call_urlopen(request), temp_dir)
+
+    return resolver.atomic_download(
+        handle, download, compressed_module_resolver._module_dir(handle),  # pylint: disable=protected-access
+        self._lock_file_timeout_sec())
+
+
+registry.resolver.add_implementation(_CheckedArchiveResolver())
 
 
 def _is_url(handle):

@@ -6,8 +6,11 @@ bottleneck is a fixed projection of each image's mean and spread of R, G and
 B, so solid-colour classes are separable and training can be checked.
 """
 
+import functools
+import http.server
 import io
 import os
+import threading
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -149,3 +152,17 @@ def retrained(tmp_path_factory, tf2_module):
           checkpoint_path=str(root / 'checkpoint' / 'retrain'),
           print_misclassified_test_images=True, random_seed=0))
   return config, pipeline.run(config)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+  """Serves tmp_path/served on 127.0.0.1 for the test's duration."""
+  served = tmp_path / 'served'
+  served.mkdir()
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                              directory=str(served))
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield served, f'http://127.0.0.1:{server.server_address[1]}'
+  server.shutdown()

@@ -1,11 +1,8 @@
 """Tests for poets/modules.py: resolving handles and loading in graph mode."""
 
-import functools
-import http.server
 import io
 import os
 import tarfile
-import threading
 
 import numpy as np
 import pytest
@@ -102,20 +99,6 @@ def _tar_gz(directory):
   with tarfile.open(fileobj=buffer, mode='w:gz') as archive:
     archive.add(directory, arcname='.')
   return buffer.getvalue()
-
-
-@pytest.fixture
-def http_server(tmp_path):
-  """Serves tmp_path/served on 127.0.0.1 for the test's duration."""
-  served = tmp_path / 'served'
-  served.mkdir()
-  handler = functools.partial(http.server.SimpleHTTPRequestHandler,
-                              directory=str(served))
-  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
-  yield served, f'http://127.0.0.1:{server.server_address[1]}'
-  server.shutdown()
 
 
 def test_tar_gz_url_is_downloaded_into_model_dir_and_used(
