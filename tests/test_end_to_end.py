@@ -1,0 +1,50 @@
+"""End to end with the real default module: slow, offline, run in CI."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_image_dir
+from poets import pipeline
+from poets import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLOWERS = os.path.join(ROOT, '..', 'shared', 'data', 'flower_photos_sample')
+
+
+@pytest.mark.slow
+def test_default_module_retrains_and_exports(tmp_path):
+  config = pipeline.RetrainConfig(
+      image_dir=make_image_dir(tmp_path / 'photos', per_class=12),
+      output_graph=str(tmp_path / 'g.pb'),
+      output_labels=str(tmp_path / 'labels.txt'),
+      bottleneck_dir=str(tmp_path / 'bottlenecks'),
+      model_dir=str(tmp_path / 'models'),
+      training=training.TrainingConfig(
+          how_many_training_steps=200, eval_step_interval=100,
+          summaries_dir=str(tmp_path / 's'),
+          checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=0))
+  result = pipeline.run(config)
+  names = os.listdir(tmp_path / 'bottlenecks' / 'red')
+  assert all(name.endswith('_efficientnet_lite0.txt') for name in names)
+  assert result.training.test is None or result.training.test.accuracy >= 0.9
+  assert os.path.getsize(tmp_path / 'g.pb') > 4_000_000  # Module included.
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(FLOWERS),
+                    reason='../shared/data/flower_photos_sample is absent')
+def test_flower_sample_offline_with_no_module_flags(tmp_path):
+  """The issue's promise: a fresh clone, no network, >= 85% on real flowers."""
+  process = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'retrain.py'), '--image_dir',
+       os.path.abspath(FLOWERS), '--random_seed', '0'],
+      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert process.returncode == 0, process.stderr[-3000:]
+  accuracy = float(re.search(r'Final test accuracy = ([\d.]+)%',
+                             process.stderr).group(1))
+  assert accuracy >= 85
+  assert (tmp_path / 'tf_files' / 'retrained_graph.pb').exists()
