@@ -1,0 +1,138 @@
+r"""Labels photos with a retrained graph: the codelab's label_image.py.
+
+  python label_image.py --image tf_files/flower_photos/daisy/photo1.jpg
+
+prints the evaluation time and the top five labels with their scores. The
+defaults fit graphs made by this project's retrain.py (input `Placeholder`,
+output `final_result`, pixels scaled to [0, 1]); the image size is read from
+the graph. For graphs made by the codelab's own scripts pass their layer and
+normalization:
+
+  MobileNet:    --input_layer=input --input_mean=128 --input_std=128
+  Inception v3: --input_layer=Mul --input_height=299 --input_width=299 \
+                --input_mean=128 --input_std=128
+
+`--list_layers` shows which input and output names a graph has. Several
+photos (`--image a.jpg b.jpg`, or `--image_dir folder/`) are labelled in
+batches with `--output_format text|json|csv`. Before retraining anything, try
+`--imagenet` to label a photo with the embedded module's 1000 ImageNet
+classes.
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from poets import labeling  # noqa: E402
+from poets.errors import PoetsError  # noqa: E402
+
+_D = labeling.LabelConfig()
+
+flags.DEFINE_string('graph', _D.graph, 'The frozen graph (.pb) to run.')
+flags.DEFINE_string('labels', _D.labels,
+                    "The graph's labels file, one label per output.")
+flags.DEFINE_multi_string('image', [],
+                          'Image(s) to label; repeat the flag, list them '
+                          'after it or separate them with commas.')
+flags.DEFINE_string('image_dir', '',
+                    'A folder whose images (searched recursively) to label.')
+flags.DEFINE_string('input_layer', _D.input_layer,
+                    'Name of the input layer: Placeholder for this project, '
+                    'input (MobileNet) or Mul (Inception v3) for the '
+                    "codelab's graphs; see --list_layers.")
+flags.DEFINE_string('output_layer', _D.output_layer,
+                    'Name of the output layer.')
+flags.DEFINE_integer('input_height', None,
+                     "Image height; default: the input layer's, else 224.")
+flags.DEFINE_integer('input_width', None,
+                     "Image width; default: the input layer's, else 224.")
+flags.DEFINE_float('input_mean', _D.input_mean,
+                   'Subtracted from each pixel (0-255) before --input_std.')
+flags.DEFINE_float('input_std', _D.input_std,
+                   'Each pixel minus --input_mean is divided by this; the '
+                   'defaults give the [0, 1] that retrain.py trained on.')
+flags.DEFINE_integer('top_k', _D.top_k, 'How many labels to show per image.')
+flags.DEFINE_integer('batch_size', _D.batch_size,
+                     'Images per run of the graph.')
+flags.DEFINE_enum('output_format', 'text', labeling.OUTPUT_FORMATS,
+                  'text as the codelab printed it, json or csv for scripts.')
+flags.DEFINE_bool('list_layers', False,
+                  "Print the graph's candidate input and output layers and "
+                  'exit.')
+flags.DEFINE_bool('imagenet', False,
+                  "Label with the embedded module's ImageNet classifier "
+                  f'instead of --graph and --labels (written once to '
+                  f'{labeling.IMAGENET_GRAPH} and {labeling.IMAGENET_LABELS}).')
+
+FLAGS = flags.FLAGS
+
+
+def _image_args(values):
+  """Comma lists split, unless a comma is part of an existing file's name."""
+  paths = []
+  for value in values:
+    parts = [value] if os.path.exists(value) else value.split(',')
+    paths += [p for p in parts if p]
+  return paths
+
+
+def config_from_flags(extra_images):
+  return labeling.LabelConfig(
+      graph=FLAGS.graph,
+      labels=FLAGS.labels,
+      images=_image_args(FLAGS.image + extra_images),
+      image_dir=FLAGS.image_dir,
+      input_layer=FLAGS.input_layer,
+      output_layer=FLAGS.output_layer,
+      input_height=FLAGS.input_height,
+      input_width=FLAGS.input_width,
+      input_mean=FLAGS.input_mean,
+      input_std=FLAGS.input_std,
+      top_k=FLAGS.top_k,
+      batch_size=FLAGS.batch_size)
+
+
+def _use_imagenet(config):
+  """The config with the ImageNet graph, which is built on first use."""
+  graph, labels = labeling.IMAGENET_GRAPH, labeling.IMAGENET_LABELS
+  if not (os.path.exists(graph) and os.path.exists(labels)):
+    print(f'Writing {graph} and {labels} (once)...', file=sys.stderr)
+    labeling.export_imagenet_graph(graph, labels)
+  return labeling.LabelConfig(**{**vars(config), 'graph': graph,
+                                 'labels': labels})
+
+
+def main(argv):
+  # TensorFlow's own deprecation notices about tf.compat.v1 are not for users.
+  tf.get_logger().setLevel('ERROR')
+  try:
+    if FLAGS.list_layers:
+      sys.stdout.write(labeling.list_layers(FLAGS.graph))
+      return
+    config = config_from_flags(argv[1:])
+    if FLAGS.imagenet:
+      config = _use_imagenet(config)
+      if not config.images and not config.image_dir:
+        print(f'Label a photo with: python {argv[0]} --imagenet --image '
+              'photo.jpg', file=sys.stderr)
+        return
+    run = labeling.label_images(config)
+  except PoetsError as e:
+    sys.exit(f'ERROR: {e}')
+  for warning in run.warnings:
+    print(f'WARNING: {warning}', file=sys.stderr)
+  sys.stdout.write(labeling.format_run(run, FLAGS.output_format))
+  errors = [r.error for r in run.results if r.error]
+  for error in errors:
+    print(f'ERROR: {error}', file=sys.stderr)
+  if errors:
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

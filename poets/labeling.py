@@ -1,0 +1,529 @@
+"""Labeling: run a frozen graph on photos and name the top classes.
+
+The last stage, what label_image.py does. The graph is imported under the
+`import/` prefix as the codelab's script did; its input and output layers are
+found by the names users know, with or without `import/` and `:0`, and a
+wrong name is answered with the names that are there. Images get the pixels
+retrain.py gave them (poets.images' decode and bilinear resize) and then
+(pixel - input_mean) / input_std, so the defaults (0, 255) reproduce exactly
+the [0, 1] input of this project's graphs. A tf.data pipeline decodes the
+images in parallel and the graph runs on batches of them; an image that
+cannot be read or decoded is reported and the others are still labelled.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+
+from google.protobuf import message
+import numpy as np
+import tensorflow as tf
+import tensorflow_hub as hub
+
+from poets import bottlenecks
+from poets import efficientnet_lite
+from poets import export
+from poets import images
+from poets import modules
+from poets.errors import PoetsError
+
+PREFIX = 'import'
+DEFAULT_INPUT_SIZE = 224
+OUTPUT_FORMATS = ('text', 'json', 'csv')
+IMAGENET_GRAPH = 'tf_files/imagenet_graph.pb'
+IMAGENET_LABELS = 'tf_files/imagenet_labels.txt'
+
+
+@dataclasses.dataclass
+class LabelConfig:
+  """What to label with which graph; defaults fit this project's graphs."""
+  graph: str = 'tf_files/retrained_graph.pb'
+  labels: str = 'tf_files/retrained_labels.txt'
+  images: list[str] = dataclasses.field(default_factory=list)
+  image_dir: str = ''
+  input_layer: str = export.INPUT_NAME
+  output_layer: str = 'final_result'
+  input_height: int | None = None  # None: the input's static shape, or 224.
+  input_width: int | None = None
+  input_mean: float = 0.0
+  input_std: float = 255.0
+  top_k: int = 5
+  batch_size: int = bottlenecks.BATCH_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class Convention:
+  """The input range that graphs from one source were trained on."""
+  input_layer: str
+  output_layer: str | None  # None: whatever the output is called.
+  low: float
+  high: float
+  flags: str
+  source: str
+
+
+# What makes a mean/std that does not match training visible: graphs whose
+# input is known by name and whose pixel range is known.
+CONVENTIONS = (
+    Convention(export.INPUT_NAME, None, 0.0, 1.0,
+               '--input_mean=0 --input_std=255',
+               "this project's and TF Hub's retrain.py"),
+    Convention('Mul', None, -1.0, 1.0, '--input_mean=128 --input_std=128',
+               "the codelab's and TensorFlow's Inception v3 retrain.py"),
+    Convention('input', 'final_result', -1.0, 1.0,
+               '--input_mean=128 --input_std=128',
+               "the codelab's MobileNet retrain.py"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """A candidate input or output, as --list_layers and errors show it."""
+  name: str  # Without the import/ prefix.
+  op_type: str
+  dtype: str
+  shape: str
+
+  def __str__(self):
+    kind = '' if self.op_type == 'Placeholder' else f' ({self.op_type})'
+    return f'{self.name} {self.dtype} {self.shape}{kind}'
+
+
+@dataclasses.dataclass
+class Prediction:
+  label: str
+  score: float
+
+
+@dataclasses.dataclass
+class ImageResult:
+  image: str
+  predictions: list[Prediction]
+  error: str | None = None
+
+
+@dataclasses.dataclass
+class LabelRun:
+  """The results in input order, and the time spent in the graph."""
+  results: list[ImageResult]
+  seconds: float
+  batches: int
+  warnings: list[str]
+
+  @property
+  def labelled(self):
+    return [r for r in self.results if r.error is None]
+
+
+def load_graph_def(path):
+  """Reads a frozen GraphDef, or raises PoetsError saying what `path` is."""
+  fix = 'pass --graph the .pb file that retrain.py wrote (--output_graph)'
+  if os.path.isdir(path):
+    raise PoetsError(f'--graph {path} is a folder, not a frozen graph; {fix}.')
+  if not os.path.exists(path):
+    raise PoetsError(f'--graph {path} not found; {fix}, or try --imagenet to '
+                     'label with the 1000 ImageNet classes.')
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise PoetsError(f'Cannot read --graph {path} ({e.strerror}); {fix}.'
+                     ) from e
+  graph_def = tf.compat.v1.GraphDef()
+  try:
+    graph_def.ParseFromString(data)
+  except message.DecodeError as e:
+    raise PoetsError(f'--graph {path} is not a frozen GraphDef ({e}); {fix}.'
+                     ) from e
+  if not graph_def.node:
+    raise PoetsError(f'--graph {path} is not a frozen GraphDef (it holds no '
+                     f'operations); {fix}.')
+  return graph_def
+
+
+def import_graph(graph_def, path):
+  """A new graph holding `graph_def` under the import/ prefix."""
+  graph = tf.Graph()
+  with graph.as_default():
+    try:
+      tf.compat.v1.import_graph_def(graph_def, name=PREFIX)
+    except (ValueError, tf.errors.OpError) as e:
+      first_line = str(e).strip().splitlines()[0]
+      raise PoetsError(f'--graph {path} cannot be loaded by this TensorFlow '
+                       f'({first_line}); re-export it with retrain.py.') from e
+  return graph
+
+
+def _shape(tensor):
+  if tensor.shape.rank is None:
+    return '<unknown>'
+  return '[' + ','.join('?' if d is None else str(d)
+                        for d in tensor.shape.as_list()) + ']'
+
+
+def _layer(op):
+  tensor = op.outputs[0]
+  return Layer(op.name[len(PREFIX) + 1:], op.type, tensor.dtype.name,
+               _shape(tensor))
+
+
+def _is_image(tensor):
+  shape = tensor.shape
+  return (tensor.dtype.is_floating and shape.rank == 4 and
+          shape[1] is not None and shape[2] is not None and shape[3] == 3)
+
+
+def input_candidates(graph):
+  """Placeholders, and, in a graph without a float image placeholder such as
+  the codelab's Inception one, the image tensors its decoding steps make."""
+  placeholders = [op for op in graph.get_operations()
+                  if op.type == 'Placeholder']
+  if any(_is_image(op.outputs[0]) for op in placeholders):
+    return [_layer(op) for op in placeholders]
+  image_ops = [op for op in graph.get_operations()
+               if op.outputs and op.type not in ('Placeholder', 'Const') and
+               _is_image(op.outputs[0])]
+  return [_layer(op) for op in placeholders + image_ops]
+
+
+def output_candidates(graph):
+  """Softmax ops, then the ops whose results nothing else uses."""
+  ignored = ('Const', 'NoOp', 'Placeholder', 'PlaceholderWithDefault')
+  softmax = [op for op in graph.get_operations() if op.type == 'Softmax']
+  terminal = [op for op in graph.get_operations()
+              if op.outputs and op.type not in ignored + ('Softmax',) and
+              not any(t.consumers() for t in op.outputs)]
+  return [_layer(op) for op in softmax + terminal]
+
+
+def describe_layers(graph):
+  """The --list_layers text: which names --input_layer and --output_layer
+  can take."""
+  lines = ['Inputs (--input_layer):']
+  lines += [f'  {l}' for l in input_candidates(graph)] or ['  (none)']
+  lines.append('Outputs (--output_layer):')
+  lines += [f'  {l}' for l in output_candidates(graph)] or ['  (none)']
+  return '\n'.join(lines) + '\n'
+
+
+def list_layers(graph_path):
+  """The --list_layers answer for the graph file at `graph_path`."""
+  return describe_layers(import_graph(load_graph_def(graph_path), graph_path))
+
+
+def _candidates_text(layers):
+  return ', '.join(str(l) for l in layers) or 'none'
+
+
+def find_tensor(graph, name, flag, graph_path):
+  """The tensor `name` names: `x`, `x:0`, `import/x` and `import/x:0` all
+  work. Raises PoetsError naming the candidates when there is none."""
+  op_name, _, index = name.strip().partition(':')
+  if not index.isdigit() and index:
+    raise PoetsError(f"{flag}={name} is not a layer name; pass a name such as "
+                     f"'final_result' or 'final_result:0'.")
+  names = [f'{PREFIX}/{op_name}']
+  if op_name.startswith(f'{PREFIX}/'):
+    names.append(op_name)
+  for full_name in names:
+    try:
+      op = graph.get_operation_by_name(full_name)
+    except KeyError:
+      continue
+    if int(index or 0) >= len(op.outputs):
+      raise PoetsError(f"{flag}={name}: '{op_name}' has {len(op.outputs)} "
+                       'outputs; drop the :N suffix.')
+    return op.outputs[int(index or 0)]
+  if flag == '--input_layer':
+    kind, layers = 'inputs', input_candidates(graph)
+  else:
+    kind, layers = 'outputs', output_candidates(graph)
+  bare = op_name[len(PREFIX) + 1:] if op_name.startswith(f'{PREFIX}/') else (
+      op_name)
+  raise PoetsError(f"{flag}: no operation '{bare}' in {graph_path}; its {kind} "
+                   f'are: {_candidates_text(layers)}.')
+
+
+def read_labels(path):
+  try:
+    with open(path, encoding='utf-8') as f:
+      labels = [line.rstrip() for line in f]
+  except OSError as e:
+    raise PoetsError(f'Cannot read --labels {path} ({e.strerror}); pass the '
+                     'labels file written beside the graph (--output_labels '
+                     'of retrain.py).') from e
+  while labels and not labels[-1]:
+    labels.pop()
+  return labels
+
+
+def _check_labels(labels, classes, config):
+  if len(labels) != classes:
+    raise PoetsError(
+        f'--labels {config.labels} has {len(labels)} labels but '
+        f"--output_layer '{config.output_layer}' of {config.graph} gives "
+        f'{classes} scores; pass the labels file written with this graph.')
+
+
+def find_images(paths, image_dir):
+  """The images to label: `paths` as given, then `image_dir`'s photos."""
+  found = list(paths)
+  if image_dir:
+    if not os.path.isdir(image_dir):
+      raise PoetsError(f'--image_dir {image_dir} is not a folder; pass a '
+                       'folder of photos.')
+    # pylint: disable-next=protected-access
+    in_dir = images._find_images(image_dir)
+    if not in_dir:
+      raise PoetsError(f'--image_dir {image_dir} holds no images ending in '
+                       f'{", ".join(images.IMAGE_EXTENSIONS)}.')
+    found += [os.path.join(image_dir, name) for name in in_dir]
+  if not found:
+    raise PoetsError('No images to label; pass --image photo.jpg (several '
+                     'allowed) or --image_dir folder/.')
+  return found
+
+
+def normalize(contents, height, width, mean, std):
+  """File bytes -> float32 [height, width, 3]: retrain.py's decode and resize,
+  then (pixel - mean) / std; for mean 0, std 255 exactly decode_and_resize."""
+  resized = images.resize(images.decode_image(contents), height, width)
+  return (resized - mean) / std
+
+
+def _input_size(tensor, config):
+  """Height and width: the flags, else the input's static shape, else 224."""
+  name = config.input_layer
+  if not tensor.dtype.is_floating:
+    raise PoetsError(
+        f"--input_layer '{name}' is a {tensor.dtype.name} tensor, but "
+        'label_image feeds decoded float images; pick an image input: '
+        f'{_candidates_text(input_candidates(tensor.graph))}.')
+  shape = tensor.shape
+  if shape.rank is not None and (shape.rank != 4 or shape[3] not in (None,
+                                                                     3)):
+    raise PoetsError(
+        f"--input_layer '{name}' has shape {_shape(tensor)}, not a batch of "
+        'RGB images [N,height,width,3]; pick an image input: '
+        f'{_candidates_text(input_candidates(tensor.graph))}.')
+  size = []
+  for flag, value, dim in (
+      ('--input_height', config.input_height, 1),
+      ('--input_width', config.input_width, 2)):
+    static = shape[dim] if shape.rank else None
+    if value and static and value != static:
+      raise PoetsError(f"{flag}={value} but --input_layer '{name}' takes "
+                       f'{_shape(tensor)} images; drop {flag}.')
+    size.append(value or static or DEFAULT_INPUT_SIZE)
+  return tuple(size)
+
+
+def convention_warnings(config):
+  """Says when mean/std put pixels outside the range a known graph expects:
+  wrong normalization gives confident, wrong scores and no error."""
+  low = (0.0 - config.input_mean) / config.input_std
+  high = (255.0 - config.input_mean) / config.input_std
+  input_name = config.input_layer.split(':')[0].removeprefix(f'{PREFIX}/')
+  output_name = config.output_layer.split(':')[0].removeprefix(f'{PREFIX}/')
+  warnings = []
+  for c in CONVENTIONS:
+    if c.input_layer != input_name or c.output_layer not in (None,
+                                                             output_name):
+      continue
+    if abs(low - c.low) > 0.05 or abs(high - c.high) > 0.05:
+      warnings.append(
+          f"graphs from {c.source} take --input_layer={c.input_layer} in "
+          f'[{c.low:g}, {c.high:g}] ({c.flags}); --input_mean='
+          f'{config.input_mean:g} --input_std={config.input_std:g} gives '
+          f'[{low:.3g}, {high:.3g}], so the scores will be wrong unless this '
+          'graph was trained that way.')
+  return warnings
+
+
+@dataclasses.dataclass
+class _Pipeline:
+  """The graph that reads, decodes and normalizes images for the network."""
+  graph: tf.Graph
+  indices: tf.Tensor  # Which images a batch holds: failed ones are skipped.
+  batch: tf.Tensor
+  contents: tf.Tensor  # Redoes one image alone, to learn why it failed.
+  decoded: tf.Tensor
+
+
+def _pipeline(paths, height, width, mean, std, batch_size):
+  """Images decoded in parallel and batched, as for retrain's bottlenecks."""
+  graph = tf.Graph()
+  with graph.as_default():
+
+    def load(index, path):
+      return index, normalize(tf.io.read_file(path), height, width, mean, std)
+
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(paths), dtype=np.int64), paths))
+    dataset = (dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+               .ignore_errors().batch(batch_size).prefetch(2))
+    indices, batch = tf.compat.v1.data.make_one_shot_iterator(
+        dataset).get_next()
+    contents = tf.compat.v1.placeholder(tf.string)
+    decoded = normalize(contents, height, width, mean, std)
+  return _Pipeline(graph, indices, batch, contents, decoded)
+
+
+def _read_error(session, data, path):
+  """Why an image was dropped from the pipeline, as one line."""
+  if not os.path.exists(path):
+    return f'{path}: not found; check the path.'
+  if os.path.isdir(path):
+    return f'{path}: is a folder; pass it with --image_dir.'
+  try:
+    with open(path, 'rb') as f:
+      contents = f.read()
+  except OSError as e:
+    return f'{path}: cannot read it ({e.strerror}).'
+  try:
+    session.run(data.decoded, {data.contents: contents})
+  except tf.errors.OpError as e:
+    # Graph errors wrap the reason in a traceback; it is the last line
+    # before the [[node]] marker.
+    lines = [line.strip() for line in e.message.splitlines()
+             if line.strip() and not line.strip().startswith('[[')]
+    reason = (lines or [type(e).__name__])[-1]
+    return f'{path}: cannot decode it as an image ({reason})'
+  return f'{path}: could not be decoded.'
+
+
+def _top(scores, labels, top_k):
+  order = np.argsort(-scores, kind='stable')[:top_k]
+  return [Prediction(labels[i], float(scores[i])) for i in order]
+
+
+def label_images(config):
+  """Labels every image of `config`; returns a LabelRun. Raises PoetsError
+  for a problem with the graph, labels or flags; a bad image only gets an
+  error in its ImageResult."""
+  if config.input_std <= 0:
+    raise PoetsError(f'--input_std={config.input_std:g} must be positive '
+                     '(255 for this project\'s graphs).')
+  if config.top_k < 1 or config.batch_size < 1:
+    raise PoetsError('--top_k and --batch_size must be at least 1.')
+  paths = find_images(config.images, config.image_dir)
+  graph = import_graph(load_graph_def(config.graph), config.graph)
+  input_tensor = find_tensor(graph, config.input_layer, '--input_layer',
+                             config.graph)
+  output_tensor = find_tensor(graph, config.output_layer, '--output_layer',
+                              config.graph)
+  labels = read_labels(config.labels)
+  if output_tensor.shape.rank and output_tensor.shape[-1] is not None:
+    _check_labels(labels, output_tensor.shape[-1], config)
+  height, width = _input_size(input_tensor, config)
+  # A graph exported for one image at a time (the codelab's Mul is
+  # [1,299,299,3]) gets batches of exactly its size, padded at the end.
+  fixed_batch = (input_tensor.shape[0] if input_tensor.shape.rank else None)
+  data = _pipeline(paths, height, width, config.input_mean, config.input_std,
+                   fixed_batch or config.batch_size)
+  results = [None] * len(paths)
+  seconds = 0.0
+  batches = 0
+  with tf.compat.v1.Session(graph=data.graph) as data_session, (
+      tf.compat.v1.Session(graph=graph)) as session:
+    while True:
+      try:
+        batch_indices, pixels = data_session.run([data.indices, data.batch])
+      except tf.errors.OutOfRangeError:
+        break
+      count = len(batch_indices)
+      if fixed_batch and count < fixed_batch:
+        pixels = np.concatenate([pixels, np.zeros(
+            (fixed_batch - count,) + pixels.shape[1:], pixels.dtype)])
+      start = time.perf_counter()
+      values = session.run(output_tensor, {input_tensor: pixels})
+      seconds += time.perf_counter() - start
+      batches += 1
+      scores = np.reshape(values, [len(pixels), -1])[:count]
+      _check_labels(labels, scores.shape[1], config)
+      for index, image_scores in zip(batch_indices, scores):
+        results[index] = ImageResult(
+            paths[index], _top(image_scores, labels, config.top_k))
+    for index, path in enumerate(paths):
+      if results[index] is None:
+        results[index] = ImageResult(
+            path, [], _read_error(data_session, data, path))
+  return LabelRun(results, seconds, batches, convention_warnings(config))
+
+
+def format_text(run):
+  """The codelab's output: the evaluation time, then `label (score=0.99071)`
+  lines; with several images, each block starts with the image's path."""
+  labelled = run.labelled
+  if not labelled:
+    return ''
+  count = len(labelled)
+  if len(run.results) == 1:
+    lines = [f'Evaluation time (1-image): {run.seconds:.3f}s', '']
+  else:
+    images_text = '1 image' if count == 1 else f'{count} images'
+    batches = '1 batch' if run.batches == 1 else f'{run.batches} batches'
+    lines = [f'Evaluation time ({images_text} in {batches}): '
+             f'{run.seconds:.3f}s, {run.seconds / count:.4f}s per image', '']
+  for result in labelled:
+    if len(run.results) > 1:
+      lines.append(result.image)
+    lines += [f'{p.label} (score={p.score:0.5f})' for p in result.predictions]
+    lines.append('')
+  return '\n'.join(lines)
+
+
+def format_json(run):
+  """A list of {image, predictions: [{label, score}], error?}."""
+  items = []
+  for result in run.results:
+    item = {'image': result.image,
+            'predictions': [dataclasses.asdict(p)
+                            for p in result.predictions]}
+    if result.error:
+      item['error'] = result.error
+    items.append(item)
+  return json.dumps(items, indent=2) + '\n'
+
+
+def format_csv(run):
+  """image,rank,label,score rows; images that failed have none."""
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator='\n')
+  writer.writerow(['image', 'rank', 'label', 'score'])
+  for result in run.labelled:
+    for rank, p in enumerate(result.predictions, 1):
+      writer.writerow([result.image, rank, p.label, repr(p.score)])
+  return out.getvalue()
+
+
+def format_run(run, output_format):
+  return {'text': format_text, 'json': format_json,
+          'csv': format_csv}[output_format](run)
+
+
+def export_imagenet_graph(graph_path=IMAGENET_GRAPH,
+                          labels_path=IMAGENET_LABELS,
+                          architecture=modules.DEFAULT_ARCHITECTURE,
+                          model_dir='tf_files/models'):
+  """Freezes the embedded module's ImageNet classifier like a retrained graph
+  (input Placeholder in [0, 1], output final_result), so a newcomer can try
+  label_image on a photo before retraining anything."""
+  module_path = efficientnet_lite.ensure_module(architecture, model_dir)
+  size = efficientnet_lite.get_variant(architecture).image_size
+  graph = tf.Graph()
+  with graph.as_default():
+    image_input = tf.compat.v1.placeholder(
+        tf.float32, [None, size, size, 3], name=export.INPUT_NAME)
+    logits = hub.load(module_path).imagenet_logits(image_input)
+    probabilities = tf.nn.softmax(logits, name='final_result')
+    init = tf.compat.v1.global_variables_initializer()
+  with tf.compat.v1.Session(graph=graph) as session:
+    session.run(init)
+    graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
+        session, graph.as_graph_def(), [probabilities.op.name])
+  export.save_graph(export.prune_functions(graph_def), graph_path)
+  export.save_labels(efficientnet_lite.imagenet_labels(), labels_path)
