@@ -128,7 +128,7 @@ def _decode_error(session, contents_input, decoded, path):
   except OSError as e:
     return e.strerror or str(e)
   except tf.errors.OpError as e:
-    return e.message.strip().splitlines()[0]
+    return images.decode_failure_reason(e)
   return 'could not be read'
 
 

@@ -12,6 +12,12 @@ import tempfile
 from poets.errors import PoetsError
 
 
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write(path, data):
   """Writes `data` (str or bytes) to `path` via a temporary file and rename."""
   directory = os.path.dirname(path) or '.'
@@ -22,6 +28,8 @@ def atomic_write(path, data):
   try:
     with os.fdopen(fd, 'wb' if isinstance(data, bytes) else 'w') as f:
       f.write(data)
+    # mkstemp makes owner-only files; give the permissions open() would.
+    os.chmod(temp_path, 0o666 & ~_umask())
     os.replace(temp_path, path)
   except BaseException:
     os.unlink(temp_path)

@@ -92,7 +92,7 @@ def which_split(class_dir, image_name, testing_percentage,
   return 'training'
 
 
-def _find_images(class_path):
+def find_images(class_path):
   """Image files under a class folder, recursively, skipping hidden entries."""
   found = []
   for root, dirs, files in os.walk(class_path, followlinks=True):
@@ -131,7 +131,7 @@ def create_image_lists(image_dir, testing_percentage, validation_percentage):
     if dir_name.startswith('.') or not os.path.isdir(class_path):
       continue
     logging.info("Looking for images in '%s'", dir_name)
-    images = _find_images(class_path)
+    images = find_images(class_path)
     if not images:
       logging.warning('No files found in %s', class_path)
       continue
@@ -180,6 +180,17 @@ def limit_training_images(image_lists, per_class, seed=None):
     classes.append(dataclasses.replace(
         image_class, training=sorted(shuffled[:per_class])))
   return dataclasses.replace(image_lists, classes=classes)
+
+
+def decode_failure_reason(error):
+  """The useful line of a TensorFlow decode error.
+
+  Graph errors wrap the reason ("Unknown image file format...") between a
+  generic first line and a [[node]] marker; it is the last line before it.
+  """
+  lines = [line.strip() for line in error.message.splitlines()
+           if line.strip() and not line.strip().startswith('[[')]
+  return (lines or [type(error).__name__])[-1]
 
 
 def decode_image(contents):

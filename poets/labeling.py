@@ -276,7 +276,7 @@ def find_images(paths, image_dir):
       raise PoetsError(f'--image_dir {image_dir} is not a folder; pass a '
                        'folder of photos.')
     # pylint: disable-next=protected-access
-    in_dir = images._find_images(image_dir)
+    in_dir = images.find_images(image_dir)
     if not in_dir:
       raise PoetsError(f'--image_dir {image_dir} holds no images ending in '
                        f'{", ".join(images.IMAGE_EXTENSIONS)}.')
@@ -386,12 +386,8 @@ def _read_error(session, data, path):
   try:
     session.run(data.decoded, {data.contents: contents})
   except tf.errors.OpError as e:
-    # Graph errors wrap the reason in a traceback; it is the last line
-    # before the [[node]] marker.
-    lines = [line.strip() for line in e.message.splitlines()
-             if line.strip() and not line.strip().startswith('[[')]
-    reason = (lines or [type(e).__name__])[-1]
-    return f'{path}: cannot decode it as an image ({reason})'
+    return (f'{path}: cannot decode it as an image '
+            f'({images.decode_failure_reason(e)})')
   return f'{path}: could not be decoded.'
 
 

@@ -117,7 +117,7 @@ def test_undecodable_image_is_skipped_with_its_path(tmp_path, tf2_module,
   _, splits, summary = _cache(image_dir, module, tmp_path / 'b')
   assert [path for path, _ in summary.failed] == [broken]
   assert summary.created == 60
-  assert f'Skipping {broken}' in caplog.text
+  assert f'Skipping {broken}: Unknown image file format' in caplog.text
   assert all(broken not in s.filenames for s in splits.values())
 
 

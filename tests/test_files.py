@@ -41,3 +41,10 @@ def test_unwritable_folder_names_the_flag(tmp_path):
   blocker.write_text('a file where a folder should be')
   with pytest.raises(PoetsError, match='Cannot write to .*--bottleneck_dir'):
     files.check_writable(str(blocker / 'sub'), '--bottleneck_dir')
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+  files.atomic_write(str(tmp_path / 'labels.txt'), 'a\n')
+  mask = os.umask(0)
+  os.umask(mask)
+  assert (tmp_path / 'labels.txt').stat().st_mode & 0o777 == 0o666 & ~mask
