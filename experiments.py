@@ -1,0 +1,110 @@
+r"""Runs the codelab's experiments: a set of retrains, one table.
+
+Every retrain.py flag sets the base of all runs; each --sweep key=v1,v2,...
+tries the listed values of one key, and several sweeps run their cross
+product. The keys are retrain.py's flag names (learning_rate,
+how_many_training_steps, train_batch_size, architecture, random_crop, ...)
+plus images_per_class (N training images per class, or all; the test set
+stays the same) and device (cpu, gpu). The lab's questions:
+
+  # How do the learning rate and the number of steps change the result?
+  python experiments.py --image_dir tf_files/flower_photos \
+      --sweep learning_rate=0.005,0.01,0.5,1.0 --how_many_training_steps 500
+  python experiments.py --sweep how_many_training_steps=500,4000
+
+  # How many photos does it take?
+  python experiments.py --sweep images_per_class=5,20,80,all
+
+  # Which network? (mobilenet_* and inception_v3 download from TF Hub.)
+  python experiments.py \
+      --sweep architecture=efficientnet_lite0,efficientnet_lite2
+
+  # How much faster is a GPU? (gpu is reported unavailable without one.)
+  python experiments.py --sweep device=cpu,gpu
+
+Each run is a child process with its own log, <experiments_dir>/<run>/
+retrain.log, next to its retrained_graph.pb and labels; the terminal shows a
+progress bar and one line per run. All runs share --bottleneck_dir, so only the
+first run of a network makes bottlenecks. The table goes to
+<experiments_dir>/results.md (also printed) and results.csv, beside PNG plots
+of the validation curves and of accuracy and training time against each swept
+value. Summaries go to <summaries_dir>/<run>/, so
+
+  tensorboard --logdir tf_files/training_summaries/experiments
+
+overlays the runs' curves.
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import retrain  # noqa: E402  Defines the retrain flags: the base of every run.
+from poets import experiments  # noqa: E402
+from poets.errors import PoetsError  # noqa: E402
+
+flags.DEFINE_multi_string(
+    'sweep', [], 'key=value1,value2,...: runs every value of a retrain flag, '
+    'of images_per_class (a number or all) or of device (cpu, gpu); several '
+    '--sweep flags run the cross product.')
+flags.DEFINE_string('experiments_dir', experiments.DEFAULT_EXPERIMENTS_DIR,
+                    'Where each run gets a folder for its graph, labels and '
+                    'log, and where the table and plots go.')
+flags.adopt_module_key_flags(retrain)
+
+FLAGS = flags.FLAGS
+
+
+def config_for(overrides):
+  """retrain.py's config with the flags in `overrides` set to other values."""
+  saved = {name: FLAGS[name].value for name in overrides}
+  try:
+    for name, text in overrides.items():
+      FLAGS[name].parse(text)
+    return retrain.config_from_flags()
+  except flags.IllegalFlagValueError as e:
+    raise PoetsError(f'--sweep: {e}') from e
+  finally:
+    for name, value in saved.items():
+      FLAGS[name].value = value
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'experiments.py: unexpected arguments {argv[1:]}; see --help.')
+  verbosity = FLAGS.logging_verbosity.lower().replace('warn', 'warning')
+  logging.set_verbosity(verbosity)
+  tf.get_logger().setLevel('ERROR')
+  summaries_root = FLAGS.summaries_dir or experiments.DEFAULT_SUMMARIES_ROOT
+  flag_names = [flag.name for flag in FLAGS.get_flags_for_module(retrain)]
+  try:
+    sweeps = [experiments.parse_sweep(text, flag_names) for text in FLAGS.sweep]
+    runs = experiments.plan(sweeps, config_for, FLAGS.experiments_dir,
+                            summaries_root)
+    outcomes = experiments.run_all(runs, verbosity)
+    report = experiments.write_report(outcomes, [s.key for s in sweeps],
+                                      FLAGS.experiments_dir)
+  except PoetsError as e:
+    sys.exit(f'ERROR: {e}')
+  except KeyboardInterrupt:
+    sys.exit('Interrupted; no table written.')
+  print(report.markdown)
+  print('Wrote ' + ', '.join(report.files))
+  print(f'Curves: tensorboard --logdir {summaries_root}')
+  failed = [o for o in outcomes if o.status == 'failed']
+  if outcomes[-1].status == 'interrupted':
+    sys.exit(f'Interrupted after {len(outcomes)} of {len(runs)} runs; the '
+             'table holds those.')
+  if failed:
+    sys.exit(f'ERROR: {len(failed)} of {len(runs)} runs failed; see their '
+             f'logs: {", ".join(o.run.log_path for o in failed)}')
+
+
+if __name__ == '__main__':
+  app.run(main)
