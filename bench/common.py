@@ -1,0 +1,123 @@
+"""What the benchmarks share: flags, the sample photos, the module, children.
+
+Every script measures its contenders side by side in one run and prints
+ratios, because other work may share the cores: absolute figures move with
+the load, ratios much less. The load average is printed beside them.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Progress bars would bury the figures.
+os.environ.setdefault('TQDM_DISABLE', '1')
+
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from poets import efficientnet_lite  # noqa: E402
+from poets import images  # noqa: E402
+from poets import modules  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_DIR = os.path.join(REPO_ROOT, '..', 'shared', 'data',
+                          'flower_photos_sample')
+ARCHITECTURE = 'efficientnet_lite0'
+
+flags.DEFINE_bool('quick', False, 'Tiny counts, to check the benchmark runs '
+                  '(CI); the figures mean little.')
+flags.DEFINE_string('image_dir', SAMPLE_DIR,
+                    'Folder of class sub-folders of real photos.')
+flags.DEFINE_integer('per_class', None,
+                     'Photos per class (default all; --quick: 8).')
+flags.DEFINE_string('model_dir', os.path.join(REPO_ROOT, 'tf_files', 'models'),
+                    'Where the default module is built (once) and found.')
+FLAGS = flags.FLAGS
+
+
+def start():
+  """Quiets logs; exits if there are no photos to measure on.
+
+  Without real photos there is nothing honest to measure: synthetic images
+  would decode at another speed and teach the layer nothing, so the
+  benchmarks stop instead: quietly in --quick (CI on a machine without
+  shared/), with an error otherwise.
+  """
+  logging.set_verbosity(logging.WARNING)
+  tf.get_logger().setLevel('ERROR')
+  if os.path.isdir(FLAGS.image_dir):
+    return
+  print(f'No photos at {FLAGS.image_dir}; pass --image_dir a folder of class '
+        'sub-folders. Nothing measured.')
+  sys.exit(0 if FLAGS.quick else 1)
+
+
+def by_mode(value, quick, full):
+  """A flag's value if given, else its default for --quick or a full run."""
+  if value is not None:
+    return value
+  return quick if FLAGS.quick else full
+
+
+def photos(work):
+  """The photo folder, or with --per_class (--quick: 8) a subset in `work`."""
+  per_class = by_mode(FLAGS.per_class, 8, None)
+  if per_class is None:
+    return FLAGS.image_dir
+  return subset(FLAGS.image_dir, per_class, os.path.join(work, 'photos'))
+
+
+def subset(image_dir, per_class, destination):
+  """A folder of symlinks to the first `per_class` photos of each class."""
+  for name in sorted(os.listdir(image_dir)):
+    source = os.path.join(image_dir, name)
+    if name.startswith('.') or not os.path.isdir(source):
+      continue
+    os.makedirs(os.path.join(destination, name))
+    for photo in sorted(os.listdir(source))[:per_class]:
+      os.symlink(os.path.abspath(os.path.join(source, photo)),
+                 os.path.join(destination, name, photo))
+  return destination
+
+
+def photo_count(image_dir):
+  """How many photos retrain.py would use from `image_dir`."""
+  image_lists = images.create_image_lists(image_dir, 10, 10)
+  return sum(len(c.split(split)) for c in image_lists.classes
+             for split in images.SPLITS)
+
+
+def module_spec():
+  """The default module, built into --model_dir if not there yet."""
+  efficientnet_lite.ensure_module(ARCHITECTURE, FLAGS.model_dir)
+  return modules.resolve_module(ARCHITECTURE, '', FLAGS.model_dir)
+
+
+def module_info(spec):
+  """The module's sizes, loaded in a scratch graph as pipeline.run does."""
+  with tf.Graph().as_default():
+    return modules.load_module(spec, FLAGS.model_dir)
+
+
+def run_child(command, log_path):
+  """Runs `command` with output to `log_path`; returns (seconds, peak MiB, rc).
+
+  os.wait4 gives this child's own peak resident memory, where
+  RUSAGE_CHILDREN would give the largest of all children so far.
+  """
+  start = time.perf_counter()
+  with open(log_path, 'w') as log:
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                             cwd=REPO_ROOT)
+  _, status, usage = os.wait4(child.pid, 0)
+  child.returncode = os.waitstatus_to_exitcode(status)  # reaped: no 2nd wait
+  return (time.perf_counter() - start, usage.ru_maxrss / 1024,
+          child.returncode)
+
+
+def load():
+  """The 1-minute load average, to read the figures beside."""
+  return f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores'

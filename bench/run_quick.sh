@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every benchmark in its --quick mode, so they never rot; CI checks that they
+# run, not their figures. Run from anywhere; each script finds the repo root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for bench in bottlenecks training memory end_to_end; do
+  echo "== bench/$bench.py --quick"
+  python3 "bench/$bench.py" --quick "$@"
+done
