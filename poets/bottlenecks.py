@@ -12,6 +12,8 @@ feeds the module batches of them. Each file is written to a temporary name and
 renamed, so a killed run leaves no half-written file and a rerun resumes.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import os
 
@@ -54,6 +56,10 @@ def bottleneck_path(bottleneck_dir, class_dir, image_name, module_name):
 def format_bottleneck(values):
   """The original's text: str() of each float32, comma-separated."""
   return ','.join(str(v) for v in np.asarray(values, np.float32))
+
+
+def _write_bottleneck(path, values):
+  atomic_write(path, format_bottleneck(values))
 
 
 def read_bottleneck(path):
@@ -206,12 +212,21 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir, model_dir=None,
   if todo:
     logging.info('Creating %d bottleneck files in %s (%d already cached)',
                  len(todo), bottleneck_dir, summary.reused)
-    for index, bottleneck in _compute(entries, todo, module.spec, model_dir,
-                                      input_size, summary):
-      atomic_write(entries[index].cache_path, format_bottleneck(bottleneck))
-      # Keep the value as the file holds it, so cold and warm runs agree.
-      values[index] = bottleneck.astype(np.float32)
-      summary.created += 1
+    # One writer thread formats and writes while the module runs the next
+    # batch; on the way out (even Ctrl-C) it finishes what was computed.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+      pending = collections.deque()
+      for index, bottleneck in _compute(entries, todo, module.spec,
+                                        model_dir, input_size, summary):
+        pending.append(writer.submit(_write_bottleneck,
+                                     entries[index].cache_path, bottleneck))
+        # The value as the file holds it, so cold and warm runs agree.
+        values[index] = bottleneck
+        summary.created += 1
+        while pending and pending[0].done():
+          pending.popleft().result()  # A failed write stops the run now.
+      for write in pending:
+        write.result()
   logging.info('Bottlenecks: %d created (%d replacing bad cache files), %d '
                'reused, %d failed', summary.created, summary.recomputed,
                summary.reused, len(summary.failed))

@@ -239,16 +239,18 @@ def _now():
 
 
 def _random_batch(split, count, rng):
-  """Evaluation batch: `count` sampled like training, or all when -1."""
+  """Evaluation batch: `count` sampled like training, or all when -1.
+
+  Relies on the split being sorted by class, as training's sampling does.
+  """
   if count < 0 or len(split.ground_truth) == 0:
     return split.bottlenecks, split.ground_truth, list(range(len(
         split.ground_truth)))
-  classes = np.unique(split.ground_truth)
-  chosen = []
-  for label in rng.choice(classes, size=count):
-    members = np.flatnonzero(split.ground_truth == label)
-    chosen.append(int(rng.choice(members)))
-  return split.bottlenecks[chosen], split.ground_truth[chosen], chosen
+  _, offsets, counts = np.unique(split.ground_truth, return_index=True,
+                                 return_counts=True)
+  pick = rng.integers(len(offsets), size=count)
+  chosen = offsets[pick] + rng.integers(counts[pick])
+  return split.bottlenecks[chosen], split.ground_truth[chosen], chosen.tolist()
 
 
 def evaluate(session, layer, bottlenecks, ground_truth, class_count):
@@ -334,11 +336,12 @@ def train(config, splits, labels, load_module=None, save_intermediate=None,
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
     batches.initialize(session)
+    train_step = session.make_callable(layer.train_step)  # Cheaper per call.
     try:
       for step in range(config.how_many_training_steps):
         is_last_step = step + 1 == config.how_many_training_steps
         if step % config.eval_step_interval and not is_last_step:
-          session.run(layer.train_step)
+          train_step()
           continue
         train_summary, _, bottlenecks, ground_truth = session.run(
             [merged, layer.train_step, layer.bottleneck_input,
