@@ -1,5 +1,6 @@
 """Tests for poets/export.py: frozen graph, labels, SavedModel."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -11,6 +12,7 @@ from poets import bottlenecks
 from poets import export
 from poets import images
 from poets import modules
+from poets import pipeline
 from poets.errors import PoetsError
 
 
@@ -117,3 +119,23 @@ def test_saved_model_replaces_an_earlier_export(retrained, tmp_path):
   assert not (target / 'marker').exists()
   assert (target / 'saved_model.pb').exists()
   assert [p for p in os.listdir(tmp_path) if p != 'sm'] == []
+
+
+def test_final_tensor_name_is_honoured_in_graph_and_saved_model(
+    retrained, tmp_path):
+  config, _ = retrained
+  renamed = dataclasses.replace(
+      config, output_graph=str(tmp_path / 'g.pb'),
+      output_labels=str(tmp_path / 'labels.txt'),
+      saved_model_dir=str(tmp_path / 'sm'), intermediate_store_frequency=0,
+      training=dataclasses.replace(
+          config.training, final_tensor_name='flower_scores',
+          how_many_training_steps=20, summaries_dir=str(tmp_path / 's'),
+          checkpoint_path=str(tmp_path / 'c' / 'x')))
+  pipeline.run(renamed)
+  names = {node.name for node in _load_graph_def(renamed.output_graph).node}
+  assert 'flower_scores' in names and 'final_result' not in names
+  serve = tf.saved_model.load(renamed.saved_model_dir).signatures[
+      'serving_default']
+  image = np.zeros([1, TINY_SIZE, TINY_SIZE, 3], np.float32)
+  assert serve(image=tf.constant(image))['prediction'].shape == (1, 3)
