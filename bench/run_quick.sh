@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 for bench in bottlenecks training memory end_to_end; do
   echo "== bench/$bench.py --quick"
-  python3 "bench/$bench.py" --quick "$@"
+  python "bench/$bench.py" --quick "$@"
 done
