@@ -233,25 +233,31 @@ class Distortions:
             self.random_scale != 0 or self.random_brightness != 0)
 
 
-def decode_and_distort(contents, height, width, distortions, seed=None):
+def decode_and_distort(contents, height, width, distortions, seed):
   """File bytes -> a randomly distorted float32 [height, width, 3] in [0, 1].
 
   The original's recipe: scale up by the crop margin times a random scale,
   crop a random window of the module's size, maybe flip, then multiply the
-  brightness by a random factor.
+  brightness by a random factor. `seed` is a stateless seed (shape [2]), so
+  each image's distortion is fixed by its seed however tf.data schedules the
+  work, and seeded runs repeat exactly.
   """
+  scale_seed, crop_seed, flip_seed, brightness_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4))
   image = decode_image(contents)
   margin_scale = 1.0 + distortions.random_crop / 100.0
-  resize_scale = tf.random.uniform([], 1.0, 1.0 + distortions.random_scale /
-                                   100.0, seed=seed)
+  resize_scale = tf.random.stateless_uniform(
+      [], scale_seed, 1.0, 1.0 + distortions.random_scale / 100.0)
   scale = margin_scale * resize_scale
   precrop_size = tf.cast(tf.stack([scale * height, scale * width]), tf.int32)
   precropped = tf.image.resize(image, precrop_size,
                                method=tf.image.ResizeMethod.BILINEAR) / 255.0
-  distorted = tf.image.random_crop(precropped, [height, width, 3], seed=seed)
+  distorted = tf.image.stateless_random_crop(precropped, [height, width, 3],
+                                             crop_seed)
   if distortions.flip_left_right:
-    distorted = tf.image.random_flip_left_right(distorted, seed=seed)
-  brightness = tf.random.uniform([], 1.0 - distortions.random_brightness / 100.0,
-                                 1.0 + distortions.random_brightness / 100.0,
-                                 seed=seed)
+    distorted = tf.image.stateless_random_flip_left_right(distorted,
+                                                          flip_seed)
+  brightness = tf.random.stateless_uniform(
+      [], brightness_seed, 1.0 - distortions.random_brightness / 100.0,
+      1.0 + distortions.random_brightness / 100.0)
   return distorted * brightness

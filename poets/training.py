@@ -176,15 +176,19 @@ def _class_ranges(ground_truth, class_count):
   return offsets, counts
 
 
-def _sample_indices(offsets, counts, batch_size, seed):
-  """In-graph: a class uniformly (among those with images), then an image."""
+def _sample_indices(offsets, counts, class_draw, image_draw):
+  """A class uniformly (among those with images), then one of its images.
+
+  The draws are uniform floats in [0, 1), one per sample; returns the indices
+  into the class-sorted split and the classes.
+  """
   present = np.flatnonzero(counts)
-  pick = tf.random.uniform([batch_size], 0, len(present), tf.int32, seed=seed)
+  pick = tf.minimum(tf.cast(class_draw * len(present), tf.int64),
+                    len(present) - 1)
   classes = tf.gather(tf.constant(present, tf.int64), pick)
   count = tf.gather(tf.constant(counts, tf.int64), classes)
-  within = tf.cast(tf.random.uniform([batch_size], seed=seed) *
-                   tf.cast(count, tf.float32), tf.int64)
-  within = tf.minimum(within, count - 1)
+  within = tf.minimum(tf.cast(image_draw * tf.cast(count, tf.float32),
+                              tf.int64), count - 1)
   return tf.gather(tf.constant(offsets, tf.int64), classes) + within, classes
 
 
@@ -200,8 +204,10 @@ class _CachedBatches:
                                         collections=[],
                                         name='training_bottlenecks')
     offsets, counts = _class_ranges(split.ground_truth, class_count)
-    indices, self.ground_truth = _sample_indices(offsets, counts, batch_size,
-                                                 seed)
+    indices, self.ground_truth = _sample_indices(
+        offsets, counts, tf.random.uniform([batch_size], seed=seed),
+        tf.random.uniform([batch_size], seed=None if seed is None else
+                          seed + 1))
     self.bottlenecks = tf.gather(self._store, indices)
 
   def initialize(self, session):
@@ -217,13 +223,18 @@ class _DistortedBatches:
     height, width = module.image_size
     filenames = tf.constant(split.filenames)
 
-    def sample(_):
-      index, label = _sample_indices(offsets, counts, 1, seed)
+    def sample(random):
+      # Each element's own stateless seed picks its image and distortion, so
+      # parallel decoding cannot reorder the random draws.
+      seeds = tf.random.experimental.stateless_split(
+          tf.stack([random, tf.constant(0, tf.int64)]), 2)
+      draws = tf.random.stateless_uniform([2], seeds[0])
+      index, label = _sample_indices(offsets, counts, draws[:1], draws[1:])
       contents = tf.io.read_file(tf.gather(filenames, index[0]))
       return (images.decode_and_distort(contents, height, width, distortions,
-                                        seed), label[0])
+                                        seeds[1]), label[0])
 
-    dataset = (tf.data.Dataset.range(1).repeat()
+    dataset = (tf.data.Dataset.random(seed=seed)
                .map(sample, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(batch_size).prefetch(1))
     distorted, self.ground_truth = tf.compat.v1.data.make_one_shot_iterator(

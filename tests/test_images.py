@@ -128,9 +128,12 @@ def test_distortions_keep_the_size_and_vary():
   assert distortions.enabled and not images.Distortions().enabled
   graph = tf.Graph()
   with graph.as_default():
+    seed = tf.compat.v1.placeholder(tf.int64, [2])
     output = images.decode_and_distort(tf.constant(contents), 16, 16,
-                                       distortions)
+                                       distortions, seed)
   with tf.compat.v1.Session(graph=graph) as session:
-    first, second = session.run(output), session.run(output)
+    first, again, other = [session.run(output, {seed: s})
+                           for s in ([1, 2], [1, 2], [3, 4])]
   assert first.shape == (16, 16, 3)
-  assert not np.allclose(first, second)
+  np.testing.assert_array_equal(first, again)
+  assert not np.allclose(first, other)

@@ -155,3 +155,30 @@ def test_distortions_train_through_the_module(tmp_path, tf2_module, flip):
   result = training.train(config, splits, lists.labels,
                           lambda: modules.load_module(spec))
   assert result.test.accuracy >= 0.9
+
+
+@pytest.mark.parametrize('distorted', [False, True])
+def test_same_seed_same_layer(tmp_path, tf2_module, distorted):
+  """--random_seed makes a run repeat exactly, distortions included."""
+  from conftest import make_image_dir
+  from poets import images, modules
+  image_dir = make_image_dir(tmp_path / 'p', per_class=6)
+  lists = images.create_image_lists(image_dir, 0, 0)
+  spec = modules.ModuleSpec(tf2_module, 'tiny')
+  with tf.Graph().as_default():
+    module = modules.load_module(spec)
+  splits, _ = bottlenecks.cache_bottlenecks(lists, module,
+                                            str(tmp_path / 'b'))
+  weights = []
+  for run in range(2):
+    config = training.TrainingConfig(
+        how_many_training_steps=30, eval_step_interval=10, train_batch_size=8,
+        summaries_dir=str(tmp_path / f's{run}'),
+        checkpoint_path=str(tmp_path / f'c{run}' / 'x'), random_seed=4,
+        distortions=images.Distortions(random_crop=20, random_brightness=20)
+        if distorted else images.Distortions())
+    training.train(config, splits, lists.labels,
+                   lambda: modules.load_module(spec))
+    weights.append(tf.train.load_checkpoint(config.checkpoint_path).get_tensor(
+        'final_retrain_ops/weights/final_weights'))
+  np.testing.assert_array_equal(weights[0], weights[1])
