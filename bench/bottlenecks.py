@@ -46,7 +46,7 @@ def _original_graph(spec):
   """The original's graph: the module on a fed image, and its JPEG decoding."""
   graph = tf.Graph()
   with graph.as_default():
-    module = modules.load_module(spec, FLAGS.model_dir)
+    module = modules.load_module(spec)
     height, width = module.image_size
     resized_input = tf.compat.v1.placeholder(tf.float32,
                                              [None, height, width, 3])
@@ -126,7 +126,7 @@ def _measure(image_dir, work):
       session.run(ops[3], {ops[2]: pixels[i:i + batch]})
 
   def ours(lists, round_dir):
-    bottlenecks.cache_bottlenecks(lists, module, round_dir, FLAGS.model_dir)
+    bottlenecks.cache_bottlenecks(lists, module, round_dir)
 
   first = image_lists.classes[0]
   one_photo = dataclasses.replace(image_lists, classes=[dataclasses.replace(

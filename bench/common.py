@@ -99,7 +99,7 @@ def module_spec():
 def module_info(spec):
   """The module's sizes, loaded in a scratch graph as pipeline.run does."""
   with tf.Graph().as_default():
-    return modules.load_module(spec, FLAGS.model_dir)
+    return modules.load_module(spec)
 
 
 def run_child(command, log_path):

@@ -41,7 +41,7 @@ def _make_bottlenecks():
   spec = common.module_spec()
   image_lists = images.create_image_lists(FLAGS.image_dir, 10, 10)
   bottlenecks.cache_bottlenecks(image_lists, common.module_info(spec),
-                                FLAGS.bottleneck_dir, FLAGS.model_dir)
+                                FLAGS.bottleneck_dir)
 
 
 def main(argv):

@@ -129,7 +129,7 @@ def main(argv):
     image_lists = images.create_image_lists(image_dir, 10, 10)
     bottleneck_dir = os.path.join(work, 'bottlenecks')
     splits, _ = bottlenecks.cache_bottlenecks(image_lists, module,
-                                              bottleneck_dir, FLAGS.model_dir)
+                                              bottleneck_dir)
     print(f'{sum(len(s.ground_truth) for s in splits.values())} cached '
           f'bottlenecks ({len(splits["training"].ground_truth)} training); '
           f'{steps} steps, batch {_T.train_batch_size}, evaluation every '

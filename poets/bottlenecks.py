@@ -138,7 +138,7 @@ def _decode_error(session, contents_input, decoded, path):
   return 'could not be read'
 
 
-def _compute(entries, todo, module_spec, model_dir, input_size, summary):
+def _compute(entries, todo, module_spec, summary):
   """Runs the images at indices `todo` through the module, batch by batch.
 
   Yields (index, bottleneck) as results arrive; images that fail to read or
@@ -146,7 +146,7 @@ def _compute(entries, todo, module_spec, model_dir, input_size, summary):
   """
   paths = [entries[i].image_path for i in todo]
   with tf.Graph().as_default() as graph:
-    module = modules.load_module(module_spec, model_dir, input_size)
+    module = modules.load_module(module_spec)
     height, width = module.image_size
 
     def load(index, path):
@@ -194,8 +194,7 @@ def _compute(entries, todo, module_spec, model_dir, input_size, summary):
           progress.update(1)
 
 
-def cache_bottlenecks(image_lists, module, bottleneck_dir, model_dir=None,
-                      input_size=None):
+def cache_bottlenecks(image_lists, module, bottleneck_dir):
   """Makes sure every image has a cached bottleneck and loads them all.
 
   `module` is a LoadedModule (its spec and sizes are used; the computation
@@ -217,7 +216,7 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir, model_dir=None,
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
       pending = collections.deque()
       for index, bottleneck in _compute(entries, todo, module.spec,
-                                        model_dir, input_size, summary):
+                                        summary):
         pending.append(writer.submit(_write_bottleneck,
                                      entries[index].cache_path, bottleneck))
         # The value as the file holds it, so cold and warm runs agree.

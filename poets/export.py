@@ -57,11 +57,11 @@ def prune_functions(graph_def):
 
 
 def frozen_graph_def(module_spec, class_count, final_tensor_name,
-                     checkpoint_path, model_dir=None, input_size=None):
+                     checkpoint_path):
   """The evaluation graph with the trained layer, frozen and pruned."""
   graph = tf.Graph()
   with graph.as_default():
-    module = modules.load_module(module_spec, model_dir, input_size)
+    module = modules.load_module(module_spec)
     height, width = module.image_size
     resized_input = tf.compat.v1.placeholder(
         tf.float32, [None, height, width, 3], name=INPUT_NAME)

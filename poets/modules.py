@@ -35,9 +35,11 @@ OFFLINE_ALTERNATIVES = (
 
 @dataclasses.dataclass(frozen=True)
 class ModuleSpec:
-  """What to load, and the name its bottleneck files and summaries carry."""
+  """What to load and how, and the name its bottleneck files carry."""
   handle: str
   name: str
+  model_dir: str | None = None  # TF Hub's download cache
+  input_size: tuple[int, int] | None = None  # for modules that fix none
 
 
 @dataclasses.dataclass
@@ -63,7 +65,7 @@ def _sanitized(handle):
   return handle
 
 
-def resolve_module(architecture, tfhub_module, model_dir):
+def resolve_module(architecture, tfhub_module, model_dir, input_size=None):
   """Turns --architecture or --tfhub_module into a ModuleSpec.
 
   The embedded EfficientNet-Lite modules are built into `model_dir` on first
@@ -71,20 +73,24 @@ def resolve_module(architecture, tfhub_module, model_dir):
   """
   if architecture and tfhub_module:
     raise PoetsError('Pass either --architecture or --tfhub_module, not both.')
+
+  def spec(handle, name):
+    return ModuleSpec(handle, name, model_dir, input_size)
+
   if tfhub_module:
-    return ModuleSpec(handle=tfhub_module, name=_sanitized(tfhub_module))
+    return spec(tfhub_module, _sanitized(tfhub_module))
   architecture = architecture or DEFAULT_ARCHITECTURE
   if architecture in efficientnet_lite.VARIANTS:
-    path = efficientnet_lite.ensure_module(architecture, model_dir)
-    return ModuleSpec(handle=path, name=architecture)
+    return spec(efficientnet_lite.ensure_module(architecture, model_dir),
+                architecture)
   match = _MOBILENET_RE.match(architecture)
   if match:
     width = match.group(1).replace('.', '')
     width = {'10': '100', '075': '075', '050': '050', '025': '025'}[width]
-    url = _HUB_URL.format(f'mobilenet_v1_{width}_{match.group(2)}')
-    return ModuleSpec(handle=url, name=architecture)
+    return spec(_HUB_URL.format(f'mobilenet_v1_{width}_{match.group(2)}'),
+                architecture)
   if architecture == 'inception_v3':
-    return ModuleSpec(handle=_HUB_URL.format('inception_v3'), name=architecture)
+    return spec(_HUB_URL.format('inception_v3'), architecture)
   raise PoetsError(
       f"Unknown --architecture '{architecture}'; choose one of: "
       f"{', '.join(architecture_names())}.")
@@ -166,13 +172,14 @@ def _tf1_signature(obj):
   return None
 
 
-def load_module(spec, model_dir=None, input_size=None):
+def load_module(spec):
   """Loads the module into the current default graph.
 
-  Image size comes from the module's input signature, else `input_size`
-  (height, width), else an error; the bottleneck size from its output.
+  Image size comes from the module's input signature, else the spec's
+  `input_size` (height, width), else an error; the bottleneck size from its
+  output.
   """
-  obj = _hub_load(spec.handle, model_dir)
+  obj = _hub_load(spec.handle, spec.model_dir)
   signature = _tf1_signature(obj) if getattr(
       obj, '_is_hub_module_v1', False) else None
   if signature is not None:
@@ -197,11 +204,11 @@ def load_module(spec, model_dir=None, input_size=None):
   shape = input_spec.shape
   height, width = _static_dim(shape[1]), _static_dim(shape[2])
   if height is None or width is None:
-    if not input_size:
+    if not spec.input_size:
       raise PoetsError(
           f"The module '{spec.name}' does not fix its image size; pass "
           '--input_height and --input_width.')
-    height, width = input_size
+    height, width = spec.input_size
   bottleneck_size = _static_dim(output_spec.shape[-1])
   if bottleneck_size is None:
     raise PoetsError(f"The module '{spec.name}' does not fix the size of its "

@@ -90,10 +90,10 @@ def _check_outputs(config):
     files.check_writable(path, flag)
 
 
-def _module_info(spec, config):
+def _module_info(spec):
   """Loads the module once in a scratch graph to learn its sizes."""
   with tf.Graph().as_default():
-    return modules.load_module(spec, config.model_dir, config.input_size)
+    return modules.load_module(spec)
 
 
 def _check_usable(splits, labels):
@@ -108,7 +108,7 @@ def _check_usable(splits, labels):
 def run(config):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
   spec = modules.resolve_module(config.architecture, config.tfhub_module,
-                                config.model_dir)
+                                config.model_dir, config.input_size)
   if not config.training.summaries_dir:
     config = dataclasses.replace(config, training=dataclasses.replace(
         config.training, summaries_dir=default_summaries_dir(spec.name)))
@@ -120,15 +120,14 @@ def run(config):
     image_lists = images.limit_training_images(
         image_lists, config.images_per_class, config.training.random_seed)
   labels = image_lists.labels
-  module = _module_info(spec, config)
+  module = _module_info(spec)
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks', spec.name,
                module.image_size[0], module.image_size[1],
                module.bottleneck_size)
 
   start = time.perf_counter()
-  splits, cache = bottlenecks.cache_bottlenecks(
-      image_lists, module, config.bottleneck_dir, config.model_dir,
-      config.input_size)
+  splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
+                                                config.bottleneck_dir)
   bottleneck_seconds = time.perf_counter() - start
   used = sum(len(s.ground_truth) for s in splits.values())
   logging.info('Using %d images (%d training, %d validation, %d testing); '
@@ -141,8 +140,7 @@ def run(config):
   def freeze():
     return export.frozen_graph_def(spec, len(labels),
                                    config.training.final_tensor_name,
-                                   config.training.checkpoint_path,
-                                   config.model_dir, config.input_size)
+                                   config.training.checkpoint_path)
 
   def save_intermediate(step):
     path = os.path.join(config.intermediate_output_graphs_dir,
@@ -152,9 +150,7 @@ def run(config):
 
   _set_aside_earlier_run(config.training.summaries_dir)
   start = time.perf_counter()
-  result = training.train(config.training, splits, labels,
-                          lambda: modules.load_module(spec, config.model_dir,
-                                                      config.input_size),
+  result = training.train(config.training, splits, labels, spec,
                           save_intermediate,
                           config.intermediate_store_frequency)
   training_seconds = time.perf_counter() - start

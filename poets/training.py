@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from poets import images
+from poets import modules
 
 
 @dataclasses.dataclass
@@ -303,12 +304,12 @@ def _warn_empty(splits, labels):
                       'have some.', name, ', '.join(missing))
 
 
-def train(config, splits, labels, load_module=None, save_intermediate=None,
+def train(config, splits, labels, module_spec=None, save_intermediate=None,
           intermediate_store_frequency=0):
   """Trains the final layer on cached bottlenecks (or distorted images).
 
-  `splits` maps split names to SplitBottlenecks; `load_module()` loads the
-  module into the current graph, needed only with distortions. `save_intermediate(step)` is
+  `splits` maps split names to SplitBottlenecks; `module_spec` is the
+  module to load into the training graph, needed only with distortions. `save_intermediate(step)` is
   called every `intermediate_store_frequency` steps after the checkpoint is
   written. Ctrl-C stops training after the current step and saves the
   checkpoint; the caller still exports what was trained.
@@ -323,7 +324,8 @@ def train(config, splits, labels, load_module=None, save_intermediate=None,
       tf.compat.v1.set_random_seed(seed)
     if config.distortions.enabled:
       batches = _DistortedBatches(splits['training'], class_count,
-                                  config.train_batch_size, load_module(),
+                                  config.train_batch_size,
+                                  modules.load_module(module_spec),
                                   config.distortions, seed)
     else:
       batches = _CachedBatches(splits['training'], class_count,

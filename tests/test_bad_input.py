@@ -229,8 +229,8 @@ def test_module_archive_with_outside_paths_is_refused(http_server, tmp_path,
       ('saved_model.pb', b'x'), (member, b'gotcha')]))
   with tf.Graph().as_default(), pytest.raises(PoetsError,
                                               match='Refused the module'):
-    modules.load_module(modules.ModuleSpec(f'{url}/evil.tar.gz', 'evil'),
-                        str(tmp_path / 'models'))
+    modules.load_module(modules.ModuleSpec(f'{url}/evil.tar.gz', 'evil',
+                                           str(tmp_path / 'models')))
   assert not (tmp_path / 'escape.txt').exists()
   assert not any(name.endswith('escape.txt') or name == 'evil.txt'
                  for _, _, names in os.walk(tmp_path) for name in names)

@@ -1,5 +1,6 @@
 """Tests for poets/modules.py: resolving handles and loading in graph mode."""
 
+import dataclasses
 import io
 import os
 import tarfile
@@ -42,7 +43,7 @@ def test_module_name_in_files_replaces_separators():
 def _features(spec, batch, **kwargs):
   graph = tf.Graph()
   with graph.as_default():
-    module = modules.load_module(spec, **kwargs)
+    module = modules.load_module(dataclasses.replace(spec, **kwargs))
     images = tf.compat.v1.placeholder(tf.float32, [None, *module.image_size,
                                                    3])
     output = module.apply(images)
@@ -108,8 +109,7 @@ def test_tar_gz_url_is_downloaded_into_model_dir_and_used(
   model_dir = tmp_path / 'models'
   spec = modules.resolve_module('', f'{url}/tiny.tar.gz', str(model_dir))
   module, features = _features(spec, np.ones([1, TINY_SIZE, TINY_SIZE, 3],
-                                             np.float32),
-                               model_dir=str(model_dir))
+                                             np.float32))
   assert features.shape == (1, TINY_BOTTLENECK)
   cached = [d for d in os.listdir(model_dir)
             if os.path.exists(model_dir / d / 'saved_model.pb')]

@@ -152,8 +152,7 @@ def test_distortions_train_through_the_module(tmp_path, tf2_module, flip):
       distortions=images.Distortions(flip_left_right=flip, random_crop=10,
                                      random_scale=10, random_brightness=10))
   splits['testing'] = splits['training']
-  result = training.train(config, splits, lists.labels,
-                          lambda: modules.load_module(spec))
+  result = training.train(config, splits, lists.labels, spec)
   assert result.test.accuracy >= 0.9
 
 
@@ -177,8 +176,7 @@ def test_same_seed_same_layer(tmp_path, tf2_module, distorted):
         checkpoint_path=str(tmp_path / f'c{run}' / 'x'), random_seed=4,
         distortions=images.Distortions(random_crop=20, random_brightness=20)
         if distorted else images.Distortions())
-    training.train(config, splits, lists.labels,
-                   lambda: modules.load_module(spec))
+    training.train(config, splits, lists.labels, spec)
     weights.append(tf.train.load_checkpoint(config.checkpoint_path).get_tensor(
         'final_retrain_ops/weights/final_weights'))
   np.testing.assert_array_equal(weights[0], weights[1])
