@@ -56,6 +56,14 @@ def prune_functions(graph_def):
   return graph_def
 
 
+def freeze(session, output_name):
+  """The session's graph with variables as constants, pruned to what
+  `output_name` needs, unused library functions included."""
+  graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
+      session, session.graph.as_graph_def(), [output_name])
+  return prune_functions(graph_def)
+
+
 def frozen_graph_def(module_spec, class_count, final_tensor_name,
                      checkpoint_path):
   """The evaluation graph with the trained layer, frozen and pruned."""
@@ -75,9 +83,7 @@ def frozen_graph_def(module_spec, class_count, final_tensor_name,
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
     saver.restore(session, checkpoint_path)
-    graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
-        session, graph.as_graph_def(), [layer.final_tensor.op.name])
-  return prune_functions(graph_def)
+    return freeze(session, layer.final_tensor.op.name)
 
 
 def save_graph(graph_def, path):

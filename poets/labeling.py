@@ -519,7 +519,6 @@ def export_imagenet_graph(graph_path=IMAGENET_GRAPH,
     init = tf.compat.v1.global_variables_initializer()
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
-    graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
-        session, graph.as_graph_def(), [probabilities.op.name])
-  export.save_graph(export.prune_functions(graph_def), graph_path)
+    graph_def = export.freeze(session, probabilities.op.name)
+  export.save_graph(graph_def, graph_path)
   export.save_labels(efficientnet_lite.imagenet_labels(), labels_path)
