@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from poets import files
 from poets import images
-from poets.files import atomic_write
 from poets import modules
 from poets.errors import PoetsError
 
@@ -49,8 +49,12 @@ class CacheSummary:
 
 
 def bottleneck_path(bottleneck_dir, class_dir, image_name, module_name):
-  return os.path.join(bottleneck_dir, class_dir,
-                      f'{image_name}_{module_name}.txt')
+  """The original's `<class>/<image>_<module>.txt`, shortened (uniquely) when
+  the photo's name is so long that this would pass the file name limit."""
+  folder, name = os.path.split(image_name)
+  cache_name = files.fitted_name(f'{name}_{module_name}',
+                                 files.NAME_MAX - len('.txt'))
+  return os.path.join(bottleneck_dir, class_dir, folder, f'{cache_name}.txt')
 
 
 def format_bottleneck(values):
@@ -59,7 +63,7 @@ def format_bottleneck(values):
 
 
 def _write_bottleneck(path, values):
-  atomic_write(path, format_bottleneck(values))
+  files.atomic_write(path, format_bottleneck(values))
 
 
 def read_bottleneck(path):
@@ -158,8 +162,10 @@ def _compute(entries, todo, module_spec, summary):
     # AUTOTUNE still decodes one image per core at a time.
     options = tf.data.Options()
     options.autotune.enabled = False
+    # Bytes, not str: a file name need not be valid UTF-8 to exist.
     dataset = (tf.data.Dataset.from_tensor_slices((np.array(todo, np.int64),
-                                                   paths))
+                                                   [os.fsencode(p) for p in
+                                                    paths]))
                .map(load, num_parallel_calls=tf.data.AUTOTUNE)
                .ignore_errors()
                .batch(BATCH_SIZE)

@@ -9,6 +9,7 @@ input is `Placeholder` (float32 [None, H, W, 3] in [0, 1]) and its output the
 """
 
 import os
+import shutil
 
 import tensorflow as tf
 
@@ -64,9 +65,11 @@ def freeze(session, output_name):
   return prune_functions(graph_def)
 
 
-def frozen_graph_def(module_spec, class_count, final_tensor_name,
-                     checkpoint_path):
-  """The evaluation graph with the trained layer, frozen and pruned."""
+def frozen_graph_def(module_spec, class_count, final_tensor_name, layer):
+  """The evaluation graph with the trained layer, frozen and pruned.
+
+  `layer` holds the layer's variable values by name (TrainingResult.layer).
+  """
   graph = tf.Graph()
   with graph.as_default():
     module = modules.load_module(module_spec)
@@ -75,15 +78,14 @@ def frozen_graph_def(module_spec, class_count, final_tensor_name,
         tf.float32, [None, height, width, 3], name=INPUT_NAME)
     if resized_input.op.name != INPUT_NAME:
       raise AssertionError(f'input placeholder became {resized_input.name}')
-    layer = training.add_final_retrain_ops(class_count, final_tensor_name,
-                                           module.apply(resized_input))
+    final_layer = training.add_final_retrain_ops(
+        class_count, final_tensor_name, module.apply(resized_input))
     init = tf.compat.v1.global_variables_initializer()
-    saver = tf.compat.v1.train.Saver(tf.compat.v1.get_collection(
-        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, scope='final_retrain_ops'))
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
-    saver.restore(session, checkpoint_path)
-    return freeze(session, layer.final_tensor.op.name)
+    for variable in training.layer_variables_of(graph):
+      variable.load(layer[variable.op.name], session)
+    return freeze(session, final_layer.final_tensor.op.name)
 
 
 def save_graph(graph_def, path):
@@ -107,33 +109,80 @@ def write_graph_summary(graph_def, summaries_dir):
   learner can read the input and output layer names there."""
   graph = import_frozen(graph_def)
   with graph.as_default():
-    writer = tf.compat.v1.summary.FileWriter(
+    writer = training.event_writer(
         os.path.join(summaries_dir, 'retrained_graph'), graph)
     writer.close()
+
+
+# Written into every SavedModel export, listing what the export holds: a
+# folder with this file and nothing else is one retrain.py may replace.
+EXPORT_MARKER = 'written_by_retrain.txt'
+
+
+def _files_under(folder):
+  return sorted(os.path.relpath(os.path.join(root, name), folder)
+                for root, _, names in os.walk(folder) for name in names)
+
+
+def _strangers(saved_model_dir):
+  """Files in an earlier export that the export did not write (all of them
+  if it has no marker)."""
+  marker = os.path.join(saved_model_dir, EXPORT_MARKER)
+  present = _files_under(saved_model_dir)
+  if not os.path.isfile(marker):
+    return present
+  with open(marker, errors='surrogateescape') as f:
+    written = set(f.read().splitlines()[1:]) | {EXPORT_MARKER}
+  return [name for name in present if name not in written]
+
+
+def check_saved_model_dir(saved_model_dir, flag='--saved_model_dir'):
+  """Refuses, in one line, a --saved_model_dir that export may not replace:
+  a file, or a folder holding anything an earlier export did not write."""
+  if os.path.lexists(saved_model_dir) and not os.path.isdir(saved_model_dir):
+    raise PoetsError(f'{flag} {saved_model_dir} is a file; pass a folder '
+                     'path (retrain.py replaces only its own exports).')
+  if os.path.isdir(saved_model_dir):
+    strangers = _strangers(saved_model_dir)
+    if strangers:
+      raise PoetsError(
+          f'{flag} {saved_model_dir} holds files retrain.py did not write '
+          f'({strangers[0]}{", ..." if len(strangers) > 1 else ""}); choose '
+          'another folder or move them away.')
+    files.check_writable(saved_model_dir, flag)
+  files.check_writable(os.path.dirname(os.path.abspath(saved_model_dir)),
+                       flag)
 
 
 def export_saved_model(graph_def, saved_model_dir, final_tensor_name):
   """A SavedModel whose serving signature maps `image` to `prediction`.
 
-  Built in a temporary folder and swapped in, so a failure leaves any
-  previous export intact. A non-empty folder that is not a SavedModel is
-  never overwritten.
+  Built in a temporary folder and swapped in, so a failure (or Ctrl-C)
+  leaves any previous export intact and no temporary folder behind. Only an
+  empty folder or an earlier export, recognised by its EXPORT_MARKER, is
+  replaced.
   """
-  if (os.path.isdir(saved_model_dir) and os.listdir(saved_model_dir) and
-      not os.path.exists(os.path.join(saved_model_dir, 'saved_model.pb'))):
-    raise PoetsError(f'{saved_model_dir} exists and is not a SavedModel; '
-                     'choose another --saved_model_dir.')
+  check_saved_model_dir(saved_model_dir)
   graph = import_frozen(graph_def)
   built = files.temporary_sibling(saved_model_dir)
-  os.rmdir(built)  # The builder insists on creating the folder itself.
-  with tf.compat.v1.Session(graph=graph) as session:
-    signature = tf.compat.v1.saved_model.predict_signature_def(
-        inputs={'image': graph.get_tensor_by_name(f'{INPUT_NAME}:0')},
-        outputs={'prediction': graph.get_tensor_by_name(
-            f'{final_tensor_name}:0')})
-    builder = tf.compat.v1.saved_model.Builder(built)
-    builder.add_meta_graph_and_variables(
-        session, [tf.compat.v1.saved_model.SERVING],
-        signature_def_map={'serving_default': signature})
-    builder.save()
-  files.replace_directory(built, saved_model_dir)
+  try:
+    os.rmdir(built)  # The builder insists on creating the folder itself.
+    with tf.compat.v1.Session(graph=graph) as session:
+      signature = tf.compat.v1.saved_model.predict_signature_def(
+          inputs={'image': graph.get_tensor_by_name(f'{INPUT_NAME}:0')},
+          outputs={'prediction': graph.get_tensor_by_name(
+              f'{final_tensor_name}:0')})
+      builder = tf.compat.v1.saved_model.Builder(built)
+      builder.add_meta_graph_and_variables(
+          session, [tf.compat.v1.saved_model.SERVING],
+          signature_def_map={'serving_default': signature})
+      builder.save()
+    files.atomic_write(os.path.join(built, EXPORT_MARKER), ''.join(
+        f'{line}\n' for line in [
+            'retrain.py wrote this SavedModel and replaces it on its next '
+            'export here; it will not replace a folder holding anything '
+            'else. The files it wrote:'] + _files_under(built)))
+    files.replace_directory(built, saved_model_dir)
+  except BaseException:
+    shutil.rmtree(built, ignore_errors=True)
+    raise

@@ -5,11 +5,52 @@ folder and renamed into place; a rename is atomic, so readers see the old
 file or the new one, never a partial one.
 """
 
+import hashlib
 import os
 import shutil
 import tempfile
 
 from poets.errors import PoetsError
+
+# The longest file name, in bytes, on Linux and macOS file systems.
+NAME_MAX = 255
+# What mkstemp/mkdtemp add to a prefix: 8 random letters and '.tmp'.
+_TEMPORARY_PART = 12
+
+
+def fitted_name(name, limit=NAME_MAX):
+  """`name`, or if it is longer than `limit` bytes a shorter one unique to it.
+
+  Names made from a user's (a photo's cache file, a temporary name beside an
+  output) can pass the limit although the user's name did not. The shortened
+  name keeps the start and adds a hash of the whole, so it stays stable and
+  distinct.
+  """
+  encoded = os.fsencode(name)
+  if len(encoded) <= limit:
+    return name
+  digest = hashlib.sha1(encoded).hexdigest()[:16]
+  return os.fsdecode(encoded[:limit - len(digest) - 1]) + '~' + digest
+
+
+def _temporary_prefix(path):
+  """A hidden prefix naming `path`, short enough for a temporary name."""
+  name = fitted_name(os.path.basename(path),
+                     NAME_MAX - _TEMPORARY_PART - len('..'))
+  return f'.{name}.'
+
+
+def interrupted_path(path):
+  """Where an interrupted run's output goes: beside the finished one.
+
+  'retrained_graph.pb' -> 'retrained_graph.interrupted.pb', a folder 'sm' ->
+  'sm.interrupted', so a run stopped early never replaces a finished result.
+  """
+  directory, name = os.path.split(path.rstrip(os.sep))
+  stem, extension = os.path.splitext(name)
+  return os.path.join(directory, fitted_name(
+      f'{stem}.interrupted', NAME_MAX - len(os.fsencode(extension))) +
+                      extension)
 
 
 def _umask():
@@ -23,7 +64,7 @@ def atomic_write(path, data):
   directory = os.path.dirname(path) or '.'
   os.makedirs(directory, exist_ok=True)
   fd, temp_path = tempfile.mkstemp(dir=directory,
-                                   prefix=f'.{os.path.basename(path)}.',
+                                   prefix=_temporary_prefix(path),
                                    suffix='.tmp')
   try:
     with os.fdopen(fd, 'wb' if isinstance(data, bytes) else 'w') as f:
@@ -40,7 +81,7 @@ def temporary_sibling(path):
   """A new empty folder beside `path` to build a directory output in."""
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
-  return tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(path)}.',
+  return tempfile.mkdtemp(dir=parent, prefix=_temporary_prefix(path),
                           suffix='.tmp')
 
 
@@ -60,16 +101,56 @@ def replace_directory(built, path):
   shutil.rmtree(old)
 
 
+def _nearest_existing(path):
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return path
+
+
 def check_writable(directory, flag):
-  """Fails early, naming the flag to change, if `directory` is not writable.
+  """Fails early, naming the flag to change, if `directory` cannot be made
+  or written to. Creates nothing.
 
   Better to learn this before an hour of bottlenecks than after.
   """
   directory = directory or '.'
+  existing = _nearest_existing(directory)
+  if not os.path.isdir(existing):
+    raise PoetsError(f'Cannot write to {directory}: {existing} is a file, not '
+                     f'a folder; choose another {flag}.')
   try:
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.TemporaryFile(dir=directory):
+    with tempfile.TemporaryFile(dir=existing):
       pass
   except OSError as e:
     raise PoetsError(f'Cannot write to {directory} ({e.strerror}); choose '
                      f'another {flag}.') from e
+
+
+def check_output_file(path, flag):
+  """Fails early, naming the flag, if the file `path` could not be written:
+  a folder is in its place, its name is too long, or its folder cannot be
+  written."""
+  if os.path.isdir(path):
+    raise PoetsError(f'{flag} {path} is a folder; pass the path of a file to '
+                     'write.')
+  name = os.path.basename(path)
+  if len(os.fsencode(name)) > NAME_MAX:
+    raise PoetsError(f'{flag}: the file name {name[:40]}... is too long '
+                     f'({len(os.fsencode(name))} bytes; file systems allow '
+                     f'{NAME_MAX}); choose a shorter one.')
+  check_writable(os.path.dirname(path), flag)
+
+
+def check_tensorflow_path(path, flag):
+  """Fails early if TensorFlow could not write to `path`.
+
+  Its writers (checkpoints, event files, SavedModels) take paths as UTF-8
+  text, so a folder name with other bytes, which Python and the file system
+  handle, would fail only after training.
+  """
+  try:
+    os.path.abspath(path).encode('utf-8')
+  except UnicodeEncodeError as e:
+    raise PoetsError(f'{flag} {path}: TensorFlow cannot write to a path that '
+                     f'is not valid UTF-8; choose another {flag}.') from e

@@ -82,7 +82,7 @@ def which_split(class_dir, image_name, testing_percentage,
   `tf_files/x` and `./tf_files/x/` give the same split.
   """
   hash_name = re.sub(r'_nohash_.*$', '', f'{class_dir}/{image_name}')
-  hash_hex = hashlib.sha1(hash_name.encode('utf-8')).hexdigest()
+  hash_hex = hashlib.sha1(hash_name.encode('utf-8', 'surrogateescape')).hexdigest()
   percentage_hash = ((int(hash_hex, 16) % (MAX_NUM_IMAGES_PER_CLASS + 1)) *
                      (100.0 / MAX_NUM_IMAGES_PER_CLASS))
   if percentage_hash < validation_percentage:
@@ -92,17 +92,61 @@ def which_split(class_dir, image_name, testing_percentage,
   return 'training'
 
 
-def find_images(class_path):
-  """Image files under a class folder, recursively, skipping hidden entries."""
-  found = []
+def _identity(path):
+  """What makes a file or folder the same one however it is reached; a
+  dangling link is only itself (and is reported when it fails to read)."""
+  try:
+    status = os.stat(path)
+  except OSError:
+    return path
+  return status.st_dev, status.st_ino
+
+
+def find_images(class_path, seen=None):
+  """Image files under a class folder, recursively, skipping hidden entries.
+
+  Links are followed, but each real folder and file is taken once: a link
+  back up the tree would otherwise loop until the path grew too long, and a
+  photo reached twice could land in both training and test. `seen` holds
+  the (device, inode) of everything taken so far, to share it between
+  folders; returns (relative paths, sorted; how many were left out as
+  already found).
+  """
+  seen = set() if seen is None else seen
+  if _identity(class_path) in seen:  # A link to a folder already searched.
+    return [], 1
+  seen.add(_identity(class_path))
+  candidates = []
+  repeated = 0
   for root, dirs, files in os.walk(class_path, followlinks=True):
-    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    kept = []
+    # Real folders before links to them, then by name, so the way to a
+    # folder or photo that is kept does not vary.
+    for name in sorted((d for d in dirs if not d.startswith('.')),
+                       key=lambda d: (os.path.islink(os.path.join(root, d)),
+                                      d)):
+      identity = _identity(os.path.join(root, name))
+      if identity in seen:
+        repeated += 1
+      else:
+        seen.add(identity)
+        kept.append(name)
+    dirs[:] = kept
     for name in files:
-      if name.startswith('.'):
-        continue
-      if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-        found.append(os.path.relpath(os.path.join(root, name), class_path))
-  return sorted(found)
+      path = os.path.join(root, name)
+      if (not name.startswith('.') and
+          os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS):
+        candidates.append((os.path.islink(path),
+                           os.path.relpath(path, class_path)))
+  found = []
+  for _, relative in sorted(candidates):
+    identity = _identity(os.path.join(class_path, relative))
+    if identity in seen:
+      repeated += 1
+    else:
+      seen.add(identity)
+      found.append(relative)
+  return sorted(found), repeated
 
 
 def _missing_dir_message(image_dir):
@@ -126,12 +170,16 @@ def create_image_lists(image_dir, testing_percentage, validation_percentage):
   if not os.path.isdir(image_dir):
     raise PoetsError(_missing_dir_message(image_dir))
   classes = []
+  seen = {_identity(image_dir)}
   for dir_name in sorted(os.listdir(image_dir)):
     class_path = os.path.join(image_dir, dir_name)
     if dir_name.startswith('.') or not os.path.isdir(class_path):
       continue
     logging.info("Looking for images in '%s'", dir_name)
-    images = find_images(class_path)
+    images, repeated = find_images(class_path, seen)
+    if repeated:
+      logging.warning('%s: %d links lead to folders or photos already found; '
+                      'each is used once.', class_path, repeated)
     if not images:
       logging.warning('No files found in %s', class_path)
       continue

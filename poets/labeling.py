@@ -276,7 +276,7 @@ def find_images(paths, image_dir):
       raise PoetsError(f'--image_dir {image_dir} is not a folder; pass a '
                        'folder of photos.')
     # pylint: disable-next=protected-access
-    in_dir = images.find_images(image_dir)
+    in_dir, _ = images.find_images(image_dir)
     if not in_dir:
       raise PoetsError(f'--image_dir {image_dir} holds no images ending in '
                        f'{", ".join(images.IMAGE_EXTENSIONS)}.')
@@ -362,7 +362,8 @@ def _pipeline(paths, height, width, mean, std, batch_size):
       return index, normalize(tf.io.read_file(path), height, width, mean, std)
 
     dataset = tf.data.Dataset.from_tensor_slices(
-        (np.arange(len(paths), dtype=np.int64), paths))
+        (np.arange(len(paths), dtype=np.int64),
+         [os.fsencode(path) for path in paths]))
     dataset = (dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
                .ignore_errors().batch(batch_size).prefetch(2))
     indices, batch = tf.compat.v1.data.make_one_shot_iterator(

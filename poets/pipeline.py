@@ -7,6 +7,7 @@ flags.
 
 import dataclasses
 import datetime
+import fcntl
 import os
 import time
 
@@ -54,6 +55,10 @@ class RunResult:
   export_seconds: float
 
 
+# Held by every run writing into a --summaries_dir; see _claim_summaries.
+SUMMARIES_LOCK = '.retrain_running.lock'
+
+
 def default_summaries_dir(module_name):
   return os.path.join('tf_files', 'training_summaries', module_name)
 
@@ -79,15 +84,58 @@ def _set_aside_earlier_run(summaries_dir):
                summaries_dir, destination)
 
 
+def _output_files(config):
+  """Each output file with its flag, finished and interrupted alike."""
+  named = [(config.output_graph, '--output_graph'),
+           (config.output_labels, '--output_labels')] + [
+               (config.training.checkpoint_path + suffix, '--checkpoint_path')
+               for suffix in ('', '.index', '.data-00000-of-00001')]
+  return named + [(files.interrupted_path(path), flag)
+                  for path, flag in named]
+
+
 def _check_outputs(config):
-  for path, flag in [
-      (os.path.dirname(config.output_graph), '--output_graph'),
-      (os.path.dirname(config.output_labels), '--output_labels'),
-      (config.bottleneck_dir, '--bottleneck_dir'),
-      (config.training.summaries_dir, '--summaries_dir'),
-      (os.path.dirname(config.training.checkpoint_path), '--checkpoint_path'),
-      (config.model_dir, '--model_dir')]:
+  """Every output checked before any work, so a mistake costs seconds."""
+  for path, flag in _output_files(config):
+    files.check_output_file(path, flag)
+  folders = [(config.bottleneck_dir, '--bottleneck_dir'),
+             (config.training.summaries_dir, '--summaries_dir'),
+             (config.model_dir, '--model_dir')]
+  if config.intermediate_store_frequency > 0:
+    folders.append((config.intermediate_output_graphs_dir,
+                    '--intermediate_output_graphs_dir'))
+  for path, flag in folders:
     files.check_writable(path, flag)
+  for path, flag in [(config.training.checkpoint_path, '--checkpoint_path'),
+                     (config.training.summaries_dir, '--summaries_dir'),
+                     (config.model_dir, '--model_dir'),
+                     (config.saved_model_dir, '--saved_model_dir')]:
+    files.check_tensorflow_path(path, flag)
+  if config.saved_model_dir:
+    for path in (config.saved_model_dir,
+                 files.interrupted_path(config.saved_model_dir)):
+      export.check_saved_model_dir(path)
+
+
+def _claim_summaries(summaries_dir):
+  """Sets an earlier run's event folders aside, unless a run is still
+  writing them; returns the lock to hold until this run ends.
+
+  Every run holds a shared lock on a file in --summaries_dir while it runs;
+  setting aside needs the lock alone, so the folders of a run still going
+  stay where they are, and the two runs' event files sit side by side, told
+  apart by their process ids (training.event_writer).
+  """
+  os.makedirs(summaries_dir, exist_ok=True)
+  lock = open(os.path.join(summaries_dir, SUMMARIES_LOCK), 'a')
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _set_aside_earlier_run(summaries_dir)
+  except BlockingIOError:
+    logging.warning('Another run is writing to %s; its event files stay '
+                    'there, beside this run\'s.', summaries_dir)
+  fcntl.flock(lock, fcntl.LOCK_SH)
+  return lock
 
 
 def _module_info(spec):
@@ -137,39 +185,47 @@ def run(config):
                len(splits['testing'].ground_truth), len(cache.failed))
   _check_usable(splits, labels)
 
-  def freeze():
+  def freeze(layer):
     return export.frozen_graph_def(spec, len(labels),
-                                   config.training.final_tensor_name,
-                                   config.training.checkpoint_path)
+                                   config.training.final_tensor_name, layer)
 
-  def save_intermediate(step):
+  def save_intermediate(step, layer):
     path = os.path.join(config.intermediate_output_graphs_dir,
                         f'intermediate_{step}.pb')
     logging.info('Save intermediate result to : %s', path)
-    export.save_graph(freeze(), path)
+    export.save_graph(freeze(layer), path)
 
-  _set_aside_earlier_run(config.training.summaries_dir)
-  start = time.perf_counter()
-  result = training.train(config.training, splits, labels, spec,
-                          save_intermediate,
-                          config.intermediate_store_frequency)
-  training_seconds = time.perf_counter() - start
+  with _claim_summaries(config.training.summaries_dir):
+    start = time.perf_counter()
+    result = training.train(config.training, splits, labels, spec,
+                            save_intermediate,
+                            config.intermediate_store_frequency)
+    training_seconds = time.perf_counter() - start
 
-  start = time.perf_counter()
-  graph_def = freeze()
-  export.save_graph(graph_def, config.output_graph)
-  export.save_labels(labels, config.output_labels)
-  export.write_graph_summary(graph_def, config.training.summaries_dir)
-  saved = [config.output_graph, config.output_labels]
-  if config.saved_model_dir:
-    export.export_saved_model(graph_def, config.saved_model_dir,
+    start = time.perf_counter()
+    graph_def = freeze(result.layer)
+    export.write_graph_summary(graph_def, config.training.summaries_dir)
+  outputs = [config.output_graph, config.output_labels, config.saved_model_dir]
+  if result.interrupted:
+    # Beside the finished outputs, never over them.
+    outputs = [path and files.interrupted_path(path) for path in outputs]
+  graph_path, labels_path, saved_model_dir = outputs
+  export.save_graph(graph_def, graph_path)
+  export.save_labels(labels, labels_path)
+  saved = [graph_path, labels_path]
+  if saved_model_dir:
+    export.export_saved_model(graph_def, saved_model_dir,
                               config.training.final_tensor_name)
-    saved.append(config.saved_model_dir)
+    saved.append(saved_model_dir)
   export_seconds = time.perf_counter() - start
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
-                    'the layer trained so far to %s.', result.steps_done,
-                    config.training.checkpoint_path, ', '.join(saved))
+                    'the layer trained so far to %s (beside the finished '
+                    'outputs, which are left as they were; use these with '
+                    'label_image.py --graph and --labels).',
+                    result.steps_done,
+                    files.interrupted_path(config.training.checkpoint_path),
+                    ', '.join(saved))
   else:
     logging.info('Saved %s.', ', '.join(saved))
   return RunResult(labels, cache, result, bottleneck_seconds,

@@ -22,6 +22,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from poets import files
 from poets import images
 from poets import modules
 
@@ -72,6 +73,26 @@ class TrainingResult:
   interrupted: bool
   test: Evaluation | None
   validation_curve: list  # (step, accuracy) at each evaluation
+  # The trained layer's variables by name. Export takes them from here, not
+  # from the checkpoint file, which another run may be writing at once.
+  layer: dict
+
+
+def layer_variables_of(graph):
+  """The new layer's variables: what is trained, saved and exported."""
+  return graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
+                              scope='final_retrain_ops')
+
+
+def event_writer(directory, graph=None):
+  """A FileWriter whose file name carries this process's id.
+
+  Event files are named by the second and the host only; two runs writing
+  into one --summaries_dir at once would otherwise share one file and
+  corrupt it.
+  """
+  return tf.compat.v1.summary.FileWriter(directory, graph,
+                                         filename_suffix=f'.{os.getpid()}')
 
 
 def _summary(kind, name, value):
@@ -222,7 +243,7 @@ class _DistortedBatches:
                seed):
     offsets, counts = _class_ranges(split.ground_truth, class_count)
     height, width = module.image_size
-    filenames = tf.constant(split.filenames)
+    filenames = tf.constant([os.fsencode(f) for f in split.filenames])
 
     def sample(random):
       # Each element's own stateless seed picks its image and distortion, so
@@ -309,10 +330,12 @@ def train(config, splits, labels, module_spec=None, save_intermediate=None,
   """Trains the final layer on cached bottlenecks (or distorted images).
 
   `splits` maps split names to SplitBottlenecks; `module_spec` is the
-  module to load into the training graph, needed only with distortions. `save_intermediate(step)` is
-  called every `intermediate_store_frequency` steps after the checkpoint is
-  written. Ctrl-C stops training after the current step and saves the
-  checkpoint; the caller still exports what was trained.
+  module to load into the training graph, needed only with distortions.
+  `save_intermediate(step, layer)` is called at every step that is a
+  multiple of `intermediate_store_frequency`, with the layer's values then.
+  Ctrl-C (or SIGTERM, see poets/interrupts.py) stops training after the
+  current step and saves the checkpoint beside the finished one
+  (files.interrupted_path); the caller still exports what was trained.
   """
   class_count = len(labels)
   _warn_empty(splits, labels)
@@ -334,13 +357,13 @@ def train(config, splits, labels, module_spec=None, save_intermediate=None,
                                   batches.bottlenecks, batches.ground_truth,
                                   config.learning_rate)
     merged = tf.compat.v1.summary.merge_all()
-    # Only the new layer: export restores it on top of a freshly loaded module.
-    saver = tf.compat.v1.train.Saver(tf.compat.v1.get_collection(
-        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, scope='final_retrain_ops'))
+    # Only the new layer: export puts it on top of a freshly loaded module.
+    layer_variables = layer_variables_of(graph)
+    saver = tf.compat.v1.train.Saver(layer_variables)
     init = tf.compat.v1.global_variables_initializer()
-    train_writer = tf.compat.v1.summary.FileWriter(
-        os.path.join(config.summaries_dir, 'train'), graph)
-    validation_writer = tf.compat.v1.summary.FileWriter(
+    train_writer = event_writer(os.path.join(config.summaries_dir, 'train'),
+                                graph)
+    validation_writer = event_writer(
         os.path.join(config.summaries_dir, 'validation'))
   validation = splits['validation']
   curve = []
@@ -350,54 +373,63 @@ def train(config, splits, labels, module_spec=None, save_intermediate=None,
     session.run(init)
     batches.initialize(session)
     train_step = session.make_callable(layer.train_step)  # Cheaper per call.
+
+    def layer_values():
+      return dict(zip([v.op.name for v in layer_variables],
+                      session.run(layer_variables)))
+
     try:
       for step in range(config.how_many_training_steps):
         is_last_step = step + 1 == config.how_many_training_steps
         if step % config.eval_step_interval and not is_last_step:
           train_step()
-          continue
-        train_summary, _, bottlenecks, ground_truth = session.run(
-            [merged, layer.train_step, layer.bottleneck_input,
-             layer.ground_truth_input])
-        train_writer.add_summary(train_summary, step)
-        train_accuracy, cross_entropy = session.run(
-            [layer.evaluation_step, layer.cross_entropy],
-            {layer.bottleneck_input: bottlenecks,
-             layer.ground_truth_input: ground_truth})
-        logging.info('%s: Step %d: Train accuracy = %.1f%%', _now(), step,
-                     train_accuracy * 100)
-        logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
-                     cross_entropy)
-        if len(validation.ground_truth):
-          batch, truth, _ = _random_batch(validation,
-                                          config.validation_batch_size, rng)
-          validation_summary, validation_accuracy = session.run(
-              [merged, layer.evaluation_step],
-              {layer.bottleneck_input: batch,
-               layer.ground_truth_input: truth})
-          validation_writer.add_summary(validation_summary, step)
-          curve.append((step, float(validation_accuracy)))
-          logging.info('%s: Step %d: Validation accuracy = %.1f%% (N=%d)',
-                       _now(), step, validation_accuracy * 100, len(truth))
+        else:
+          train_summary, _, bottlenecks, ground_truth = session.run(
+              [merged, layer.train_step, layer.bottleneck_input,
+               layer.ground_truth_input])
+          train_writer.add_summary(train_summary, step)
+          train_accuracy, cross_entropy = session.run(
+              [layer.evaluation_step, layer.cross_entropy],
+              {layer.bottleneck_input: bottlenecks,
+               layer.ground_truth_input: ground_truth})
+          logging.info('%s: Step %d: Train accuracy = %.1f%%', _now(), step,
+                       train_accuracy * 100)
+          logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
+                       cross_entropy)
+          if len(validation.ground_truth):
+            batch, truth, _ = _random_batch(validation,
+                                            config.validation_batch_size, rng)
+            validation_summary, validation_accuracy = session.run(
+                [merged, layer.evaluation_step],
+                {layer.bottleneck_input: batch,
+                 layer.ground_truth_input: truth})
+            validation_writer.add_summary(validation_summary, step)
+            curve.append((step, float(validation_accuracy)))
+            logging.info('%s: Step %d: Validation accuracy = %.1f%% (N=%d)',
+                         _now(), step, validation_accuracy * 100, len(truth))
+        # The original's rule, whatever the evaluation interval.
         if (intermediate_store_frequency > 0 and step > 0 and
             step % intermediate_store_frequency == 0 and save_intermediate):
-          saver.save(session, config.checkpoint_path, write_state=False)
-          save_intermediate(step)
+          save_intermediate(step, layer_values())
       steps_done = config.how_many_training_steps
     except KeyboardInterrupt:
       interrupted = True
       steps_done = step
       logging.warning('Interrupted at step %d of %d; saving what was trained.',
                       step, config.how_many_training_steps)
-    os.makedirs(os.path.dirname(config.checkpoint_path) or '.', exist_ok=True)
-    saver.save(session, config.checkpoint_path, write_state=False)
+    checkpoint_path = config.checkpoint_path
+    if interrupted:
+      checkpoint_path = files.interrupted_path(checkpoint_path)
+    os.makedirs(os.path.dirname(checkpoint_path) or '.', exist_ok=True)
+    saver.save(session, checkpoint_path, write_state=False)
+    values = layer_values()
     train_writer.close()
     validation_writer.close()
     test = None
     if not interrupted:
       test = _final_test(session, layer, splits['testing'], config, labels,
                          rng)
-  return TrainingResult(steps_done, interrupted, test, curve)
+  return TrainingResult(steps_done, interrupted, test, curve, values)
 
 
 def _final_test(session, layer, split, config, labels, rng):

@@ -27,6 +27,14 @@ TINY_SIZE = 32
 TINY_BOTTLENECK = 8
 CLASS_COLOURS = {'red': (220, 30, 30), 'green': (30, 200, 40),
                  'blue': (30, 40, 220)}
+# Names the file system allows and people, cameras or scripts make: not
+# UTF-8, control characters, shell and format characters, and the longest a
+# name may be (255 bytes).
+ODD_FILE_NAMES = [
+    os.fsdecode(b'caf\xe9 latin-1.jpg'), 'new\nline.jpg', ' spaces .jpg',
+    '-leading-dash.jpg', '100%.jpg', '%s%d%n.jpg', 'ünïcødé 🌸.jpg',
+    'back\\slash.jpg', 'quote\'".jpg', 'semi;colon&$(x).jpg',
+    'n' * 251 + '.jpg', 'é' * 125 + '.jpg']
 
 
 def _tiny_weights():

@@ -4,6 +4,8 @@ Each case is a folder of photos people really collect: phone pictures,
 downloads, screenshots, with the odd broken or mislabelled file among them.
 """
 
+import dataclasses
+import glob
 import io
 import os
 import signal
@@ -18,7 +20,8 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from conftest import CLASS_COLOURS, encode, make_image_dir, solid_image
+from conftest import (CLASS_COLOURS, ODD_FILE_NAMES, encode, make_image_dir,
+                      solid_image)
 from poets import bottlenecks
 from poets import images
 from poets import modules
@@ -136,6 +139,159 @@ def test_unwritable_output_folder_stops_before_any_work(tmp_path, tf2_module):
   assert not (tmp_path / 'bottlenecks').exists()
 
 
+def _make(path, what):
+  """Puts something a user might have at `path` before the run."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if what == 'folder':
+    path.mkdir()
+  elif what == 'file':
+    path.write_text('precious')
+  else:  # Somebody else's SavedModel, with their notes beside it.
+    path.mkdir()
+    (path / 'saved_model.pb').write_text('theirs')
+    (path / 'notes.txt').write_text('precious')
+
+
+@pytest.mark.parametrize('change, what, flag, message', [
+    ({'output_graph': 'out/g.pb'}, 'folder', '--output_graph', 'is a folder'),
+    ({'output_labels': 'out/labels.txt'}, 'folder', '--output_labels',
+     'is a folder'),
+    ({'checkpoint_path': 'checkpoint/x'}, 'folder', '--checkpoint_path',
+     'is a folder'),
+    ({'summaries_dir': 'summaries'}, 'file', '--summaries_dir',
+     'Cannot write to'),
+    ({'intermediate_output_graphs_dir': 'inter',
+      'intermediate_store_frequency': 10}, 'file',
+     '--intermediate_output_graphs_dir', 'Cannot write to'),
+    ({'saved_model_dir': 'sm'}, 'file', '--saved_model_dir', 'is a file'),
+    ({'saved_model_dir': 'sm'}, 'foreign', '--saved_model_dir',
+     'did not write'),
+])
+def test_output_problems_stop_before_any_work(tmp_path, tf2_module, change,
+                                              what, flag, message):
+  make_image_dir(tmp_path / 'photos', per_class=3)
+  config = _config(tmp_path, tmp_path / 'photos', tf2_module)
+  changes = {key: str(tmp_path / value) if isinstance(value, str) else value
+             for key, value in change.items()}
+  in_training = {key: changes.pop(key) for key in list(changes)
+                 if hasattr(config.training, key)}
+  config = dataclasses.replace(config, training=dataclasses.replace(
+      config.training, **in_training), **changes)
+  path = tmp_path / next(iter(change.values()))
+  _make(path, what)
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(PoetsError, match=f'{message}.*{flag}|{flag}.*{message}'):
+    pipeline.run(config)
+  assert sorted(os.listdir(tmp_path)) == before  # No work, nothing moved.
+  if what == 'file':
+    assert path.read_text() == 'precious'
+  if what == 'foreign':
+    assert (path / 'notes.txt').read_text() == 'precious'
+
+
+def _interrupt_at_step_0(monkeypatch):
+  """As if Ctrl-C came during the first step: its log line raises."""
+  real_now = training._now
+  calls = []
+
+  def interrupting_now():
+    calls.append(1)
+    if len(calls) == 1:
+      raise KeyboardInterrupt
+    return real_now()
+
+  monkeypatch.setattr(training, '_now', interrupting_now)
+
+
+def _contents(path):
+  """Every file under `path` (or the file itself) by relative name."""
+  if os.path.isfile(path):
+    with open(path, 'rb') as f:
+      return f.read()
+  found = {}
+  for root, _, names in os.walk(path):
+    for name in names:
+      with open(os.path.join(root, name), 'rb') as f:
+        found[os.path.relpath(os.path.join(root, name), path)] = f.read()
+  return found
+
+
+def test_an_interrupted_run_never_replaces_a_finished_graph(
+    tmp_path, tf2_module, monkeypatch, caplog):
+  make_image_dir(tmp_path / 'photos', per_class=10)
+  config = dataclasses.replace(
+      _config(tmp_path, tmp_path / 'photos', tf2_module),
+      saved_model_dir=str(tmp_path / 'out' / 'sm'))
+  finished = [config.output_graph, config.output_labels,
+              config.saved_model_dir, config.training.checkpoint_path +
+              '.index']
+  beside = [str(tmp_path / 'out' / 'g.interrupted.pb'),
+            str(tmp_path / 'out' / 'labels.interrupted.txt'),
+            str(tmp_path / 'out' / 'sm.interrupted'),
+            str(tmp_path / 'checkpoint' / 'x.interrupted.index')]
+  with monkeypatch.context() as patch:
+    _interrupt_at_step_0(patch)
+    first = pipeline.run(config)
+  # Even with no finished graph yet, an interrupted one goes beside.
+  assert first.training.interrupted
+  assert [os.path.exists(path) for path in finished + beside] == [
+      False] * 4 + [True] * 4
+  assert f'the layer trained so far to {beside[0]}' in caplog.text
+
+  pipeline.run(config)
+  good = {path: _contents(path) for path in finished}
+  caplog.clear()
+  with monkeypatch.context() as patch:
+    _interrupt_at_step_0(patch)
+    pipeline.run(config)
+  assert {path: _contents(path) for path in finished} == good
+  assert all(os.path.exists(path) for path in beside)
+  assert f'the layer trained so far to {beside[0]}' in caplog.text
+
+
+def test_any_name_the_file_system_allows_trains(tmp_path, tf2_module):
+  root = tmp_path / 'photos'
+  make_image_dir(root, per_class=10)
+  odd_class = root / os.fsdecode(b'bl\xe5 %s -\n')
+  odd_class.mkdir()
+  for i, name in enumerate(ODD_FILE_NAMES):
+    for folder, colour in ((root / 'red', 'red'), (odd_class, 'blue')):
+      (folder / name).write_bytes(encode(solid_image(CLASS_COLOURS[colour],
+                                                     500 + i)))
+  out = tmp_path / os.fsdecode(b'out \xff\n')
+  # TensorFlow's own writers need UTF-8 paths (see the next test).
+  tf_out = tmp_path / 'out 🌸 %s\n'
+  config = dataclasses.replace(
+      _config(tmp_path, root, tf2_module),
+      output_graph=str(out / ('g' * 252 + '.pb')),
+      output_labels=str(out / ('l' * 251 + '.txt')),
+      saved_model_dir=str(tf_out / ('s' * 242)),
+      intermediate_output_graphs_dir=str(out / 'intermediate'),
+      intermediate_store_frequency=50)
+  config = dataclasses.replace(config, training=dataclasses.replace(
+      config.training, print_misclassified_test_images=True,
+      summaries_dir=str(tf_out / 'summaries'),
+      checkpoint_path=str(tf_out / ('c' * 200))))
+  result = pipeline.run(config)
+  assert result.cache.failed == []
+  assert result.cache.created == 30 + 2 * len(ODD_FILE_NAMES)
+  assert (out / ('g' * 252 + '.pb')).stat().st_size > 0
+  assert (tf_out / ('s' * 242) / 'saved_model.pb').exists()
+  again = pipeline.run(config)  # Every odd name found in the cache.
+  assert again.cache.reused == result.cache.created
+
+
+def test_tensorflow_outputs_need_utf8_paths(tmp_path, tf2_module):
+  make_image_dir(tmp_path / 'photos', per_class=3)
+  config = _config(tmp_path, tmp_path / 'photos', tf2_module)
+  config = dataclasses.replace(config, training=dataclasses.replace(
+      config.training,
+      checkpoint_path=str(tmp_path / os.fsdecode(b'\xff') / 'x')))
+  with pytest.raises(PoetsError, match='--checkpoint_path.*not valid UTF-8'):
+    pipeline.run(config)
+  assert os.listdir(tmp_path) == ['photos']
+
+
 def test_rerun_keeps_earlier_summaries(tmp_path, tf2_module, caplog):
   make_image_dir(tmp_path / 'photos', per_class=10)
   config = _config(tmp_path, tmp_path / 'photos', tf2_module)
@@ -188,7 +344,11 @@ def test_sigkill_while_making_bottlenecks_then_resume(tmp_path, tf2_module):
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_training_saves_and_says_so(tmp_path, tf2_module):
+@pytest.mark.parametrize('stop, code', [(signal.SIGINT, 130),
+                                        (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_during_training_saves_and_says_so(
+    tmp_path, tf2_module, stop, code):
+  # SIGTERM is what timeout, docker stop and job schedulers send.
   make_image_dir(tmp_path / 'photos', per_class=10)
   process = subprocess.Popen(
       [sys.executable, os.path.join(ROOT, 'retrain.py'), '--image_dir',
@@ -200,14 +360,65 @@ def test_ctrl_c_during_training_saves_and_says_so(tmp_path, tf2_module):
   for line in process.stdout:
     lines.append(line)
     if 'Step 1000: Validation accuracy' in line:
-      process.send_signal(signal.SIGINT)
+      process.send_signal(stop)
       break
   output = ''.join(lines) + process.stdout.read()
-  assert process.wait(timeout=120) == 130
+  assert process.wait(timeout=120) == code
   assert 'Traceback' not in output
   assert 'Interrupted at step' in output
-  assert 'Stopped early at step' in output and 'retrained_graph.pb' in output
-  assert (tmp_path / 'tf_files' / 'retrained_graph.pb').stat().st_size > 0
+  assert 'Stopped early at step' in output
+  assert 'retrained_graph.interrupted.pb' in output
+  assert (tmp_path / 'tf_files' /
+          'retrained_graph.interrupted.pb').stat().st_size > 0
+  assert not (tmp_path / 'tf_files' / 'retrained_graph.pb').exists()
+
+
+def _event_steps(path):
+  """The steps of the accuracy scalars in one event file, in file order."""
+  return [event.step for event in tf.compat.v1.train.summary_iterator(path)
+          for value in event.summary.value if value.tag.endswith('accuracy')]
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_into_the_same_folders(tmp_path, tf2_module):
+  make_image_dir(tmp_path / 'photos', per_class=10)
+  # The second run sees two of the classes, through links: the same photos,
+  # the same cache files, a layer of another shape.
+  (tmp_path / 'two').mkdir()
+  for name in ('green', 'red'):
+    os.symlink(tmp_path / 'photos' / name, tmp_path / 'two' / name)
+  shared = ['--tfhub_module', tf2_module, '--how_many_training_steps', '3000',
+            '--eval_step_interval', '100', '--summaries_dir', 'summaries']
+
+  def start(image_dir, *more):
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, 'retrain.py'), '--image_dir',
+         image_dir, *shared, *more], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+  earlier = start('photos', '--how_many_training_steps', '10')
+  assert earlier.wait(timeout=300) == 0, earlier.stdout.read()
+  runs = [start('photos'),
+          start('two', '--output_graph', 'tf_files/two.pb', '--output_labels',
+                'tf_files/two.txt')]
+  outputs = [run.communicate(timeout=300)[0] for run in runs]
+  for run, output in zip(runs, outputs):
+    assert run.returncode == 0, output
+    assert 'Traceback' not in output
+  for split in ('train', 'validation'):
+    paths = glob.glob(str(tmp_path / 'summaries' / split / 'events.*'))
+    assert len(paths) == 2
+    for path in paths:  # Each whole, each one run's steps.
+      assert _event_steps(path) == list(range(0, 3000, 100)) + [2999]
+  assert len(glob.glob(str(tmp_path / 'summaries' / 'previous_runs' / '*' /
+                           'train' / 'events.*'))) == 1
+  cache = _bottleneck_files(tmp_path / 'tf_files' / 'bottlenecks')
+  assert len(cache) == 30
+  assert all(bottlenecks.read_bottleneck(path)[1] is None for path in cache)
+  assert not [name for _, _, names in os.walk(tmp_path / 'tf_files')
+              for name in names if name.endswith('.tmp')]
+  with open(tmp_path / 'tf_files' / 'two.txt') as f:
+    assert f.read() == 'green\nred\n'
 
 
 def _archive(entries):

@@ -4,8 +4,10 @@ import csv
 import dataclasses
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 from PIL import Image
 import pytest
@@ -182,3 +184,61 @@ def test_a_key_swept_twice_is_a_user_error(tmp_path):
   with pytest.raises(PoetsError, match='given twice'):
     experiments.plan([sweep, sweep], lambda overrides: None,
                      str(tmp_path / 'out'), str(tmp_path / 'summaries'))
+
+
+def _wait_for_text(path, text, process, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline and process.poll() is None:
+    if os.path.exists(path):
+      with open(path, errors='replace') as f:
+        if text in f.read():
+          return True
+    time.sleep(0.05)
+  return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('how, code', [('ctrl_c_twice', 130),
+                                       ('sigterm', 143)])
+def test_a_stopped_sweep_still_writes_its_table_and_cleans_up(
+    tmp_path, tf2_module, how, code):
+  photos = make_image_dir(tmp_path / 'photos', per_class=10)
+  out, scratch = tmp_path / 'experiments', tmp_path / 'tmp'
+  scratch.mkdir()
+  process = subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'experiments.py'),
+       f'--image_dir={photos}', f'--tfhub_module={tf2_module}',
+       f'--bottleneck_dir={tmp_path / "bottlenecks"}',
+       f'--model_dir={tmp_path / "models"}',
+       f'--summaries_dir={tmp_path / "summaries"}',
+       f'--experiments_dir={out}', '--eval_step_interval=1000',
+       '--sweep', 'how_many_training_steps=20,100000000'],
+      env={**os.environ, 'TMPDIR': str(scratch)}, start_new_session=True,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    long_log = out / 'how_many_training_steps=100000000' / 'retrain.log'
+    assert _wait_for_text(long_log, 'Step 1000:', process)
+    if how == 'ctrl_c_twice':  # A terminal signals the whole group.
+      os.killpg(process.pid, signal.SIGINT)
+      time.sleep(0.05)
+      os.killpg(process.pid, signal.SIGINT)
+    else:  # kill, timeout and docker stop signal the sweep's process only.
+      process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+  assert process.returncode == code, output
+  assert 'Traceback' not in output
+  assert 'Interrupted after 2 of 2 runs' in output
+  with open(out / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [(row['how_many_training_steps'], row['status']) for row in rows] == [
+      ('20', 'ok'), ('100000000', 'interrupted')]
+  assert os.listdir(scratch) == []
+  with open(long_log) as f:
+    log = f.read()
+  assert 'Interrupted at step' in log
+  time.sleep(2)  # The stopped run's child is gone, not left training.
+  with open(long_log) as f:
+    assert f.read() == log

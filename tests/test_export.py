@@ -98,15 +98,40 @@ def test_saved_model_serves_image_to_prediction(retrained):
   assert np.argmax(prediction[0]) == 2
 
 
-def test_saved_model_never_overwrites_a_foreign_folder(retrained, tmp_path):
+def _write_tree(root, tree):
+  for name, content in tree.items():
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+
+
+@pytest.mark.parametrize('tree', [
+    {'thesis.txt': 'precious'},
+    # Somebody else's SavedModel, with their notes beside it.
+    {'saved_model.pb': 'theirs', 'variables/variables.index': 'theirs',
+     'notes.txt': 'precious'},
+])
+def test_saved_model_never_overwrites_a_foreign_folder(retrained, tmp_path,
+                                                       tree):
   config, _ = retrained
   foreign = tmp_path / 'mine'
-  foreign.mkdir()
-  (foreign / 'thesis.txt').write_text('precious')
-  with pytest.raises(PoetsError, match='is not a SavedModel'):
+  _write_tree(foreign, tree)
+  with pytest.raises(PoetsError, match='--saved_model_dir'):
     export.export_saved_model(_load_graph_def(config.output_graph),
                               str(foreign), 'final_result')
-  assert (foreign / 'thesis.txt').read_text() == 'precious'
+  for name, content in tree.items():
+    assert (foreign / name).read_text() == content
+  assert os.listdir(tmp_path) == ['mine']
+
+
+def test_saved_model_never_replaces_a_file(retrained, tmp_path):
+  config, _ = retrained
+  (tmp_path / 'model').write_text('precious')
+  with pytest.raises(PoetsError, match='--saved_model_dir.*is a file'):
+    export.export_saved_model(_load_graph_def(config.output_graph),
+                              str(tmp_path / 'model'), 'final_result')
+  assert (tmp_path / 'model').read_text() == 'precious'
+  assert os.listdir(tmp_path) == ['model']
 
 
 def test_saved_model_replaces_an_earlier_export(retrained, tmp_path):
@@ -114,11 +139,28 @@ def test_saved_model_replaces_an_earlier_export(retrained, tmp_path):
   graph_def = _load_graph_def(config.output_graph)
   target = tmp_path / 'sm'
   export.export_saved_model(graph_def, str(target), 'final_result')
-  (target / 'marker').write_text('old')
   export.export_saved_model(graph_def, str(target), 'final_result')
-  assert not (target / 'marker').exists()
   assert (target / 'saved_model.pb').exists()
-  assert [p for p in os.listdir(tmp_path) if p != 'sm'] == []
+  assert os.listdir(tmp_path) == ['sm']
+  # A file somebody put into the export since makes it theirs too.
+  (target / 'notes.txt').write_text('precious')
+  with pytest.raises(PoetsError, match='notes.txt'):
+    export.export_saved_model(graph_def, str(target), 'final_result')
+  assert (target / 'notes.txt').read_text() == 'precious'
+
+
+def test_an_interrupted_saved_model_export_leaves_nothing_behind(
+    retrained, tmp_path, monkeypatch):
+  config, _ = retrained
+
+  def interrupted(self, *args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(tf.compat.v1.saved_model.Builder, 'save', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    export.export_saved_model(_load_graph_def(config.output_graph),
+                              str(tmp_path / 'sm'), 'final_result')
+  assert os.listdir(tmp_path) == []
 
 
 def test_final_tensor_name_is_honoured_in_graph_and_saved_model(

@@ -48,3 +48,52 @@ def test_written_files_get_the_usual_permissions(tmp_path):
   mask = os.umask(0)
   os.umask(mask)
   assert (tmp_path / 'labels.txt').stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_names_of_the_longest_allowed_length_are_written(tmp_path):
+  # The temporary name beside such a file must not be longer than it.
+  longest = 'n' * 251 + '.txt'
+  files.atomic_write(str(tmp_path / longest), 'kept')
+  assert (tmp_path / longest).read_text() == 'kept'
+  built = files.temporary_sibling(str(tmp_path / ('d' * 255)))
+  files.replace_directory(built, str(tmp_path / ('d' * 255)))
+  assert sorted(os.listdir(tmp_path)) == ['d' * 255, longest]
+
+
+def test_fitted_names_stay_short_distinct_and_stable():
+  long_a, long_b = 'a' * 300 + '1', 'a' * 300 + '2'
+  fitted = {files.fitted_name(name, 100) for name in (long_a, long_b)}
+  assert len(fitted) == 2
+  assert all(len(os.fsencode(name)) <= 100 for name in fitted)
+  assert files.fitted_name(long_a, 100) == files.fitted_name(long_a, 100)
+  assert files.fitted_name('short.jpg', 100) == 'short.jpg'
+  # Cutting through a multi-byte letter or an undecodable byte is fine.
+  odd = os.fsdecode(b'\xff' + 'ø'.encode() * 200)
+  assert len(os.fsencode(files.fitted_name(odd, 101))) <= 101
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda p: p.mkdir(), 'is a folder'),
+    (lambda p: p.parent.rmdir() or p.parent.write_text('x'),
+     'Cannot write to'),
+])
+def test_output_file_problems_name_the_flag(tmp_path, make, message):
+  path = tmp_path / 'out' / 'graph.pb'
+  path.parent.mkdir()
+  make(path)
+  with pytest.raises(PoetsError, match=f'{message}.*--output_graph|'
+                     f'--output_graph.*{message}'):
+    files.check_output_file(str(path), '--output_graph')
+
+
+def test_too_long_an_output_name_is_refused(tmp_path):
+  with pytest.raises(PoetsError, match='--output_labels.*too long'):
+    files.check_output_file(str(tmp_path / ('x' * 256)), '--output_labels')
+
+
+def test_interrupted_outputs_go_beside_the_finished_ones():
+  assert files.interrupted_path('tf_files/retrained_graph.pb') == (
+      'tf_files/retrained_graph.interrupted.pb')
+  assert files.interrupted_path('tf_files/saved_model/') == (
+      'tf_files/saved_model.interrupted')
+  assert files.interrupted_path('ckpt') == 'ckpt.interrupted'

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import encode, make_image_dir, solid_image
+from conftest import ODD_FILE_NAMES, encode, make_image_dir, solid_image
 from poets import images
 from poets.errors import PoetsError
 
@@ -70,6 +70,48 @@ def test_finds_images_in_any_case_nested_and_skips_hidden(tmp_path):
   assert lists.labels == ['daisy', 'tulips']
   assert sorted(lists.classes[0].training) == sorted(
       ['a.JPG', 'b.jpeg', 'c.Png', os.path.join('more', 'd.jpg'), 'e.gif'])
+
+
+def _all_images(image_class):
+  return image_class.training + image_class.testing + image_class.validation
+
+
+def test_any_name_the_file_system_allows_is_found_and_split(tmp_path):
+  root = tmp_path / 'photos'
+  make_image_dir(root, per_class=2)
+  odd_class = root / os.fsdecode(b'caf\xe9 -%\n')
+  odd_class.mkdir()
+  for folder in (root / 'red', odd_class):
+    for name in ODD_FILE_NAMES:
+      (folder / name).write_bytes(b'decoding comes later')
+  lists = images.create_image_lists(str(root), 30, 30)
+  by_dir = {c.dir: c for c in lists.classes}
+  assert set(ODD_FILE_NAMES) <= set(_all_images(by_dir['red']))
+  assert sorted(_all_images(by_dir[odd_class.name])) == sorted(
+      ODD_FILE_NAMES)
+  assert by_dir[odd_class.name].label == 'caf '
+
+
+def test_links_are_followed_but_every_photo_counts_once(tmp_path, caplog):
+  root = tmp_path / 'photos'
+  make_image_dir(root, per_class=20)
+  make_image_dir(tmp_path / 'elsewhere', per_class=5,
+                 colours={'more_red': (200, 20, 20)})
+  os.symlink(tmp_path / 'elsewhere' / 'more_red', root / 'red' / 'more')
+  os.symlink('..', root / 'red' / 'up')  # A loop through every class.
+  os.symlink('.', root / 'blue' / 'self')  # A loop into itself.
+  os.symlink('green_000.jpg', root / 'green' / 'again.jpg')
+  os.link(root / 'green' / 'green_001.jpg', root / 'green' / 'hard.jpg')
+  lists = images.create_image_lists(str(root), 10, 10)
+  found = {c.dir: _all_images(c) for c in lists.classes}
+  assert {name: len(paths) for name, paths in found.items()} == {
+      'blue': 20, 'green': 20, 'red': 25}
+  assert sorted(found['green']) == [f'green_{i:03d}.jpg' for i in range(20)]
+  assert sum(name.startswith('more') for name in found['red']) == 5
+  for name, paths in found.items():
+    real = {os.path.realpath(root / name / path) for path in paths}
+    assert len(real) == len(paths)
+  assert 'already found' in caplog.text
 
 
 def test_missing_default_folder_tells_how_to_get_the_flowers(monkeypatch,

@@ -35,8 +35,10 @@ def test_log_lines_follow_the_original(retrained, caplog, tmp_path):
   import dataclasses
   rerun = dataclasses.replace(config, training=dataclasses.replace(
       config.training, how_many_training_steps=11, eval_step_interval=10,
-      summaries_dir=str(tmp_path / 's')),
-      output_graph=str(tmp_path / 'g.pb'), saved_model_dir='',
+      summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x')),
+      output_graph=str(tmp_path / 'g.pb'),
+      output_labels=str(tmp_path / 'labels.txt'), saved_model_dir='',
       intermediate_store_frequency=0)
   pipeline.run(rerun)
   text = caplog.text
@@ -131,7 +133,9 @@ def test_ctrl_c_stops_cleanly_and_saves(tmp_path, monkeypatch, caplog):
   result = training.train(config, splits, ['a', 'b'])
   assert result.interrupted and 0 < result.steps_done < 1000
   assert 'Interrupted at step' in caplog.text
-  assert os.path.exists(str(tmp_path / 'c' / 'x.index'))
+  # Beside where a finished run's checkpoint goes, never over it.
+  assert os.path.exists(str(tmp_path / 'c' / 'x.interrupted.index'))
+  assert not os.path.exists(str(tmp_path / 'c' / 'x.index'))
 
 
 @pytest.mark.parametrize('flip', [True, False])
@@ -180,3 +184,22 @@ def test_same_seed_same_layer(tmp_path, tf2_module, distorted):
     weights.append(tf.train.load_checkpoint(config.checkpoint_path).get_tensor(
         'final_retrain_ops/weights/final_weights'))
   np.testing.assert_array_equal(weights[0], weights[1])
+
+
+@pytest.mark.parametrize('frequency, steps, expected', [
+    (25, 100, [25, 50, 75]),
+    (7, 60, [7, 14, 21, 28, 35, 42, 49, 56]),
+])
+def test_intermediate_graphs_at_every_multiple_of_the_frequency(
+    tmp_path, frequency, steps, expected):
+  # The original's rule, whatever --eval_step_interval (here the default 10).
+  rng = np.random.default_rng(0)
+  splits = {name: _split(rng, 20, 2) for name in ('training', 'validation',
+                                                   'testing')}
+  config = training.TrainingConfig(
+      how_many_training_steps=steps, summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1)
+  saved = []
+  training.train(config, splits, ['a', 'b'], None,
+                 lambda step, *_: saved.append(step), frequency)
+  assert saved == expected
