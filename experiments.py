@@ -87,20 +87,23 @@ def main(argv):
     sweeps = [experiments.parse_sweep(text, flag_names) for text in FLAGS.sweep]
     runs = experiments.plan(sweeps, config_for, FLAGS.experiments_dir,
                             summaries_root)
-    outcomes = experiments.run_all(runs, verbosity)
-    report = experiments.write_report(outcomes, [s.key for s in sweeps],
-                                      FLAGS.experiments_dir)
+    # From here on Ctrl-C and SIGTERM stop the sweep, never the table.
+    with experiments.stop_requests() as stop:
+      outcomes = experiments.run_all(runs, verbosity, stop)
+      report = experiments.write_report(outcomes, [s.key for s in sweeps],
+                                        FLAGS.experiments_dir)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
   except KeyboardInterrupt:
-    sys.exit('Interrupted; no table written.')
+    sys.exit('Interrupted before the first run; no table written.')
   print(report.markdown)
   print('Wrote ' + ', '.join(report.files))
   print(f'Curves: tensorboard --logdir {summaries_root}')
   failed = [o for o in outcomes if o.status == 'failed']
-  if outcomes[-1].status == 'interrupted':
-    sys.exit(f'Interrupted after {len(outcomes)} of {len(runs)} runs; the '
-             'table holds those.')
+  if stop.received:
+    print(f'Interrupted after {len(outcomes)} of {len(runs)} runs; the '
+          'table holds those.', file=sys.stderr)
+    sys.exit(stop.exit_code)
   if failed:
     sys.exit(f'ERROR: {len(failed)} of {len(runs)} runs failed; see their '
              f'logs: {", ".join(o.run.log_path for o in failed)}')

@@ -41,6 +41,7 @@ from absl import logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from poets import images  # noqa: E402
+from poets import interrupts  # noqa: E402
 from poets import pipeline  # noqa: E402
 from poets import training  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
@@ -179,14 +180,17 @@ def main(argv):
                                                                 'warning'))
   # TensorFlow's own deprecation notices about tf.compat.v1 are not for users.
   tf.get_logger().setLevel('ERROR')
+  stop = interrupts.StopSignals().install()  # SIGTERM acts as Ctrl-C.
   try:
     result = pipeline.run(config_from_flags())
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
   except KeyboardInterrupt:
-    sys.exit('Interrupted; finished bottleneck files and outputs are intact.')
+    print('Interrupted; finished bottleneck files and outputs are intact.',
+          file=sys.stderr)
+    sys.exit(stop.exit_code)
   if result.training.interrupted:
-    sys.exit(130)  # What was trained is saved, but the run did not finish.
+    sys.exit(stop.exit_code)  # What was trained is saved; the run stopped.
 
 
 if __name__ == '__main__':

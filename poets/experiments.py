@@ -15,6 +15,7 @@ measured stages. Runs go one after another and share one bottleneck cache, so
 only the first run of each module and image set makes bottlenecks.
 """
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -23,6 +24,7 @@ import logging as std_logging
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from poets import files
+from poets import interrupts
 from poets import pipeline
 from poets.errors import PoetsError
 
@@ -56,9 +59,14 @@ UNSWEEPABLE_FLAGS = ('output_graph', 'output_labels', 'summaries_dir',
 LOG_NAME = 'retrain.log'
 CURVES_NAME = 'validation_accuracy.png'
 
-# The child's entry point; sys.argv[1] is the pickled _Job.
-_CHILD_CODE = ('import sys; from poets import experiments; '
-               'experiments.run_child(sys.argv[1])')
+# The child's entry point; sys.argv[1] is the pickled _Job. A stop that
+# comes while TensorFlow is still importing ends it quietly.
+_CHILD_CODE = ('import sys\n'
+               'try:\n'
+               '  from poets import experiments\n'
+               '  experiments.run_child(sys.argv[1])\n'
+               'except KeyboardInterrupt:\n'
+               '  sys.exit(130)\n')
 # So the child imports this very package, wherever the parent was started.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -205,27 +213,83 @@ def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
   return runs
 
 
+class StopRequests:
+  """Ctrl-C and SIGTERM during a sweep, passed on to the run in progress.
+
+  Each run is a child in a session of its own, so a terminal's Ctrl-C
+  reaches this process only, and SIGTERM (which reaches only this process
+  anyway) is handled the same way: every signal is passed on to the child,
+  which finishes its step, saves what it trained and exits; the sweep then
+  starts no further run and still writes the table of those that finished.
+  A second Ctrl-C, passed on too, stops the child's export short; the
+  table is still written and the temporary folder removed.
+  """
+
+  def __init__(self):
+    self.received = []
+    self.child = None
+
+  def __call__(self, signum, frame):
+    del frame  # Unused.
+    self.received.append(signum)
+    self._pass_on(signum)
+
+  def _pass_on(self, signum):
+    if self.child is not None and self.child.poll() is None:
+      self.child.send_signal(signum)
+
+  def watch(self, child):
+    """Passes signals on to `child` from now on (and one that came while it
+    was starting)."""
+    self.child = child
+    if self.received:
+      self._pass_on(self.received[-1])
+
+  @property
+  def exit_code(self):
+    return 128 + self.received[0]
+
+
+@contextlib.contextmanager
+def stop_requests():
+  """While inside, Ctrl-C and SIGTERM become StopRequests, not exceptions:
+  nothing this process does (writing the table, removing its temporary
+  folder) is cut short."""
+  requests = StopRequests()
+  previous = {signum: signal.signal(signum, requests)
+              for signum in interrupts.STOP_SIGNALS}
+  try:
+    yield requests
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+
+
 def gpu_available():
   return bool(tf.config.list_physical_devices('GPU'))
 
 
-def run_all(runs, verbosity='info'):
+def run_all(runs, verbosity='info', stop=None):
   """Runs each in a child process, one after another; returns Outcomes.
 
   A device=gpu run where TensorFlow sees no GPU is not run but reported
-  'unavailable'. After a run that Ctrl-C interrupted the sweep stops and the
-  outcomes so far come back, the last one 'interrupted'.
+  'unavailable'. Once `stop` (StopRequests; see stop_requests) has received
+  a signal, the sweep stops and the outcomes so far come back, the run that
+  was stopped 'interrupted'.
   """
+  stop = stop or StopRequests()
   outcomes = []
   with tempfile.TemporaryDirectory(prefix='poets-experiments-') as scratch:
     with tqdm(total=len(runs), desc='Runs', unit='run') as progress:
       for index, run in enumerate(runs):
+        if stop.received:
+          break
         progress.set_postfix_str(run.name)
         if run.device == 'gpu' and not gpu_available():
           outcome = Outcome(run, 'unavailable', 'TensorFlow sees no GPU')
         else:
           outcome = _run_child(run, os.path.join(scratch, f'{index}.pickle'),
-                               verbosity)
+                               verbosity, stop)
         outcomes.append(outcome)
         progress.update()
         tqdm.write(summary_line(outcome))
@@ -234,7 +298,7 @@ def run_all(runs, verbosity='info'):
   return outcomes
 
 
-def _run_child(run, job_path, verbosity):
+def _run_child(run, job_path, verbosity, stop):
   with open(job_path, 'wb') as f:
     pickle.dump(_Job(run.config, run.log_path, verbosity), f)
   env = dict(os.environ)
@@ -243,15 +307,13 @@ def _run_child(run, job_path, verbosity):
   if run.device == 'cpu':
     env['CUDA_VISIBLE_DEVICES'] = '-1'
   start = time.perf_counter()
+  signals_before = len(stop.received)
   child = subprocess.Popen([sys.executable, '-c', _CHILD_CODE, job_path],
-                           env=env)
-  interrupted = False
-  try:
-    returncode = child.wait()
-  except KeyboardInterrupt:
-    # The child got the Ctrl-C too: it saves what it trained and exits.
-    interrupted = True
-    returncode = child.wait()
+                           env=env, start_new_session=True)
+  stop.watch(child)
+  returncode = child.wait()
+  stop.child = None
+  interrupted = len(stop.received) > signals_before
   seconds = time.perf_counter() - start
   if not os.path.exists(job_path + '.result'):
     return Outcome(run, 'interrupted' if interrupted else 'failed',
@@ -262,7 +324,8 @@ def _run_child(run, job_path, verbosity):
   if status != 'ok':
     return Outcome(run, status, payload, seconds=seconds)
   if interrupted or payload.training.interrupted:
-    return Outcome(run, 'interrupted', 'stopped by Ctrl-C', payload, seconds)
+    return Outcome(run, 'interrupted', 'stopped on request', payload,
+                   seconds)
   return Outcome(run, 'ok', '', payload, seconds)
 
 
@@ -282,6 +345,7 @@ def _log_to_file(log_path, verbosity):
 
 def run_child(job_path):
   """The child side of run_all: one pipeline.run, its outcome pickled."""
+  interrupts.StopSignals().install()  # SIGTERM, passed on, acts as Ctrl-C.
   with open(job_path, 'rb') as f:
     job = pickle.load(f)
   _log_to_file(job.log_path, job.verbosity)
@@ -291,7 +355,7 @@ def run_child(job_path):
     logging.error('%s', e)
     outcome = ('failed', str(e))
   except KeyboardInterrupt:
-    outcome = ('interrupted', 'stopped by Ctrl-C before training')
+    outcome = ('interrupted', 'stopped on request before it finished')
   except Exception as e:  # pylint: disable=broad-except
     # A bug, not a setting: keep the traceback in the log, let the sweep go on.
     logging.exception('The run crashed.')

@@ -5,8 +5,11 @@ codelab's MobileNet (`input`) and Inception (`Mul`) naming is mimicked by
 small hand-built graphs that classify by mean colour.
 """
 
+import csv
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import make_image_dir
+from conftest import ODD_FILE_NAMES, make_image_dir
 from conftest import make_tf2_module
 from poets import bottlenecks
 from poets import images
@@ -345,3 +348,24 @@ def test_imagenet_graph_labels_a_photo_before_any_retraining(tmp_path):
       graph=graph, labels=labels, images=[str(photo)]))
   assert run.results[0].predictions[0].label in (
       'Egyptian cat', 'tabby', 'tiger cat')
+
+
+@pytest.mark.slow
+def test_script_labels_a_folder_of_any_file_names(retrained, tmp_path):
+  folder = tmp_path / os.fsdecode(b'photos \xe9')
+  (folder / 'up').mkdir(parents=True)
+  for name in ODD_FILE_NAMES:
+    shutil.copy(_photo(retrained, 'red'), folder / name)
+  os.symlink('..', folder / 'up' / 'loop')  # Visited once, not forever.
+  # A UTF-8 terminal that is strict about what it prints, as most are.
+  done = subprocess.run(
+      [sys.executable, 'label_image.py', f'--graph={retrained.output_graph}',
+       f'--labels={retrained.output_labels}', f'--image_dir={folder}',
+       '--output_format=csv', '--top_k=1'], cwd=REPO, capture_output=True,
+      timeout=120, env={**os.environ, 'PYTHONIOENCODING': 'utf-8:strict'})
+  assert done.returncode == 0, done.stderr.decode(errors='replace')
+  rows = list(csv.DictReader(io.StringIO(
+      done.stdout.decode(errors='surrogateescape'), newline='')))
+  assert sorted(row['image'] for row in rows) == sorted(
+      str(folder / name) for name in ODD_FILE_NAMES)
+  assert {row['label'] for row in rows} == {'red'}
