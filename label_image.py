@@ -110,6 +110,8 @@ def _use_imagenet(config):
 def main(argv):
   # TensorFlow's own deprecation notices about tf.compat.v1 are not for users.
   tf.get_logger().setLevel('ERROR')
+  # A file name need not be UTF-8; print it as the bytes it is, as ls does.
+  sys.stdout.reconfigure(errors='surrogateescape')
   try:
     if FLAGS.list_layers:
       sys.stdout.write(labeling.list_layers(FLAGS.graph))

@@ -54,6 +54,10 @@ def test_codelab_flow_both_flag_spellings_and_outputs(tmp_path, tf2_module):
      'not both'),
     (['--tfhub_module', '/no/module'], "Module directory '/no/module' not "
      'found'),
+    (['--image_dir', 'photos', '--output_graph', 'photos'],
+     '--output_graph photos is a folder'),
+    (['--image_dir', 'photos', '--saved_model_dir', 'photos'],
+     '--saved_model_dir photos holds files retrain.py did not write'),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
   make_image_dir(tmp_path / 'photos', per_class=2)
