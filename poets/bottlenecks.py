@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from poets import files
 from poets import images
+from poets.files import NAME_MAX, atomic_write, fitted_name
 from poets import modules
 from poets.errors import PoetsError
 
@@ -52,8 +52,7 @@ def bottleneck_path(bottleneck_dir, class_dir, image_name, module_name):
   """The original's `<class>/<image>_<module>.txt`, shortened (uniquely) when
   the photo's name is so long that this would pass the file name limit."""
   folder, name = os.path.split(image_name)
-  cache_name = files.fitted_name(f'{name}_{module_name}',
-                                 files.NAME_MAX - len('.txt'))
+  cache_name = fitted_name(f'{name}_{module_name}', NAME_MAX - len('.txt'))
   return os.path.join(bottleneck_dir, class_dir, folder, f'{cache_name}.txt')
 
 
@@ -63,7 +62,7 @@ def format_bottleneck(values):
 
 
 def _write_bottleneck(path, values):
-  files.atomic_write(path, format_bottleneck(values))
+  atomic_write(path, format_bottleneck(values))
 
 
 def read_bottleneck(path):
