@@ -134,10 +134,16 @@ def find_images(class_path, seen=None):
     dirs[:] = kept
     for name in files:
       path = os.path.join(root, name)
-      if (not name.startswith('.') and
-          os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS):
-        candidates.append((os.path.islink(path),
-                           os.path.relpath(path, class_path)))
+      if (name.startswith('.') or
+          os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS):
+        continue
+      if os.path.exists(path) and not os.path.isfile(path):
+        # Reading one would wait for a writer (a pipe), or never end.
+        logging.warning('Skipping %s: not a regular file (a pipe, a device '
+                        'or a folder).', path)
+        continue
+      candidates.append((os.path.islink(path),
+                         os.path.relpath(path, class_path)))
   found = []
   for _, relative in sorted(candidates):
     identity = _identity(os.path.join(class_path, relative))

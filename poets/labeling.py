@@ -354,16 +354,21 @@ class _Pipeline:
 
 
 def _pipeline(paths, height, width, mean, std, batch_size):
-  """Images decoded in parallel and batched, as for retrain's bottlenecks."""
+  """Images decoded in parallel and batched, as for retrain's bottlenecks.
+
+  Only regular files go in: reading a pipe or a device could wait forever.
+  """
   graph = tf.Graph()
   with graph.as_default():
 
     def load(index, path):
       return index, normalize(tf.io.read_file(path), height, width, mean, std)
 
+    files = [(index, os.fsencode(path)) for index, path in enumerate(paths)
+             if os.path.isfile(path)]
     dataset = tf.data.Dataset.from_tensor_slices(
-        (np.arange(len(paths), dtype=np.int64),
-         [os.fsencode(path) for path in paths]))
+        (np.array([index for index, _ in files], np.int64),
+         np.array([path for _, path in files], object)))
     dataset = (dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
                .ignore_errors().batch(batch_size).prefetch(2))
     indices, batch = tf.compat.v1.data.make_one_shot_iterator(
@@ -379,6 +384,8 @@ def _read_error(session, data, path):
     return f'{path}: not found; check the path.'
   if os.path.isdir(path):
     return f'{path}: is a folder; pass it with --image_dir.'
+  if not os.path.isfile(path):
+    return f'{path}: not a regular file (a pipe or a device); pass a photo.'
   try:
     with open(path, 'rb') as f:
       contents = f.read()

@@ -96,6 +96,15 @@ def _output_files(config):
 
 def _check_outputs(config):
   """Every output checked before any work, so a mistake costs seconds."""
+  claimed = {}
+  for path, flag in _output_files(config) + [(config.saved_model_dir,
+                                              '--saved_model_dir')]:
+    if not path:
+      continue
+    other = claimed.setdefault(os.path.realpath(path), flag)
+    if other != flag:
+      raise PoetsError(f'{flag} {path} is also the path of {other}; give '
+                       'each output its own path.')
   for path, flag in _output_files(config):
     files.check_output_file(path, flag)
   folders = [(config.bottleneck_dir, '--bottleneck_dir'),

@@ -282,6 +282,18 @@ def test_any_name_the_file_system_allows_trains(tmp_path, tf2_module):
   assert again.cache.reused == result.cache.created
 
 
+def test_two_outputs_at_one_path_are_refused(tmp_path, tf2_module):
+  # The labels would silently replace the graph.
+  make_image_dir(tmp_path / 'photos', per_class=3)
+  config = _config(tmp_path, tmp_path / 'photos', tf2_module)
+  config = dataclasses.replace(config, output_labels=str(
+      tmp_path / 'out' / '..' / 'out' / 'g.pb'))
+  with pytest.raises(PoetsError, match='--output_labels .* is also the path '
+                     'of --output_graph'):
+    pipeline.run(config)
+  assert os.listdir(tmp_path) == ['photos']
+
+
 def test_tensorflow_outputs_need_utf8_paths(tmp_path, tf2_module):
   make_image_dir(tmp_path / 'photos', per_class=3)
   config = _config(tmp_path, tmp_path / 'photos', tf2_module)

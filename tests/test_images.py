@@ -114,6 +114,17 @@ def test_links_are_followed_but_every_photo_counts_once(tmp_path, caplog):
   assert 'already found' in caplog.text
 
 
+def test_pipes_and_devices_named_like_photos_are_skipped(tmp_path, caplog):
+  # Reading one would wait for a writer, or never end.
+  root = tmp_path / 'photos'
+  make_image_dir(root, per_class=2)
+  os.mkfifo(root / 'red' / 'pipe.jpg')
+  os.symlink('/dev/zero', root / 'red' / 'zeros.jpg')
+  lists = images.create_image_lists(str(root), 0, 0)
+  assert sorted(lists.classes[2].training) == ['red_000.jpg', 'red_001.jpg']
+  assert caplog.text.count('not a regular file') == 2
+
+
 def test_missing_default_folder_tells_how_to_get_the_flowers(monkeypatch,
                                                              tmp_path):
   monkeypatch.chdir(tmp_path)

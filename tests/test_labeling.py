@@ -255,6 +255,16 @@ def test_a_bad_image_does_not_stop_the_batch(retrained, tmp_path):
                     'error': run.results[1].error}
 
 
+def test_a_pipe_or_device_gets_an_error_not_a_hang(retrained, tmp_path):
+  os.mkfifo(tmp_path / 'pipe.jpg')
+  paths = [str(tmp_path / 'pipe.jpg'), '/dev/zero', _photo(retrained, 'red')]
+  run = labeling.label_images(_config(retrained, images=paths))
+  assert [r.error for r in run.results[:2]] == [
+      f'{path}: not a regular file (a pipe or a device); pass a photo.'
+      for path in paths[:2]]
+  assert run.results[2].predictions[0].label == 'red'
+
+
 def _error(**kwargs):
   with pytest.raises(PoetsError) as raised:
     labeling.label_images(labeling.LabelConfig(**kwargs))
