@@ -565,12 +565,87 @@ def _missing_label(outcome):
   return outcome.status if outcome.status != 'ok' else 'no test images'
 
 
+def _plot_accuracy(axes, placed):
+  """Test accuracy with its 95% interval; an X for a run without one."""
+  series, missing = {}, []
+  for x, outcome, colour, label in placed:
+    measures = _measures(outcome)
+    if 'test_accuracy' in measures:
+      series.setdefault((label, colour), []).append((x, measures))
+    else:
+      missing.append((x, _missing_label(outcome)))
+  limits = []
+  for (label, colour), points in series.items():
+    accuracy = np.array([100 * m['test_accuracy'] for _, m in points])
+    low = np.array([100 * m['accuracy_low'] for _, m in points])
+    high = np.array([100 * m['accuracy_high'] for _, m in points])
+    # Clipped: TensorFlow's float32 accuracy may sit a hair outside.
+    errors = np.maximum(0, [accuracy - low, high - accuracy])
+    # Points without lines: runs are not a trend to read between them.
+    axes.errorbar([x for x, _ in points], accuracy, yerr=errors, fmt='o',
+                  color=colour, capsize=5, markersize=7, label=label or None)
+    limits.extend(low.tolist() + high.tolist())
+  # Fitted to the intervals, with room above 100% and below for the Xs.
+  bottom, top = (min(limits), max(limits)) if limits else (0, 100)
+  span = max(top - bottom, 10)
+  floor, ceiling = bottom - (0.3 if missing else 0.08) * span, top + 0.08 * span
+  axes.set_ylim(floor, ceiling)
+  if missing:
+    # A strip of its own without ticks, so an X is not read as an accuracy.
+    strip = bottom - 0.1 * span
+    axes.axhspan(floor, strip, color='0.93', zorder=0)
+    axes.set_yticks([tick for tick in axes.get_yticks()
+                     if strip <= tick <= ceiling])
+    axes.set_ylim(floor, ceiling)
+  for x, label in missing:
+    _mark_missing(axes, x, bottom - 0.22 * span, label)
+  counts = {_measures(o).get('test_images') for _, o, _, _ in placed} - {None}
+  counted = (f'{counts.pop()} test images' if len(counts) == 1
+             else 'test images in the table')
+  axes.set(ylabel='final test accuracy (%)',
+           title=f'Test accuracy, 95% interval ({counted})')
+  if series and any(label for label, _ in series):
+    axes.legend(fontsize='small')
+
+
+def _plot_time(axes, placed, width, outlined):
+  """Each run's whole time as a bar stacked from its parts; X if none."""
+  totals = [_measures(o)['run_seconds'] for _, o, _, _ in placed
+            if _measures(o)]
+  tallest = max(totals + [1.0])
+  series = {}
+  for x, outcome, colour, label in placed:
+    measures = _measures(outcome)
+    if not measures:
+      _mark_missing(axes, x, 0.05 * tallest, outcome.status)
+      continue
+    base = 0.0
+    for name, _, fill in _TIME_PARTS:
+      axes.bar(x, measures[name], width * 0.9, bottom=base, color=fill)
+      base += measures[name]
+    if outlined:
+      axes.bar(x, base, width * 0.9, fill=False, edgecolor=colour,
+               linewidth=2)
+      series[label] = colour
+    axes.annotate(f'{base:.1f} s', (x, base), textcoords='offset points',
+                  xytext=(0, 3), ha='center', fontsize='small')
+  handles = [Patch(color=fill, label=part)
+             for _, part, fill in reversed(_TIME_PARTS)]
+  handles += [Patch(fill=False, edgecolor=colour, linewidth=2, label=label)
+              for label, colour in series.items()]
+  rows = math.ceil(len(handles) / 3)
+  # Headroom for the totals and the legend, which sits above the bars.
+  axes.set_ylim(0, (1.2 + 0.1 * rows) * tallest)
+  axes.legend(handles=handles, fontsize='small', loc='upper center', ncol=3)
+  axes.set(ylabel='time per run (s)', title='Run time: where it goes')
+
+
 def by_key_figure(outcomes, keys, key):
-  """Test accuracy (95% intervals) and the run time's parts by one key.
+  """Test accuracy (95% intervals) and run time, split, by one key.
 
   Values in sweep order, evenly spaced (they may be words); the runs that
   share the other keys' values are one series, side by side at each value.
-  A run with no test result is an X labelled with what became of it.
+  A run with no result is an X labelled with what became of it.
   """
   values = list(dict.fromkeys(outcome.run.values[key] for outcome in outcomes))
   others = [other for other in keys if other != key]
@@ -579,73 +654,20 @@ def by_key_figure(outcomes, keys, key):
     label = run_name({other: outcome.run.values[other] for other in others})
     series.setdefault(label, []).append(outcome)
   width = 0.8 / len(series)
-  figure = Figure(figsize=(12, 4.8), layout='constrained')
-  accuracy_axes, time_axes = figure.subplots(1, 2)
-  points, missing, bars, time_missing = [], [], [], []
+  placed = []  # (x, outcome, colour, series label)
   for index, (label, members) in enumerate(series.items()):
     colour = _LINE_COLOURS[index % len(_LINE_COLOURS)]
     offset = (index - (len(series) - 1) / 2) * width
-    line = []
-    for outcome in members:
-      x = values.index(outcome.run.values[key]) + offset
-      measures = _measures(outcome)
-      if 'test_accuracy' in measures:
-        line.append((x, measures))
-      else:
-        missing.append((x, _missing_label(outcome)))
-      if measures:
-        bars.append((x, measures, colour))
-      else:
-        time_missing.append((x, outcome.status))
-    if line:
-      xs = [x for x, _ in line]
-      accuracy = np.array([100 * m['test_accuracy'] for _, m in line])
-      low = np.array([100 * m['accuracy_low'] for _, m in line])
-      high = np.array([100 * m['accuracy_high'] for _, m in line])
-      # Clipped: TensorFlow's float32 accuracy may sit a hair outside.
-      errors = np.maximum(0, [accuracy - low, high - accuracy])
-      accuracy_axes.errorbar(xs, accuracy, yerr=errors,
-                             fmt='o-', color=colour, capsize=4,
-                             label=label or None)
-      points.extend(low.tolist() + high.tolist())
-  # Autoscaled to the intervals, with room above 100% and below for Xs.
-  bottom, top = (min(points), max(points)) if points else (0, 100)
-  span = max(top - bottom, 10)
-  floor = bottom - (0.25 if missing else 0.08) * span
-  accuracy_axes.set_ylim(max(floor, -5 if missing else 0),
-                         top + 0.08 * span)
-  for x, label in missing:
-    _mark_missing(accuracy_axes, x, bottom - 0.15 * span, label)
-  test_images = {m['test_images'] for _, m, _ in bars if 'test_images' in m}
-  counted = (f'{test_images.pop()} test images' if len(test_images) == 1
-             else 'test images in the table')
-  accuracy_axes.set(xlabel=key, ylabel='final test accuracy (%)',
-                    title=f'Test accuracy, 95% interval ({counted})')
-  if others and accuracy_axes.get_legend_handles_labels()[0]:
-    accuracy_axes.legend(fontsize='small')
-
-  tallest = max([sum(m[name] for name, _, _ in _TIME_PARTS)
-                 for _, m, _ in bars] + [1.0])
-  for x, measures, colour in bars:
-    base = 0.0
-    for name, _, fill in _TIME_PARTS:
-      time_axes.bar(x, measures[name], width * 0.9, bottom=base, color=fill,
-                    edgecolor=colour if len(series) > 1 else 'none',
-                    linewidth=2)
-      base += measures[name]
-    time_axes.annotate(f'{base:.1f} s', (x, base), textcoords='offset points',
-                       xytext=(0, 3), ha='center', fontsize='small')
-  for x, status in time_missing:
-    _mark_missing(time_axes, x, 0.05 * tallest, status)
-  time_axes.set_ylim(0, 1.15 * tallest)
-  time_axes.set(xlabel=key, ylabel='time per run (s)',
-                title='Run time: where it goes')
-  time_axes.legend(handles=[Patch(color=fill, label=part)
-                            for _, part, fill in reversed(_TIME_PARTS)],
-                   fontsize='small', loc='upper left')
+    placed.extend((values.index(outcome.run.values[key]) + offset, outcome,
+                   colour, label) for outcome in members)
+  figure = Figure(figsize=(12, 4.8), layout='constrained')
+  accuracy_axes, time_axes = figure.subplots(1, 2)
+  _plot_accuracy(accuracy_axes, placed)
+  _plot_time(time_axes, placed, width, outlined=len(series) > 1)
   for axes in (accuracy_axes, time_axes):
     axes.set_xticks(range(len(values)), values)
     axes.set_xlim(-0.6, len(values) - 0.4)
+    axes.set_xlabel(key)
     axes.grid(alpha=0.3, axis='y')
   figure.suptitle(f'By {key}: test accuracy and run time')
   return figure

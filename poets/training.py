@@ -273,10 +273,10 @@ def _validation_batch_size(requested, available):
   reason; the whole set gives the same images every time.
   """
   if 0 < available <= requested:
-    logging.info('Validating on all %d validation images at every evaluation '
-                 '(--validation_batch_size %d is not smaller than the set; '
-                 'sampling with replacement would make the curve jump).',
-                 available, requested)
+    logging.info('Validating on all %d validation images at every '
+                 'evaluation: drawing --validation_batch_size %d of them with '
+                 'replacement would repeat some, miss others and make the '
+                 'curve jump.', available, requested)
     return -1
   return requested
 
