@@ -159,7 +159,8 @@ def run(config):
   graph_def = freeze()
   export.save_graph(graph_def, config.output_graph)
   export.save_labels(labels, config.output_labels)
-  export.write_graph_summary(graph_def, config.training.summaries_dir)
+  export.write_graph_summary(graph_def, config.training.summaries_dir,
+                            spec.name)
   saved = [config.output_graph, config.output_labels]
   if config.saved_model_dir:
     export.export_saved_model(graph_def, config.saved_model_dir,
