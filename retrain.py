@@ -63,7 +63,7 @@ flags.DEFINE_string('summaries_dir', '',
                     'Where to save summary logs for TensorBoard (default: '
                     'tf_files/training_summaries/<architecture or module '
                     'name>). Event files of an earlier run there are moved '
-                    'to previous_runs/<date>, never deleted.')
+                    'to ~previous_runs/<date>, never deleted.')
 flags.DEFINE_integer('how_many_training_steps', _T.how_many_training_steps,
                      'How many training steps to run before ending.')
 flags.DEFINE_float('learning_rate', _T.learning_rate,

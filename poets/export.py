@@ -10,6 +10,7 @@ input is `Placeholder` (float32 [None, H, W, 3] in [0, 1]) and its output the
 
 import dataclasses
 import os
+import re
 
 import tensorflow as tf
 from tensorflow.python.framework import function_def_to_graph
@@ -150,6 +151,12 @@ def _resolve(scope, tensor):
   return f'^{name}' if control else f'{name}:{index}'
 
 
+def _scope_name(module_name):
+  """`module_name` as a valid TensorFlow name scope (a local module's name
+  is made from its path: `~tmp~my_module`)."""
+  return re.sub(r'[^A-Za-z0-9_.-]', '_', module_name).lstrip('_-') or 'module'
+
+
 def inline_functions(graph_def, module_name):
   """`graph_def` with every function call replaced by the function's body.
 
@@ -159,6 +166,7 @@ def inline_functions(graph_def, module_name):
   that scope too, so the Graphs tab shows the module as one box that expands
   into its layers, as the original's hub.Module graph did.
   """
+  module_scope = _scope_name(module_name)
   library = {f.signature.name: f for f in graph_def.library.function}
   consumers = {}
   for node in graph_def.node:
@@ -185,13 +193,13 @@ def inline_functions(graph_def, module_name):
         users = consumers.get(node.name, []) if not scope.prefix else []
         if node.op == 'Const' and users and all(
             _called_function(user, library) for user in users):
-          scope.names[node.name] = unique(f'{module_name}/{node.name}')
+          scope.names[node.name] = unique(f'{module_scope}/{node.name}')
         else:
           scope.names[node.name] = unique(scope.prefix + node.name)
         emitted.append((scope, node))
         continue
       body, flat = function_def_to_graph.function_def_to_graph_def(function)
-      inner = _Scope(scope.prefix or unique(module_name) + '/')
+      inner = _Scope(scope.prefix or unique(module_scope) + '/')
       data_inputs = [name for name in node.input if not name.startswith('^')]
       for arg, source in zip(function.signature.input_arg, data_inputs):
         inner.args[arg.name] = (scope, _tensor(source))

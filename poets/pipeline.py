@@ -58,18 +58,25 @@ def default_summaries_dir(module_name):
   return os.path.join('tf_files', 'training_summaries', module_name)
 
 
+# Where an earlier run's event folders go, inside --summaries_dir. TensorBoard
+# lists runs (and opens the Graphs tab on the first) in name order; "~" sorts
+# after "train" and "validation" there, so the current run comes first.
+EARLIER_RUNS = '~previous_runs'
+
+
 def _set_aside_earlier_run(summaries_dir):
   """Moves an earlier run's event folders into a dated sub-folder.
 
   The original deleted --summaries_dir at every start. Moving keeps the old
-  curves (TensorBoard shows them as their own runs) out of the new ones.
+  curves (TensorBoard shows them as their own runs, after the current one)
+  out of the new ones.
   """
   earlier = [name for name in ('train', 'validation', 'retrained_graph')
              if os.path.isdir(os.path.join(summaries_dir, name))]
   if not earlier:
     return
   stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')
-  destination = os.path.join(summaries_dir, 'previous_runs', stamp)
+  destination = os.path.join(summaries_dir, EARLIER_RUNS, stamp)
   os.makedirs(destination)
   for name in earlier:
     os.rename(os.path.join(summaries_dir, name),

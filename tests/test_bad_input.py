@@ -142,7 +142,7 @@ def test_rerun_keeps_earlier_summaries(tmp_path, tf2_module, caplog):
   pipeline.run(config)
   first = sorted(os.listdir(tmp_path / 'summaries' / 'train'))
   pipeline.run(config)
-  previous = tmp_path / 'summaries' / 'previous_runs'
+  previous = tmp_path / 'summaries' / pipeline.EARLIER_RUNS
   (stamp,) = os.listdir(previous)
   assert sorted(os.listdir(previous / stamp / 'train')) == first
   assert 'nothing was deleted' in caplog.text
