@@ -164,15 +164,12 @@ def inline_functions(graph_def, module_name):
   it. Its body (nested calls included) goes under one name scope named
   after the module, and the weight constants that fed the call move into
   that scope too, so the Graphs tab shows the module as one box that expands
-  into its layers, as the original's hub.Module graph did.
+  into its layers, as the original's hub.Module graph did. The bodies'
+  control edges (TensorFlow's "reads finish before the function returns")
+  and the NoOps that gather them are left out: they order nothing in a
+  frozen graph and would tie every layer to one node.
   """
-  module_scope = _scope_name(module_name)
   library = {f.signature.name: f for f in graph_def.library.function}
-  consumers = {}
-  for node in graph_def.node:
-    for name in node.input:
-      consumers.setdefault(_tensor(name).lstrip('^').split(':')[0],
-                           []).append(node)
   taken = set()
   emitted = []  # (scope, node) in the order they go into the new graph
 
@@ -184,22 +181,33 @@ def inline_functions(graph_def, module_name):
     taken.add(candidate)
     return candidate
 
+  # Each call of the top-level graph gets its scope, and the constants that
+  # feed nothing but a call go into that call's scope.
+  call_scopes = {node.name: unique(_scope_name(module_name)) + '/'
+                 for node in graph_def.node
+                 if _called_function(node, library)}
+  consumers = {}
+  for node in graph_def.node:
+    for name in node.input:
+      consumers.setdefault(_tensor(name).lstrip('^').split(':')[0],
+                           []).append(node.name)
+
   def add(nodes, scope):
     for node in nodes:
-      if node.name in scope.args:
+      if node.name in scope.args or (scope.prefix and node.op == 'NoOp'):
         continue
       function = _called_function(node, library)
       if function is None:
         users = consumers.get(node.name, []) if not scope.prefix else []
-        if node.op == 'Const' and users and all(
-            _called_function(user, library) for user in users):
-          scope.names[node.name] = unique(f'{module_scope}/{node.name}')
+        if node.op == 'Const' and users and all(u in call_scopes
+                                                for u in users):
+          scope.names[node.name] = unique(call_scopes[users[0]] + node.name)
         else:
           scope.names[node.name] = unique(scope.prefix + node.name)
         emitted.append((scope, node))
         continue
       body, flat = function_def_to_graph.function_def_to_graph_def(function)
-      inner = _Scope(scope.prefix or unique(module_scope) + '/')
+      inner = _Scope(scope.prefix or call_scopes[node.name])
       data_inputs = [name for name in node.input if not name.startswith('^')]
       for arg, source in zip(function.signature.input_arg, data_inputs):
         inner.args[arg.name] = (scope, _tensor(source))
@@ -219,7 +227,8 @@ def inline_functions(graph_def, module_name):
     copy.CopyFrom(node)
     copy.name = scope.names[node.name]
     del copy.input[:]
-    copy.input.extend(_resolve(scope, _tensor(name)) for name in node.input)
+    copy.input.extend(_resolve(scope, _tensor(name)) for name in node.input
+                      if not (scope.prefix and name.startswith('^')))
   return inlined
 
 
