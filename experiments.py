@@ -15,9 +15,10 @@ stays the same) and device (cpu, gpu). The lab's questions:
   # How many photos does it take?
   python experiments.py --sweep images_per_class=5,20,80,all
 
-  # Which network? (mobilenet_* and inception_v3 download from TF Hub.)
+  # Which network? (mobilenet_0.25_224 ships; other mobilenet_* and
+  # inception_v3 download their archive once.)
   python experiments.py \
-      --sweep architecture=efficientnet_lite0,efficientnet_lite2
+      --sweep architecture=efficientnet_lite0,mobilenet_0.25_224
 
   # How much faster is a GPU? (gpu is reported unavailable without one.)
   python experiments.py --sweep device=cpu,gpu

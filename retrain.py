@@ -24,10 +24,12 @@ label a photo with:
 
   python label_image.py --graph tf_files/retrained_graph.pb --image some.jpg
 
---architecture picks one of the codelab's networks (mobilenet_0.50_224,
-inception_v3, ... need network to download) or an embedded one
-(efficientnet_lite0/1/2, offline); --tfhub_module takes any image
-feature-vector module: a TF Hub URL, a .tar.gz URL or a local directory.
+--architecture picks an embedded network (efficientnet_lite0/1/2, built
+offline) or one of the codelab's own frozen graphs, mobilenet_<width>_<size>
+(with _quantized too) and inception_v3: their archive is used from
+--model_dir, downloaded there once if missing; mobilenet_0.25_224 ships in
+tf_files/models. --tfhub_module takes any image feature-vector module: a TF
+Hub URL, a .tar.gz URL or a local directory.
 """
 
 import os
@@ -103,16 +105,20 @@ flags.DEFINE_integer('random_brightness', 0,
                      'the training image input pixels up or down by.')
 flags.DEFINE_string('architecture', '',
                     'Which network to use: efficientnet_lite0 (default, '
-                    'offline), efficientnet_lite1, efficientnet_lite2, '
-                    'mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128> or '
-                    'inception_v3 (these download from TF Hub).')
+                    'offline), efficientnet_lite1, efficientnet_lite2, or '
+                    "the codelab's frozen graphs "
+                    'mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128>'
+                    '[_quantized] and inception_v3 (their archive from '
+                    '--model_dir, downloaded once if missing; '
+                    'mobilenet_0.25_224 ships). Any letter case.')
 flags.DEFINE_string('tfhub_module', '',
                     'Which image feature-vector module to use instead of '
                     '--architecture: a TF Hub URL, a .tar.gz URL or a local '
                     'directory (TF2 SavedModel or TF1 Hub format).')
 flags.DEFINE_string('model_dir', _D.model_dir,
-                    'Where the embedded modules are built and downloaded '
-                    'modules are cached (sets the TF Hub cache).')
+                    "Where the embedded modules are built, the codelab's "
+                    'network archives are found or downloaded, and TF Hub '
+                    'modules are cached.')
 flags.DEFINE_integer('input_height', 0,
                      'Image height for a module whose signature does not fix '
                      'one; 0 = take it from the module.')
