@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from poets import images
 from poets import modules
+from poets.errors import PoetsError
 
 
 @dataclasses.dataclass
@@ -128,6 +129,10 @@ def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
       logits = tf.matmul(bottleneck_input, layer_weights) + layer_biases
       _summary('histogram', 'pre_activations', logits)
   final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
+  if final_tensor.op.name != final_tensor_name:
+    # TensorFlow renamed it: the module already has an op of that name.
+    raise PoetsError(f"--final_tensor_name '{final_tensor_name}' is already "
+                     'the name of an operation in the graph; choose another.')
   _summary('histogram', 'activations', final_tensor)
   layer = FinalLayer(bottleneck_input, ground_truth_input, final_tensor)
   if learning_rate is None:
@@ -286,6 +291,13 @@ def _warn_empty(splits, labels):
                       'have some.', name, ', '.join(missing))
 
 
+def _diverged(step, learning_rate):
+  return PoetsError(
+      f'Training diverged at step {step}: the loss became NaN or infinite. '
+      f'Retry with a smaller --learning_rate (now {learning_rate:g}; try '
+      f'{learning_rate / 10:g}). Nothing was exported.')
+
+
 def train(settings, splits, labels, module_spec=None, save_intermediate=None):
   """Trains the final layer on cached bottlenecks (or distorted images).
 
@@ -317,8 +329,9 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
                                   settings.learning_rate)
     merged = tf.compat.v1.summary.merge_all()
     # Only the new layer: export restores it on top of a freshly loaded module.
-    saver = tf.compat.v1.train.Saver(tf.compat.v1.get_collection(
-        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, scope='final_retrain_ops'))
+    layer_variables = tf.compat.v1.get_collection(
+        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, scope='final_retrain_ops')
+    saver = tf.compat.v1.train.Saver(layer_variables)
     init = tf.compat.v1.global_variables_initializer()
     train_writer = tf.compat.v1.summary.FileWriter(
         os.path.join(settings.summaries_dir, 'train'), graph)
@@ -338,14 +351,23 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
         if step % settings.eval_step_interval and not is_last_step:
           train_step()
           continue
-        train_summary, _, bottlenecks, ground_truth = session.run(
-            [merged, layer.train_step, layer.bottleneck_input,
-             layer.ground_truth_input])
+        try:
+          train_summary, _, bottlenecks, ground_truth = session.run(
+              [merged, layer.train_step, layer.bottleneck_input,
+               layer.ground_truth_input])
+        except tf.errors.InvalidArgumentError:
+          # The histogram summaries refuse NaN weights: a diverged run.
+          if not all(np.isfinite(value).all()
+                     for value in session.run(layer_variables)):
+            raise _diverged(step, settings.learning_rate) from None
+          raise
         train_writer.add_summary(train_summary, step)
         train_accuracy, cross_entropy = session.run(
             [layer.evaluation_step, layer.cross_entropy],
             {layer.bottleneck_input: bottlenecks,
              layer.ground_truth_input: ground_truth})
+        if not np.isfinite(cross_entropy):
+          raise _diverged(step, settings.learning_rate)
         logging.info('%s: Step %d: Train accuracy = %.1f%%', _now(), step,
                      train_accuracy * 100)
         logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
