@@ -24,7 +24,7 @@ from poets import images
 from poets import labeling
 from poets import modules
 from poets import pipeline
-from poets import training
+from poets import settings
 from poets.errors import PoetsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -373,15 +373,13 @@ def test_exported_graph_labels_with_label_images_default_flags(
   _write_archive(model_dir / 'inception-2015-12-05.tgz',
                  {'classify_image_graph_def.pb': _inception_graph()})
   image_dir = make_image_dir(tmp_path / 'photos', per_class=20)
-  config = pipeline.RetrainConfig(
+  config = settings.RetrainSettings(
       image_dir=image_dir, output_graph=str(tmp_path / 'g.pb'),
       output_labels=str(tmp_path / 'labels.txt'),
       bottleneck_dir=str(tmp_path / 'b'), architecture=architecture,
-      model_dir=str(model_dir),
-      training=training.TrainingConfig(
-          how_many_training_steps=300, eval_step_interval=100,
-          summaries_dir=str(tmp_path / 's'),
-          checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=0))
+      model_dir=str(model_dir), how_many_training_steps=300,
+      eval_step_interval=100, summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=0)
   pipeline.run(config)
   graph = labeling.import_graph(labeling.load_graph_def(config.output_graph),
                                 config.output_graph)
@@ -399,7 +397,7 @@ def test_exported_graph_labels_with_label_images_default_flags(
 
 def test_the_shipped_archive_is_where_the_default_model_dir_finds_it():
   network = codelab_networks.find(codelab_networks.SHIPPED)
-  default_model_dir = pipeline.RetrainConfig().model_dir
+  default_model_dir = settings.RetrainSettings().model_dir
   assert os.path.join(ROOT, default_model_dir, network.archive) == (
       SHIPPED_ARCHIVE)
   assert os.path.getsize(SHIPPED_ARCHIVE) > 2_000_000

@@ -1,6 +1,5 @@
 """Tests for poets/export.py: frozen graph, labels, SavedModel."""
 
-import dataclasses
 import os
 
 import numpy as np
@@ -50,7 +49,7 @@ def test_frozen_graph_matches_the_training_session(retrained):
   """Reloaded, the .pb gives the probabilities the trained layer gives to
   the cached bottlenecks."""
   config, result = retrained
-  weights = tf.train.load_checkpoint(config.training.checkpoint_path)
+  weights = tf.train.load_checkpoint(config.checkpoint_path)
   w = weights.get_tensor('final_retrain_ops/weights/final_weights')
   b = weights.get_tensor('final_retrain_ops/biases/final_biases')
   image_path = os.path.join(config.image_dir, 'green', 'green_004.jpg')
@@ -124,14 +123,13 @@ def test_saved_model_replaces_an_earlier_export(retrained, tmp_path):
 def test_final_tensor_name_is_honoured_in_graph_and_saved_model(
     retrained, tmp_path):
   config, _ = retrained
-  renamed = dataclasses.replace(
-      config, output_graph=str(tmp_path / 'g.pb'),
+  renamed = config.replace(
+      output_graph=str(tmp_path / 'g.pb'),
       output_labels=str(tmp_path / 'labels.txt'),
       saved_model_dir=str(tmp_path / 'sm'), intermediate_store_frequency=0,
-      training=dataclasses.replace(
-          config.training, final_tensor_name='flower_scores',
-          how_many_training_steps=20, summaries_dir=str(tmp_path / 's'),
-          checkpoint_path=str(tmp_path / 'c' / 'x')))
+      final_tensor_name='flower_scores', how_many_training_steps=20,
+      summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'))
   pipeline.run(renamed)
   names = {node.name for node in _load_graph_def(renamed.output_graph).node}
   assert 'flower_scores' in names and 'final_result' not in names
