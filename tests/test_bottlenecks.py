@@ -124,18 +124,3 @@ def test_undecodable_image_is_skipped_with_its_path(tmp_path, tf2_module,
   assert summary.created == 60
   assert f'Skipping {broken}: Unknown image file format' in caplog.text
   assert all(broken not in s.filenames for s in splits.values())
-
-
-def test_images_are_computed_in_batches(tmp_path, tf2_module, monkeypatch):
-  image_dir = make_image_dir(tmp_path / 'p', per_class=30)
-  runs = []
-  real_run = tf.compat.v1.Session.run
-
-  def counting_run(self, *args, **kwargs):
-    runs.append(1)
-    return real_run(self, *args, **kwargs)
-
-  monkeypatch.setattr(tf.compat.v1.Session, 'run', counting_run)
-  _cache(image_dir, _module(tf2_module), tmp_path / 'b')
-  # 90 images: an initializer run, ceil(90 / 32) batches, one end of data.
-  assert len(runs) <= 1 + 3 + 1
