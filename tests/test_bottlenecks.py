@@ -25,6 +25,10 @@ def _cache(image_dir, module, bottleneck_dir):
                                                str(bottleneck_dir))
 
 
+def _values(text):
+  return np.array([float(value) for value in text.split(',')])
+
+
 def _cache_files(bottleneck_dir):
   return sorted(os.path.relpath(os.path.join(root, name), bottleneck_dir)
                 for root, _, names in os.walk(bottleneck_dir)
@@ -72,7 +76,9 @@ def test_bad_cache_file_is_recomputed(image_dir, tf2_module, tmp_path,
   bad.write_text(damage)
   _, _, summary = _cache(image_dir, module, tmp_path / 'b')
   assert summary.created == 1 and summary.recomputed == 1
-  assert bad.read_text() == good_text
+  # Alone, an image may differ from its batched self in the last digit.
+  np.testing.assert_allclose(_values(bad.read_text()), _values(good_text),
+                             rtol=1e-5)
   assert f'Recomputing bad bottleneck file {bad}' in caplog.text
 
 
