@@ -222,6 +222,7 @@ def inline_functions(graph_def, module_name):
     add(graph_def.node, top)
   inlined = tf.compat.v1.GraphDef()
   inlined.versions.CopyFrom(graph_def.versions)
+  inlined.library.CopyFrom(graph_def.library)  # Loops' bodies stay functions.
   for scope, node in emitted:
     copy = inlined.node.add()
     copy.CopyFrom(node)
@@ -229,12 +230,17 @@ def inline_functions(graph_def, module_name):
     del copy.input[:]
     copy.input.extend(_resolve(scope, _tensor(name)) for name in node.input
                       if not (scope.prefix and name.startswith('^')))
-  return inlined
+  return prune_functions(inlined)
 
 
 def strip_weights(graph_def):
-  """Leaves only dtype and shape in constants of more than a few values."""
-  for node in graph_def.node:
+  """Leaves only dtype and shape in constants of more than a few values,
+  those inside library functions too (a graph that takes one image at a time
+  runs in a loop whose body holds the weights)."""
+  nodes = list(graph_def.node)
+  for function in graph_def.library.function:
+    nodes.extend(function.node_def)
+  for node in nodes:
     value = node.attr['value'].tensor if node.op == 'Const' else None
     if value is None or tf.TensorShape(value.tensor_shape).num_elements() <= (
         _SHOWN_CONSTANT_VALUES):

@@ -1,6 +1,5 @@
 """Tests for poets/export.py: frozen graph, labels, SavedModel."""
 
-import dataclasses
 import os
 
 import numpy as np
@@ -51,7 +50,7 @@ def test_frozen_graph_matches_the_training_session(retrained):
   """Reloaded, the .pb gives the probabilities the trained layer gives to
   the cached bottlenecks."""
   config, result = retrained
-  weights = tf.train.load_checkpoint(config.training.checkpoint_path)
+  weights = tf.train.load_checkpoint(config.checkpoint_path)
   w = weights.get_tensor('final_retrain_ops/weights/final_weights')
   b = weights.get_tensor('final_retrain_ops/biases/final_biases')
   image_path = os.path.join(config.image_dir, 'green', 'green_004.jpg')
@@ -125,14 +124,13 @@ def test_saved_model_replaces_an_earlier_export(retrained, tmp_path):
 def test_final_tensor_name_is_honoured_in_graph_and_saved_model(
     retrained, tmp_path):
   config, _ = retrained
-  renamed = dataclasses.replace(
-      config, output_graph=str(tmp_path / 'g.pb'),
+  renamed = config.replace(
+      output_graph=str(tmp_path / 'g.pb'),
       output_labels=str(tmp_path / 'labels.txt'),
       saved_model_dir=str(tmp_path / 'sm'), intermediate_store_frequency=0,
-      training=dataclasses.replace(
-          config.training, final_tensor_name='flower_scores',
-          how_many_training_steps=20, summaries_dir=str(tmp_path / 's'),
-          checkpoint_path=str(tmp_path / 'c' / 'x')))
+      final_tensor_name='flower_scores', how_many_training_steps=20,
+      summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'))
   pipeline.run(renamed)
   names = {node.name for node in _load_graph_def(renamed.output_graph).node}
   assert 'flower_scores' in names and 'final_result' not in names
@@ -179,6 +177,36 @@ def test_inlined_module_computes_what_the_call_did(module_fixture, request,
                              rtol=1e-6)
 
 
+def _weights_left(graph_def):
+  """Constants of more than 8 values that still hold them, loops included."""
+  nodes = list(graph_def.node)
+  for function in graph_def.library.function:
+    nodes.extend(function.node_def)
+  def holds_values(tensor):
+    return {field.name for field, _ in tensor.ListFields()} - {
+        'dtype', 'tensor_shape'}
+
+  return [node.name for node in nodes if node.op == 'Const' and
+          tf.TensorShape(node.attr['value'].tensor.tensor_shape)
+          .num_elements() > 8 and holds_values(node.attr['value'].tensor)]
+
+
+def test_weights_inside_a_loop_are_left_out_too():
+  """The codelab's Inception takes one image at a time, so its graph is
+  imported inside a tf.map_fn loop, whose body holds the weights."""
+  graph = tf.Graph()
+  with graph.as_default():
+    batch = tf.compat.v1.placeholder(tf.float32, [None, 4], name='Placeholder')
+    tf.identity(tf.map_fn(lambda row: tf.linalg.matvec(
+        tf.constant(np.ones([16, 4], np.float32)), row), batch),
+                name='final_result')
+  frozen = graph.as_graph_def()
+  assert _weights_left(frozen)
+  shown = export.tensorboard_graph_def(frozen, 'net')
+  assert shown.library.function  # The loop is still there...
+  assert not _weights_left(shown)  # ...without its weights.
+
+
 def test_tensorboard_graph_is_one_module_scope_without_weights(retrained):
   config, _ = retrained
   name = _module_name(config)  # '~...~tiny_tf2', made from the module's path.
@@ -191,11 +219,7 @@ def test_tensorboard_graph_is_one_module_scope_without_weights(retrained):
                 if n.name.startswith(scope + '/')}
   assert module_ops['Mean'] == 'Mean'  # The tiny module's colour means.
   assert module_ops['Variable'] == 'Const'  # Its weights, moved in.
-  for node in shown.node:
-    if node.op == 'Const':
-      value = node.attr['value'].tensor
-      if tf.TensorShape(value.tensor_shape).num_elements() > 8:
-        assert not value.tensor_content and not value.float_val, node.name
+  assert not _weights_left(shown)
   weights = {n.name: n for n in shown.node}[f'{scope}/Variable']
   assert tf.TensorShape(weights.attr['value'].tensor.tensor_shape) == [6, 8]
   assert weights.attr['_output_shapes'].list.shape  # Edges show shapes.

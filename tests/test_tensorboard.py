@@ -23,7 +23,7 @@ import tensorflow as tf
 from conftest import make_image_dir
 from poets import modules
 from poets import pipeline
-from poets import training
+from poets import settings
 
 pytestmark = pytest.mark.slow  # Starting TensorBoard takes 10-30 s.
 
@@ -37,17 +37,15 @@ def logdir(tmp_path_factory, tf2_module):
   folder name, the second run's RunResult)."""
   root = tmp_path_factory.mktemp('tensorboard')
   name = modules.resolve_module('', tf2_module, '').name
-  config = pipeline.RetrainConfig(
+  config = settings.RetrainSettings(
       image_dir=make_image_dir(root / 'photos', per_class=10),
       output_graph=str(root / 'retrained_graph.pb'),
       output_labels=str(root / 'retrained_labels.txt'),
       bottleneck_dir=str(root / 'bottlenecks'),
       tfhub_module=tf2_module, model_dir=str(root / 'models'),
-      training=training.TrainingConfig(
-          how_many_training_steps=STEPS, eval_step_interval=EVAL_INTERVAL,
-          summaries_dir=str(root / 'training_summaries' / name),
-          checkpoint_path=str(root / 'checkpoint' / 'retrain'),
-          random_seed=0))
+      how_many_training_steps=STEPS, eval_step_interval=EVAL_INTERVAL,
+      summaries_dir=str(root / 'training_summaries' / name),
+      checkpoint_path=str(root / 'checkpoint' / 'retrain'), random_seed=0)
   pipeline.run(config)
   result = pipeline.run(config)
   return root / 'training_summaries', name, result
