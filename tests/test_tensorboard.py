@@ -8,6 +8,7 @@ HTTP data API that TensorBoard's own pages use.
 import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -67,10 +68,11 @@ def tensorboard(logdir, tmp_path_factory):
   """The README's `tensorboard --logdir` serving on loopback; yields a
   function that GETs a path from it."""
   folder, name, _ = logdir
-  # The console script that `pip install -r requirements.txt` puts next to
-  # this Python, i.e. the README's command.
-  command = os.path.join(os.path.dirname(sys.executable), 'tensorboard')
-  assert os.path.isfile(command), 'pip install -r requirements.txt'
+  # The README's command: the console script that `pip install -r
+  # requirements.txt` puts next to this Python (or on the PATH).
+  command = shutil.which('tensorboard', path=os.path.dirname(
+      sys.executable)) or shutil.which('tensorboard')
+  assert command, 'tensorboard not found: pip install -r requirements.txt'
   port = _free_port()
   log = tmp_path_factory.mktemp('tensorboard_log') / 'tensorboard.log'
   with open(log, 'wb') as output:
