@@ -1,4 +1,5 @@
-"""Export: the frozen graph, the labels file and the SavedModel.
+"""Export: the frozen graph, the labels file, the SavedModel, and the graph
+TensorBoard shows.
 
 The fifth stage. The frozen `.pb` is built from an evaluation graph (the
 module and the new layer, no training ops): the module is loaded afresh, the
@@ -6,6 +7,8 @@ trained layer restored from the checkpoint, variables turned into constants,
 and everything `final_result` does not need pruned, functions included. Its
 input is `Placeholder` (float32 [None, H, W, 3] in [0, 1]) and its output the
 `--final_tensor_name` softmax, as in the original hub-based retrain.py.
+TensorBoard gets the same graph with the module's function call opened up
+into its layers and without the weights.
 """
 
 import dataclasses
