@@ -1,7 +1,6 @@
 """Tests for experiments.py and poets/experiments.py: sweeps, table, plots."""
 
 import csv
-import dataclasses
 import os
 import re
 import subprocess
@@ -16,6 +15,7 @@ from poets import bottlenecks
 from poets import experiments
 from poets import images
 from poets import pipeline
+from poets import settings
 from poets import training
 from poets.errors import PoetsError
 
@@ -90,7 +90,7 @@ def test_everything_the_child_prints_goes_to_its_log(tmp_path, monkeypatch,
   monkeypatch.setattr(experiments, '_CHILD_CODE', (
       'import os, sys; os.write(2, b"E0000 cuda_dsoloader.cc] no cuda\\n"); '
       'print("on stdout"); sys.exit(3)'))
-  run = experiments.Run({'learning_rate': '0.1'}, pipeline.RetrainConfig(),
+  run = experiments.Run({'learning_rate': '0.1'}, settings.RetrainSettings(),
                         str(tmp_path / 'run'))
   [outcome] = experiments.run_all([run])
   assert outcome.status == 'failed'
@@ -119,12 +119,11 @@ def test_bad_sweep_value_is_one_line_error(tmp_path):
 @pytest.mark.slow
 def test_images_per_class_keeps_test_set_and_counts_training_images(
     tmp_path, tf2_module):
-  base = pipeline.RetrainConfig(
+  base = settings.RetrainSettings(
       image_dir=make_image_dir(tmp_path / 'photos'), tfhub_module=tf2_module,
       bottleneck_dir=str(tmp_path / 'bottlenecks'),
       model_dir=str(tmp_path / 'models'),
-      training=training.TrainingConfig(how_many_training_steps=10,
-                                       eval_step_interval=5, random_seed=2))
+      how_many_training_steps=10, eval_step_interval=5, random_seed=2)
   sweeps = [experiments.parse_sweep('images_per_class=3,all', FLAG_NAMES)]
   experiment = experiments.plan(sweeps, lambda overrides: base,
                                 str(tmp_path / 'out'),
@@ -152,7 +151,8 @@ def test_without_a_gpu_device_sweep_says_so_once(tmp_path, monkeypatch):
   monkeypatch.setattr(experiments, 'gpu_available', lambda: False)
   sweeps = [experiments.parse_sweep('learning_rate=0.1,1', FLAG_NAMES),
             experiments.parse_sweep('device=cpu,gpu', FLAG_NAMES)]
-  experiment = experiments.plan(sweeps, lambda overrides: pipeline.RetrainConfig(),
+  experiment = experiments.plan(sweeps,
+                                lambda overrides: settings.RetrainSettings(),
                                 str(tmp_path / 'out'),
                                 str(tmp_path / 'summaries'))
   assert [run.name for run in experiment.runs] == [
@@ -192,8 +192,7 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
 
   def make_config(overrides):
     seen.append(overrides)
-    return dataclasses.replace(pipeline.RetrainConfig(),
-                               architecture=overrides['architecture'])
+    return settings.RetrainSettings(architecture=overrides['architecture'])
 
   experiment = experiments.plan(sweeps, make_config, str(tmp_path / 'out'),
                                 str(tmp_path / 'summaries'))
@@ -208,9 +207,9 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
   run = experiment.runs[0]
   assert run.name == name
   assert run.config.output_graph == str(out / name / 'retrained_graph.pb')
-  assert run.config.training.summaries_dir == str(
+  assert run.config.summaries_dir == str(
       tmp_path / 'summaries' / experiment.name / name)
-  assert run.config.training.checkpoint_path.startswith(str(out / name))
+  assert run.config.checkpoint_path.startswith(str(out / name))
   assert run.config.images_per_class is None
   # Listed before it runs; a killed experiment stays listed as unfinished.
   assert '2 planned, not finished' in (tmp_path / 'out' /
@@ -236,7 +235,7 @@ def fake_outcome(run, accuracy, status='ok', message='', test_images=58):
 
 def _experiment(tmp_path, sweep):
   return experiments.plan([experiments.parse_sweep(sweep, FLAG_NAMES)],
-                          lambda overrides: pipeline.RetrainConfig(),
+                          lambda overrides: settings.RetrainSettings(),
                           str(tmp_path / 'out'), str(tmp_path / 'summaries'))
 
 
