@@ -14,15 +14,21 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopSignals:
-  """Makes SIGINT and SIGTERM raise KeyboardInterrupt; remembers the first."""
+  """While inside, SIGINT and SIGTERM raise KeyboardInterrupt; remembers the
+  first that came. The handlers before are put back on the way out."""
 
   def __init__(self):
     self.received = None
+    self._previous = {}
 
-  def install(self):
-    for signum in STOP_SIGNALS:
-      signal.signal(signum, self._stop)
+  def __enter__(self):
+    self._previous = {signum: signal.signal(signum, self._stop)
+                      for signum in STOP_SIGNALS}
     return self
+
+  def __exit__(self, *exc_info):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
   def _stop(self, signum, frame):
     del frame  # Unused.

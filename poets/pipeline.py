@@ -1,6 +1,6 @@
 """The whole retraining run: images -> bottlenecks -> training -> export.
 
-`retrain.py` at the top level parses flags into a RetrainConfig and calls
+`retrain.py` at the top level parses flags into RetrainSettings and calls
 `run`; experiments.py calls it once per configuration. Nothing here reads
 flags.
 """
@@ -20,28 +20,7 @@ from poets import files
 from poets import images
 from poets import modules
 from poets import training
-from poets.training import TrainingConfig
 from poets.errors import PoetsError
-
-
-@dataclasses.dataclass
-class RetrainConfig:
-  """Everything a run needs; defaults are the codelab's."""
-  image_dir: str = images.DEFAULT_IMAGE_DIR
-  output_graph: str = 'tf_files/retrained_graph.pb'
-  output_labels: str = 'tf_files/retrained_labels.txt'
-  bottleneck_dir: str = 'tf_files/bottlenecks'
-  intermediate_output_graphs_dir: str = 'tf_files/intermediate_graph'
-  intermediate_store_frequency: int = 0
-  saved_model_dir: str = ''
-  testing_percentage: float = 10
-  validation_percentage: float = 10
-  architecture: str = ''
-  tfhub_module: str = ''
-  model_dir: str = 'tf_files/models'
-  input_size: tuple[int, int] | None = None
-  images_per_class: int | None = None  # training images kept per class
-  training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
 
 @dataclasses.dataclass
@@ -49,6 +28,7 @@ class RunResult:
   """What a run produced and how long its stages took, for reports."""
   labels: list
   cache: bottlenecks.CacheSummary
+  split_sizes: dict  # images used per split: training, validation, testing
   training: training.TrainingResult
   bottleneck_seconds: float
   training_seconds: float
@@ -63,18 +43,25 @@ def default_summaries_dir(module_name):
   return os.path.join('tf_files', 'training_summaries', module_name)
 
 
+# Where an earlier run's event folders go, inside --summaries_dir. TensorBoard
+# lists runs (and opens the Graphs tab on the first) in name order; "~" sorts
+# after "train" and "validation" there, so the current run comes first.
+EARLIER_RUNS = '~previous_runs'
+
+
 def _set_aside_earlier_run(summaries_dir):
   """Moves an earlier run's event folders into a dated sub-folder.
 
   The original deleted --summaries_dir at every start. Moving keeps the old
-  curves (TensorBoard shows them as their own runs) out of the new ones.
+  curves (TensorBoard shows them as their own runs, after the current one)
+  out of the new ones.
   """
   earlier = [name for name in ('train', 'validation', 'retrained_graph')
              if os.path.isdir(os.path.join(summaries_dir, name))]
   if not earlier:
     return
   stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')
-  destination = os.path.join(summaries_dir, 'previous_runs', stamp)
+  destination = os.path.join(summaries_dir, EARLIER_RUNS, stamp)
   os.makedirs(destination)
   for name in earlier:
     os.rename(os.path.join(summaries_dir, name),
@@ -84,45 +71,45 @@ def _set_aside_earlier_run(summaries_dir):
                summaries_dir, destination)
 
 
-def _output_files(config):
+def _output_files(settings):
   """Each output file with its flag, finished and interrupted alike."""
-  named = [(config.output_graph, '--output_graph'),
-           (config.output_labels, '--output_labels')] + [
-               (config.training.checkpoint_path + suffix, '--checkpoint_path')
+  named = [(settings.output_graph, '--output_graph'),
+           (settings.output_labels, '--output_labels')] + [
+               (settings.checkpoint_path + suffix, '--checkpoint_path')
                for suffix in ('', '.index', '.data-00000-of-00001')]
   return named + [(files.interrupted_path(path), flag)
                   for path, flag in named]
 
 
-def _check_outputs(config):
+def _check_outputs(settings):
   """Every output checked before any work, so a mistake costs seconds."""
   claimed = {}
-  for path, flag in _output_files(config) + [(config.saved_model_dir,
-                                              '--saved_model_dir')]:
+  for path, flag in _output_files(settings) + [(settings.saved_model_dir,
+                                                '--saved_model_dir')]:
     if not path:
       continue
     other = claimed.setdefault(os.path.realpath(path), flag)
     if other != flag:
       raise PoetsError(f'{flag} {path} is also the path of {other}; give '
                        'each output its own path.')
-  for path, flag in _output_files(config):
+  for path, flag in _output_files(settings):
     files.check_output_file(path, flag)
-  folders = [(config.bottleneck_dir, '--bottleneck_dir'),
-             (config.training.summaries_dir, '--summaries_dir'),
-             (config.model_dir, '--model_dir')]
-  if config.intermediate_store_frequency > 0:
-    folders.append((config.intermediate_output_graphs_dir,
+  folders = [(settings.bottleneck_dir, '--bottleneck_dir'),
+             (settings.summaries_dir, '--summaries_dir'),
+             (settings.model_dir, '--model_dir')]
+  if settings.intermediate_store_frequency > 0:
+    folders.append((settings.intermediate_output_graphs_dir,
                     '--intermediate_output_graphs_dir'))
   for path, flag in folders:
     files.check_writable(path, flag)
-  for path, flag in [(config.training.checkpoint_path, '--checkpoint_path'),
-                     (config.training.summaries_dir, '--summaries_dir'),
-                     (config.model_dir, '--model_dir'),
-                     (config.saved_model_dir, '--saved_model_dir')]:
+  for path, flag in [(settings.checkpoint_path, '--checkpoint_path'),
+                     (settings.summaries_dir, '--summaries_dir'),
+                     (settings.model_dir, '--model_dir'),
+                     (settings.saved_model_dir, '--saved_model_dir')]:
     files.check_tensorflow_path(path, flag)
-  if config.saved_model_dir:
-    for path in (config.saved_model_dir,
-                 files.interrupted_path(config.saved_model_dir)):
+  if settings.saved_model_dir:
+    for path in (settings.saved_model_dir,
+                 files.interrupted_path(settings.saved_model_dir)):
       export.check_saved_model_dir(path)
 
 
@@ -162,20 +149,19 @@ def _check_usable(splits, labels):
         'images that decode to at least two class folders.')
 
 
-def run(config):
+def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
-  spec = modules.resolve_module(config.architecture, config.tfhub_module,
-                                config.model_dir, config.input_size)
-  if not config.training.summaries_dir:
-    config = dataclasses.replace(config, training=dataclasses.replace(
-        config.training, summaries_dir=default_summaries_dir(spec.name)))
-  _check_outputs(config)
-  image_lists = images.create_image_lists(config.image_dir,
-                                          config.testing_percentage,
-                                          config.validation_percentage)
-  if config.images_per_class is not None:
+  spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
+                                settings.model_dir, settings.input_size)
+  if not settings.summaries_dir:
+    settings = settings.replace(summaries_dir=default_summaries_dir(spec.name))
+  _check_outputs(settings)
+  image_lists = images.create_image_lists(settings.image_dir,
+                                          settings.testing_percentage,
+                                          settings.validation_percentage)
+  if settings.images_per_class is not None:
     image_lists = images.limit_training_images(
-        image_lists, config.images_per_class, config.training.random_seed)
+        image_lists, settings.images_per_class, settings.random_seed)
   labels = image_lists.labels
   module = _module_info(spec)
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks', spec.name,
@@ -184,37 +170,38 @@ def run(config):
 
   start = time.perf_counter()
   splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
-                                                config.bottleneck_dir)
+                                                settings.bottleneck_dir)
   bottleneck_seconds = time.perf_counter() - start
-  used = sum(len(s.ground_truth) for s in splits.values())
+  split_sizes = {name: len(split.ground_truth)
+                 for name, split in splits.items()}
   logging.info('Using %d images (%d training, %d validation, %d testing); '
-               'skipped %d that could not be decoded.', used,
-               len(splits['training'].ground_truth),
-               len(splits['validation'].ground_truth),
-               len(splits['testing'].ground_truth), len(cache.failed))
+               'skipped %d that could not be decoded.',
+               sum(split_sizes.values()), split_sizes['training'],
+               split_sizes['validation'], split_sizes['testing'],
+               len(cache.failed))
   _check_usable(splits, labels)
 
   def freeze(layer):
     return export.frozen_graph_def(spec, len(labels),
-                                   config.training.final_tensor_name, layer)
+                                   settings.final_tensor_name, layer)
 
   def save_intermediate(step, layer):
-    path = os.path.join(config.intermediate_output_graphs_dir,
+    path = os.path.join(settings.intermediate_output_graphs_dir,
                         f'intermediate_{step}.pb')
     logging.info('Save intermediate result to : %s', path)
     export.save_graph(freeze(layer), path)
 
-  with _claim_summaries(config.training.summaries_dir):
+  with _claim_summaries(settings.summaries_dir):
     start = time.perf_counter()
-    result = training.train(config.training, splits, labels, spec,
-                            save_intermediate,
-                            config.intermediate_store_frequency)
+    result = training.train(settings, splits, labels, spec,
+                            save_intermediate)
     training_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
     graph_def = freeze(result.layer)
-    export.write_graph_summary(graph_def, config.training.summaries_dir)
-  outputs = [config.output_graph, config.output_labels, config.saved_model_dir]
+    export.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
+  outputs = [settings.output_graph, settings.output_labels,
+             settings.saved_model_dir]
   if result.interrupted:
     # Beside the finished outputs, never over them.
     outputs = [path and files.interrupted_path(path) for path in outputs]
@@ -224,7 +211,7 @@ def run(config):
   saved = [graph_path, labels_path]
   if saved_model_dir:
     export.export_saved_model(graph_def, saved_model_dir,
-                              config.training.final_tensor_name)
+                              settings.final_tensor_name)
     saved.append(saved_model_dir)
   export_seconds = time.perf_counter() - start
   if result.interrupted:
@@ -233,9 +220,9 @@ def run(config):
                     'outputs, which are left as they were; use these with '
                     'label_image.py --graph and --labels).',
                     result.steps_done,
-                    files.interrupted_path(config.training.checkpoint_path),
+                    files.interrupted_path(settings.checkpoint_path),
                     ', '.join(saved))
   else:
     logging.info('Saved %s.', ', '.join(saved))
-  return RunResult(labels, cache, result, bottleneck_seconds,
+  return RunResult(labels, cache, split_sizes, result, bottleneck_seconds,
                    training_seconds, export_seconds)

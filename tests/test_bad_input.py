@@ -4,7 +4,6 @@ Each case is a folder of photos people really collect: phone pictures,
 downloads, screenshots, with the odd broken or mislabelled file among them.
 """
 
-import dataclasses
 import glob
 import io
 import os
@@ -14,7 +13,8 @@ import sys
 import tarfile
 import time
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+import hypothesis
+from hypothesis import HealthCheck, given, strategies as st
 import numpy as np
 from PIL import Image
 import pytest
@@ -26,23 +26,22 @@ from poets import bottlenecks
 from poets import images
 from poets import modules
 from poets import pipeline
-from poets import training
+from poets import settings
 from poets.errors import PoetsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(tmp_path, image_dir, module, **training_changes):
-  return pipeline.RetrainConfig(
+def _config(tmp_path, image_dir, module, **changes):
+  return settings.RetrainSettings(
       image_dir=str(image_dir), output_graph=str(tmp_path / 'out' / 'g.pb'),
       output_labels=str(tmp_path / 'out' / 'labels.txt'),
       bottleneck_dir=str(tmp_path / 'bottlenecks'), tfhub_module=module,
       model_dir=str(tmp_path / 'models'),
-      training=training.TrainingConfig(
-          how_many_training_steps=100, eval_step_interval=50,
-          summaries_dir=str(tmp_path / 'summaries'),
-          checkpoint_path=str(tmp_path / 'checkpoint' / 'x'), random_seed=0,
-          **training_changes))
+      how_many_training_steps=100, eval_step_interval=50,
+      summaries_dir=str(tmp_path / 'summaries'),
+      checkpoint_path=str(tmp_path / 'checkpoint' / 'x'), random_seed=0,
+      **changes)
 
 
 def _messy_folder(root):
@@ -174,10 +173,7 @@ def test_output_problems_stop_before_any_work(tmp_path, tf2_module, change,
   config = _config(tmp_path, tmp_path / 'photos', tf2_module)
   changes = {key: str(tmp_path / value) if isinstance(value, str) else value
              for key, value in change.items()}
-  in_training = {key: changes.pop(key) for key in list(changes)
-                 if hasattr(config.training, key)}
-  config = dataclasses.replace(config, training=dataclasses.replace(
-      config.training, **in_training), **changes)
+  config = config.replace(**changes)
   path = tmp_path / next(iter(change.values()))
   _make(path, what)
   before = sorted(os.listdir(tmp_path))
@@ -220,11 +216,10 @@ def _contents(path):
 def test_an_interrupted_run_never_replaces_a_finished_graph(
     tmp_path, tf2_module, monkeypatch, caplog):
   make_image_dir(tmp_path / 'photos', per_class=10)
-  config = dataclasses.replace(
-      _config(tmp_path, tmp_path / 'photos', tf2_module),
-      saved_model_dir=str(tmp_path / 'out' / 'sm'))
+  config = _config(tmp_path, tmp_path / 'photos', tf2_module,
+                   saved_model_dir=str(tmp_path / 'out' / 'sm'))
   finished = [config.output_graph, config.output_labels,
-              config.saved_model_dir, config.training.checkpoint_path +
+              config.saved_model_dir, config.checkpoint_path +
               '.index']
   beside = [str(tmp_path / 'out' / 'g.interrupted.pb'),
             str(tmp_path / 'out' / 'labels.interrupted.txt'),
@@ -262,17 +257,14 @@ def test_any_name_the_file_system_allows_trains(tmp_path, tf2_module):
   out = tmp_path / os.fsdecode(b'out \xff\n')
   # TensorFlow's own writers need UTF-8 paths (see the next test).
   tf_out = tmp_path / 'out 🌸 %s\n'
-  config = dataclasses.replace(
-      _config(tmp_path, root, tf2_module),
+  config = _config(tmp_path, root, tf2_module).replace(
       output_graph=str(out / ('g' * 252 + '.pb')),
       output_labels=str(out / ('l' * 251 + '.txt')),
       saved_model_dir=str(tf_out / ('s' * 242)),
       intermediate_output_graphs_dir=str(out / 'intermediate'),
-      intermediate_store_frequency=50)
-  config = dataclasses.replace(config, training=dataclasses.replace(
-      config.training, print_misclassified_test_images=True,
+      intermediate_store_frequency=50, print_misclassified_test_images=True,
       summaries_dir=str(tf_out / 'summaries'),
-      checkpoint_path=str(tf_out / ('c' * 200))))
+      checkpoint_path=str(tf_out / ('c' * 200)))
   result = pipeline.run(config)
   assert result.cache.failed == []
   assert result.cache.created == 30 + 2 * len(ODD_FILE_NAMES)
@@ -285,9 +277,9 @@ def test_any_name_the_file_system_allows_trains(tmp_path, tf2_module):
 def test_two_outputs_at_one_path_are_refused(tmp_path, tf2_module):
   # The labels would silently replace the graph.
   make_image_dir(tmp_path / 'photos', per_class=3)
-  config = _config(tmp_path, tmp_path / 'photos', tf2_module)
-  config = dataclasses.replace(config, output_labels=str(
-      tmp_path / 'out' / '..' / 'out' / 'g.pb'))
+  config = _config(tmp_path, tmp_path / 'photos', tf2_module,
+                   output_labels=str(tmp_path / 'out' / '..' / 'out' /
+                                     'g.pb'))
   with pytest.raises(PoetsError, match='--output_labels .* is also the path '
                      'of --output_graph'):
     pipeline.run(config)
@@ -296,10 +288,8 @@ def test_two_outputs_at_one_path_are_refused(tmp_path, tf2_module):
 
 def test_tensorflow_outputs_need_utf8_paths(tmp_path, tf2_module):
   make_image_dir(tmp_path / 'photos', per_class=3)
-  config = _config(tmp_path, tmp_path / 'photos', tf2_module)
-  config = dataclasses.replace(config, training=dataclasses.replace(
-      config.training,
-      checkpoint_path=str(tmp_path / os.fsdecode(b'\xff') / 'x')))
+  config = _config(tmp_path, tmp_path / 'photos', tf2_module).replace(
+      checkpoint_path=str(tmp_path / os.fsdecode(b'\xff') / 'x'))
   with pytest.raises(PoetsError, match='--checkpoint_path.*not valid UTF-8'):
     pipeline.run(config)
   assert os.listdir(tmp_path) == ['photos']
@@ -311,7 +301,7 @@ def test_rerun_keeps_earlier_summaries(tmp_path, tf2_module, caplog):
   pipeline.run(config)
   first = sorted(os.listdir(tmp_path / 'summaries' / 'train'))
   pipeline.run(config)
-  previous = tmp_path / 'summaries' / 'previous_runs'
+  previous = tmp_path / 'summaries' / pipeline.EARLIER_RUNS
   (stamp,) = os.listdir(previous)
   assert sorted(os.listdir(previous / stamp / 'train')) == first
   assert 'nothing was deleted' in caplog.text
@@ -423,8 +413,8 @@ def test_two_runs_at_once_into_the_same_folders(tmp_path, tf2_module):
     assert len(paths) == 2
     for path in paths:  # Each whole, each one run's steps.
       assert _event_steps(path) == list(range(0, 3000, 100)) + [2999]
-  assert len(glob.glob(str(tmp_path / 'summaries' / 'previous_runs' / '*' /
-                           'train' / 'events.*'))) == 1
+  assert len(glob.glob(str(tmp_path / 'summaries' / pipeline.EARLIER_RUNS /
+                           '*' / 'train' / 'events.*'))) == 1
   cache = _bottleneck_files(tmp_path / 'tf_files' / 'bottlenecks')
   assert len(cache) == 30
   assert all(bottlenecks.read_bottleneck(path)[1] is None for path in cache)
@@ -466,7 +456,7 @@ def loaded_tiny_module(tf2_module):
     return modules.load_module(modules.ModuleSpec(tf2_module, 'tiny'))
 
 
-@settings(max_examples=12, deadline=None,
+@hypothesis.settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(blobs=st.lists(st.binary(max_size=2000), min_size=1, max_size=6))
 def test_arbitrary_bytes_become_a_bottleneck_or_a_logged_skip(
