@@ -58,7 +58,7 @@ class TrainingResult:
   validation_curve: list  # (step, accuracy) at each evaluation
   # The trained layer's variables by name. Export takes them from here, not
   # from the checkpoint file, which another run may be writing at once.
-  layer: dict
+  layer: dict = dataclasses.field(default_factory=dict)
 
 
 def layer_variables_of(graph):

@@ -27,6 +27,7 @@ from poets import images
 from poets import modules
 from poets import pipeline
 from poets import settings
+from poets import training
 from poets.errors import PoetsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -277,9 +278,8 @@ def test_any_name_the_file_system_allows_trains(tmp_path, tf2_module):
 def test_two_outputs_at_one_path_are_refused(tmp_path, tf2_module):
   # The labels would silently replace the graph.
   make_image_dir(tmp_path / 'photos', per_class=3)
-  config = _config(tmp_path, tmp_path / 'photos', tf2_module,
-                   output_labels=str(tmp_path / 'out' / '..' / 'out' /
-                                     'g.pb'))
+  config = _config(tmp_path, tmp_path / 'photos', tf2_module).replace(
+      output_labels=str(tmp_path / 'out' / '..' / 'out' / 'g.pb'))
   with pytest.raises(PoetsError, match='--output_labels .* is also the path '
                      'of --output_graph'):
     pipeline.run(config)
