@@ -7,7 +7,6 @@ flags.
 
 import dataclasses
 import datetime
-import fcntl
 import os
 import time
 
@@ -21,6 +20,11 @@ from poets import images
 from poets import modules
 from poets import training
 from poets.errors import PoetsError
+
+try:
+  import fcntl
+except ImportError:  # Windows: no flock, so no lock; see _claim_summaries.
+  fcntl = None
 
 
 @dataclasses.dataclass
@@ -100,6 +104,9 @@ def _check_outputs(settings):
   if settings.intermediate_store_frequency > 0:
     folders.append((settings.intermediate_output_graphs_dir,
                     '--intermediate_output_graphs_dir'))
+  folders += [(os.path.join(settings.summaries_dir, name), '--summaries_dir')
+              for name in ('train', 'validation', 'retrained_graph',
+                           EARLIER_RUNS)]
   for path, flag in folders:
     files.check_writable(path, flag)
   for path, flag in [(settings.checkpoint_path, '--checkpoint_path'),
@@ -124,6 +131,9 @@ def _claim_summaries(summaries_dir):
   """
   os.makedirs(summaries_dir, exist_ok=True)
   lock = open(os.path.join(summaries_dir, SUMMARIES_LOCK), 'a')
+  if fcntl is None:
+    _set_aside_earlier_run(summaries_dir)
+    return lock
   try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     _set_aside_earlier_run(summaries_dir)

@@ -275,6 +275,15 @@ def test_any_name_the_file_system_allows_trains(tmp_path, tf2_module):
   assert again.cache.reused == result.cache.created
 
 
+def test_a_file_where_an_event_folder_goes_is_refused(tmp_path, tf2_module):
+  make_image_dir(tmp_path / 'photos', per_class=3)
+  (tmp_path / 'summaries').mkdir()
+  (tmp_path / 'summaries' / 'train').write_text('precious')
+  with pytest.raises(PoetsError, match='train is a file.*--summaries_dir'):
+    pipeline.run(_config(tmp_path, tmp_path / 'photos', tf2_module))
+  assert sorted(os.listdir(tmp_path)) == ['photos', 'summaries']
+
+
 def test_two_outputs_at_one_path_are_refused(tmp_path, tf2_module):
   # The labels would silently replace the graph.
   make_image_dir(tmp_path / 'photos', per_class=3)

@@ -1,6 +1,7 @@
 """Tests for experiments.py and poets/experiments.py: sweeps, table, plots."""
 
 import csv
+import glob
 import os
 import re
 import signal
@@ -320,15 +321,28 @@ def test_a_key_swept_twice_is_a_user_error(tmp_path):
                      str(tmp_path / 'out'), str(tmp_path / 'summaries'))
 
 
-def _wait_for_text(path, text, process, timeout=240):
+def _wait_for_log(pattern, text, process, timeout=240):
+  """Waits until a log matching the glob `pattern` holds `text`; its path."""
   deadline = time.time() + timeout
   while time.time() < deadline and process.poll() is None:
-    if os.path.exists(path):
+    for path in glob.glob(pattern):
       with open(path, errors='replace') as f:
         if text in f.read():
-          return True
+          return path
     time.sleep(0.05)
-  return False
+  return None
+
+
+def _stop_runs_under(scratch):
+  """Ends, by process id, any run whose job lies under `scratch` (each run
+  is in a session of its own, which killing the sweep does not reach)."""
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        if os.fsencode(str(scratch)) in f.read():
+          os.kill(int(pid), signal.SIGKILL)
+    except OSError:
+      pass
 
 
 @pytest.mark.slow
@@ -350,8 +364,10 @@ def test_a_stopped_sweep_still_writes_its_table_and_cleans_up(
       env={**os.environ, 'TMPDIR': str(scratch)}, start_new_session=True,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
-    long_log = out / 'how_many_training_steps=100000000' / 'retrain.log'
-    assert _wait_for_text(long_log, 'Step 1000:', process)
+    long_log = _wait_for_log(
+        str(out / '*' / 'how_many_training_steps=100000000' /
+            experiments.LOG_NAME), 'Step 1000:', process)
+    assert long_log
     if how == 'ctrl_c_twice':  # A terminal signals the whole group.
       os.killpg(process.pid, signal.SIGINT)
       time.sleep(0.05)
@@ -362,10 +378,12 @@ def test_a_stopped_sweep_still_writes_its_table_and_cleans_up(
   finally:
     if process.poll() is None:
       os.killpg(process.pid, signal.SIGKILL)
+    _stop_runs_under(scratch)
   assert process.returncode == code, output
   assert 'Traceback' not in output
   assert 'Interrupted after 2 of 2 runs' in output
-  with open(out / 'results.csv') as f:
+  with open(os.path.join(os.path.dirname(os.path.dirname(long_log)),
+                         'results.csv')) as f:
     rows = list(csv.DictReader(f))
   assert [(row['how_many_training_steps'], row['status']) for row in rows] == [
       ('20', 'ok'), ('100000000', 'interrupted')]

@@ -101,6 +101,7 @@ def test_links_are_followed_but_every_photo_counts_once(tmp_path, caplog):
   os.symlink('.', root / 'blue' / 'self')  # A loop into itself.
   os.symlink('green_000.jpg', root / 'green' / 'again.jpg')
   os.link(root / 'green' / 'green_001.jpg', root / 'green' / 'hard.jpg')
+  os.symlink('.', root / 'all')  # A class folder that is every class.
   lists = images.create_image_lists(str(root), 10, 10)
   found = {c.dir: _all_images(c) for c in lists.classes}
   assert {name: len(paths) for name, paths in found.items()} == {
