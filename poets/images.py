@@ -117,19 +117,27 @@ def _missing_dir_message(image_dir):
   return message
 
 
+def class_dirs(image_dir):
+  """The names of the class folders in `image_dir`, sorted; hidden ones aside.
+
+  Raises PoetsError when `image_dir` is not a folder.
+  """
+  if not os.path.isdir(image_dir):
+    raise PoetsError(_missing_dir_message(image_dir))
+  return [name for name in sorted(os.listdir(image_dir))
+          if not name.startswith('.') and
+          os.path.isdir(os.path.join(image_dir, name))]
+
+
 def create_image_lists(image_dir, testing_percentage, validation_percentage):
   """Finds the classes and images under `image_dir` and splits them.
 
   Returns an ImageLists with classes sorted by label. Raises PoetsError when
   the folder is missing or holds fewer than two classes with images.
   """
-  if not os.path.isdir(image_dir):
-    raise PoetsError(_missing_dir_message(image_dir))
   classes = []
-  for dir_name in sorted(os.listdir(image_dir)):
+  for dir_name in class_dirs(image_dir):
     class_path = os.path.join(image_dir, dir_name)
-    if dir_name.startswith('.') or not os.path.isdir(class_path):
-      continue
     logging.info("Looking for images in '%s'", dir_name)
     images = find_images(class_path)
     if not images:
