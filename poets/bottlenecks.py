@@ -38,6 +38,9 @@ BATCH_SIZE = 32
 # Cache files parsed by one TensorFlow call: enough that the call's overhead
 # vanishes, few enough that a damaged file costs a re-read of only these.
 READ_CHUNK = 256
+# Files computed but not yet written: the writer can fall behind a fast
+# module, and a queue of 100,000 of them would hold memory for nothing.
+MAX_PENDING_WRITES = 4 * BATCH_SIZE
 
 
 @dataclasses.dataclass
@@ -307,13 +310,17 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir):
       pending = collections.deque()
       for index, bottleneck in _compute(entries, todo, module.spec,
                                         summary):
-        pending.append(writer.submit(write_bottleneck,
-                                     entries[index].cache_path, bottleneck))
         # The value as the file holds it, so cold and warm runs agree.
         values[index] = bottleneck
         have[index] = True
         summary.created += 1
-        while pending and pending[0].done():
+        # The writer gets the row of `values`, not the batch, so no batch is
+        # kept alive while it catches up.
+        pending.append(writer.submit(write_bottleneck,
+                                     entries[index].cache_path,
+                                     values[index]))
+        while pending and (pending[0].done() or
+                           len(pending) > MAX_PENDING_WRITES):
           pending.popleft().result()  # A failed write stops the run now.
       for write in pending:
         write.result()

@@ -97,11 +97,13 @@ def find_images(class_path):
   found = []
   for root, dirs, files in os.walk(class_path, followlinks=True):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    # Once a folder: relpath per file took most of the listing's time.
+    folder = os.path.relpath(root, class_path)
     for name in files:
       if name.startswith('.'):
         continue
       if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-        found.append(os.path.relpath(os.path.join(root, name), class_path))
+        found.append(name if folder == '.' else os.path.join(folder, name))
   return sorted(found)
 
 

@@ -6,7 +6,9 @@ does, with worker processes, and retrain.py after it.
 """
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,14 +29,31 @@ IN_PROCESS = ['--runner', 'DirectRunner', '--direct_running_mode',
               'in_memory', '--direct_num_workers', '1']
 
 
-@pytest.fixture
-def photos(tmp_path):
+def _photos(root):
   """Three colour classes of 20 photos, and one file that is no image."""
-  image_dir = make_image_dir(tmp_path / 'photos')
+  image_dir = make_image_dir(root / 'photos')
   broken = os.path.join(image_dir, 'green', 'broken.jpg')
   with open(broken, 'wb') as f:
     f.write(b'not a jpeg at all')
   return image_dir, broken
+
+
+@pytest.fixture(scope='module')
+def made(tmp_path_factory, tf2_module):
+  """One Beam run on fresh photos, shared: (image_dir, broken image, cache
+  folder, Summary, the log's text)."""
+  root = tmp_path_factory.mktemp('beam')
+  image_dir, broken = _photos(root)
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logging.getLogger('absl').addHandler(handler)
+  try:
+    summary = _beam(image_dir, root / 'cache', tf2_module)
+  finally:
+    logging.getLogger('absl').removeHandler(handler)
+  return (image_dir, broken, root / 'cache', summary,
+          '\n'.join(record.getMessage() for record in records))
 
 
 def _spec(module_path):
@@ -68,37 +87,35 @@ def _values(path):
     return np.array([float(x) for x in f.read().split(',')])
 
 
-def test_beam_makes_retrains_cache_and_retrain_reuses_it(photos, tf2_module,
-                                                         tmp_path, caplog):
-  image_dir, broken = photos
-  summary = _beam(image_dir, tmp_path / 'beam', tf2_module)
+def test_beam_makes_retrains_cache_and_retrain_reuses_it(made, tf2_module,
+                                                         tmp_path):
+  image_dir, broken, cache, summary, log = made
   assert (summary.created, summary.reused, summary.recomputed) == (60, 0, 0)
   [(path, reason)] = summary.failed
   assert path == broken and reason.startswith('Unknown image file format')
-  assert f'Skipping {broken}: Unknown image file format' in caplog.text
-  report = beam_bottlenecks.skipped_report_path(str(tmp_path / 'beam'),
-                                                'tiny~module')
+  assert f'Skipping {broken}: Unknown image file format' in log
+  report = beam_bottlenecks.skipped_report_path(str(cache), 'tiny~module')
   with open(report) as f:
     assert [json.loads(line)[0] for line in f] == [broken]
 
   _, own = _retrain_cache(image_dir, tmp_path / 'own', tf2_module)
   assert own.created == 60
-  names = _cache_files(tmp_path / 'beam')
+  names = _cache_files(cache)
   assert names == _cache_files(tmp_path / 'own') and len(names) == 60
   for name in names:
-    np.testing.assert_allclose(_values(tmp_path / 'beam' / name),
+    np.testing.assert_allclose(_values(cache / name),
                                _values(tmp_path / 'own' / name),
                                rtol=1e-5, atol=1e-5)
 
-  _, reuse = _retrain_cache(image_dir, tmp_path / 'beam', tf2_module)
+  _, reuse = _retrain_cache(image_dir, cache, tf2_module)
   assert (reuse.created, reuse.reused, reuse.recomputed) == (0, 60, 0)
 
 
-def test_rerun_makes_only_missing_and_damaged_files(photos, tf2_module,
+def test_rerun_makes_only_missing_and_damaged_files(made, tf2_module,
                                                     tmp_path, caplog):
-  image_dir, _ = photos
+  image_dir, _, first_cache, _, _ = made
   cache = tmp_path / 'cache'
-  _beam(image_dir, cache, tf2_module)
+  shutil.copytree(first_cache, cache)
   names = _cache_files(cache)
   # As if the first run had been killed after some files, and one damaged.
   for name in names[:25]:
@@ -116,18 +133,25 @@ def test_rerun_makes_only_missing_and_damaged_files(photos, tf2_module,
   assert reuse.created == 0 and reuse.reused == 60
 
 
-def test_another_modules_cache_is_refused_and_left_alone(photos, tf2_module,
+def test_another_modules_cache_is_refused_and_left_alone(tf2_module,
                                                          tmp_path):
-  image_dir, _ = photos
+  image_dir, _ = _photos(tmp_path)
   cache = tmp_path / 'cache'
-  _beam(image_dir, cache, tf2_module)
-  for name in _cache_files(cache):
-    (cache / name).write_text('0.5,0.25,0.125')  # Another module's size.
+  lists = images.create_image_lists(image_dir, 10, 10)
+  written = 0
+  for image_class in lists.classes:
+    for split in images.SPLITS:
+      for name in image_class.split(split):
+        path = bottlenecks.bottleneck_path(str(cache), image_class.dir, name,
+                                           'tiny~module')
+        bottlenecks.write_bottleneck(path, [0.5, 0.25, 0.125])
+        written += 1
   with pytest.raises(PoetsError, match='have 3 values but this module makes '
                      '8.*--bottleneck_dir'):
     _beam(image_dir, cache, tf2_module)
   assert all((cache / name).read_text() == '0.5,0.25,0.125'
              for name in _cache_files(cache))
+  assert len(_cache_files(cache)) == written
 
 
 def test_options_default_to_all_cores_and_refuse_unknown_flags():
