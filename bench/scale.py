@@ -244,12 +244,11 @@ def _plot(rows, path):
   times.plot(reference, reference / reference[0] * 0.1, ':', color='black',
              label='linear growth')
   for row in rows:
-    if row['module'] == common.ARCHITECTURE:
-      times.plot(row['images'], row['computing'] or np.nan, 'k*',
-                 markersize=10)
+    if row['module'] == common.ARCHITECTURE and row['cache'] == 'cold':
+      times.plot(row['images'], row['computing'], 'k*', markersize=10)
   times.set(xscale='log', yscale='log', xlabel='images',
-            ylabel='seconds', title='Seconds per stage (* computing with '
-            f'{common.ARCHITECTURE})')
+            ylabel='seconds', title='Seconds per stage (*: computing with '
+            f'{common.ARCHITECTURE}, cold)')
   times.legend(fontsize=7, ncol=2)
   for cache, style in (('cold', '-'), ('warm', '--')):
     chosen = sorted((r['images'], r['peak MiB']) for r in tiny
