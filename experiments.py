@@ -35,15 +35,16 @@ value. Summaries go to <summaries_dir>/<run>/, so
 overlays the runs' curves.
 """
 
-import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from poets import startup
+
+startup.import_tensorflow()  # Before anything else imports TensorFlow.
+startup.plain_log_lines()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import retrain  # noqa: E402  Defines the retrain flags: the base of every run.
 from poets import experiments  # noqa: E402
@@ -80,7 +81,6 @@ def main(argv):
     sys.exit(f'experiments.py: unexpected arguments {argv[1:]}; see --help.')
   verbosity = FLAGS.logging_verbosity.lower().replace('warn', 'warning')
   logging.set_verbosity(verbosity)
-  tf.get_logger().setLevel('ERROR')
   summaries_root = FLAGS.summaries_dir or experiments.DEFAULT_SUMMARIES_ROOT
   flag_names = [flag.name for flag in FLAGS.get_flags_for_module(retrain)]
   try:

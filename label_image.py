@@ -22,11 +22,13 @@ classes.
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from poets import startup
+
+startup.import_tensorflow()  # Before anything else imports TensorFlow.
+startup.plain_log_lines()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from poets import labeling  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
@@ -108,8 +110,6 @@ def _use_imagenet(config):
 
 
 def main(argv):
-  # TensorFlow's own deprecation notices about tf.compat.v1 are not for users.
-  tf.get_logger().setLevel('ERROR')
   try:
     if FLAGS.list_layers:
       sys.stdout.write(labeling.list_layers(FLAGS.graph))

@@ -30,15 +30,16 @@ inception_v3, ... need network to download) or an embedded one
 feature-vector module: a TF Hub URL, a .tar.gz URL or a local directory.
 """
 
-import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from poets import startup
+
+startup.import_tensorflow()  # Before anything else imports TensorFlow.
+startup.plain_log_lines()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from poets import images  # noqa: E402
 from poets import pipeline  # noqa: E402
@@ -177,8 +178,6 @@ def main(argv):
     sys.exit(f'retrain.py: unexpected arguments {argv[1:]}; see --help.')
   logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
                                                                 'warning'))
-  # TensorFlow's own deprecation notices about tf.compat.v1 are not for users.
-  tf.get_logger().setLevel('ERROR')
   try:
     result = pipeline.run(config_from_flags())
   except PoetsError as e:

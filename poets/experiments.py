@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from poets import files
 from poets import pipeline
+from poets import startup
 from poets.errors import PoetsError
 
 DEFAULT_EXPERIMENTS_DIR = os.path.join('tf_files', 'experiments')
@@ -57,7 +58,8 @@ LOG_NAME = 'retrain.log'
 CURVES_NAME = 'validation_accuracy.png'
 
 # The child's entry point; sys.argv[1] is the pickled _Job.
-_CHILD_CODE = ('import sys; from poets import experiments; '
+_CHILD_CODE = ('import sys; from poets import startup; '
+               'startup.import_tensorflow(); from poets import experiments; '
                'experiments.run_child(sys.argv[1])')
 # So the child imports this very package, wherever the parent was started.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,7 +220,9 @@ def run_all(runs, verbosity='info'):
   """
   outcomes = []
   with tempfile.TemporaryDirectory(prefix='poets-experiments-') as scratch:
-    with tqdm(total=len(runs), desc='Runs', unit='run') as progress:
+    # In a log file the per-run lines below are the progress.
+    with tqdm(total=len(runs), desc='Runs', unit='run',
+              disable=not sys.stderr.isatty()) as progress:
       for index, run in enumerate(runs):
         progress.set_postfix_str(run.name)
         if run.device == 'gpu' and not gpu_available():
@@ -274,10 +278,9 @@ def _log_to_file(log_path, verbosity):
   logging.get_absl_handler().setLevel(std_logging.WARNING)
   os.makedirs(os.path.dirname(log_path) or '.', exist_ok=True)
   handler = std_logging.FileHandler(log_path, mode='w')
-  handler.setFormatter(logging.PythonFormatter())
+  handler.setFormatter(startup.PlainFormatter())
   logging.get_absl_logger().addHandler(handler)
-  # TensorFlow's own deprecation notices about tf.compat.v1 are not for users.
-  tf.get_logger().setLevel('ERROR')
+  startup.plain_log_lines()
 
 
 def run_child(job_path):

@@ -107,18 +107,20 @@ def _check_usable(splits, labels):
 
 def run(config):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
-  spec = modules.resolve_module(config.architecture, config.tfhub_module,
-                                config.model_dir, config.input_size)
-  if not config.training.summaries_dir:
-    config = dataclasses.replace(config, training=dataclasses.replace(
-        config.training, summaries_dir=default_summaries_dir(spec.name)))
-  _check_outputs(config)
+  # Images first: a mistyped --image_dir is reported before the embedded
+  # module is built.
   image_lists = images.create_image_lists(config.image_dir,
                                           config.testing_percentage,
                                           config.validation_percentage)
   if config.images_per_class is not None:
     image_lists = images.limit_training_images(
         image_lists, config.images_per_class, config.training.random_seed)
+  spec = modules.resolve_module(config.architecture, config.tfhub_module,
+                                config.model_dir, config.input_size)
+  if not config.training.summaries_dir:
+    config = dataclasses.replace(config, training=dataclasses.replace(
+        config.training, summaries_dir=default_summaries_dir(spec.name)))
+  _check_outputs(config)
   labels = image_lists.labels
   module = _module_info(spec)
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks', spec.name,

@@ -35,7 +35,10 @@ def test_codelab_flow_both_flag_spellings_and_outputs(tmp_path, tf2_module):
       '--how_many_training_steps', '50', '--eval_step_interval=25',
       f'--tfhub_module={tf2_module}', '--random_seed', '3', cwd=tmp_path)
   assert code == 0, output
-  assert re.search(r'Step 49: Train accuracy = [\d.]+%', output)
+  # As the original's log read: one timestamp, no absl prefix.
+  assert re.search(r'^INFO: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: Step 49: '
+                   r'Train accuracy = [\d.]+%$', output, re.M), output
+  assert not re.search(r'^[IWEF]\d{4} ', output, re.M)
   assert re.search(r'Final test accuracy = [\d.]+% \(N=\d+\)', output)
   assert 'Traceback' not in output
   files = tmp_path / 'tf_files'
