@@ -39,6 +39,9 @@ def test_codelab_flow_both_flag_spellings_and_outputs(tmp_path, tf2_module):
   assert re.search(r'^INFO: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: Step 49: '
                    r'Train accuracy = [\d.]+%$', output, re.M), output
   assert not re.search(r'^[IWEF]\d{4} ', output, re.M)
+  # Off a terminal the progress bar is plain lines, not carriage returns.
+  assert '\r' not in output
+  assert 'INFO: Bottlenecks: 60/60 img (100%) in ' in output
   assert re.search(r'Final test accuracy = [\d.]+% \(N=\d+\)', output)
   assert 'Traceback' not in output
   files = tmp_path / 'tf_files'
@@ -60,7 +63,7 @@ def test_codelab_flow_both_flag_spellings_and_outputs(tmp_path, tf2_module):
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
   make_image_dir(tmp_path / 'photos', per_class=2)
-  if args[:1] == ['--tfhub_module']:
+  if '--tfhub_module' in args:
     args = ['--image_dir', 'photos', *args]
   code, output = retrain(*args, cwd=tmp_path)
   assert code != 0
