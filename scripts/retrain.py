@@ -1,12 +1,6 @@
-"""`python -m scripts.retrain`: the same as `python retrain.py`."""
+"""`python -m scripts.retrain`: exactly `python retrain.py`."""
 
-from absl import app
-from absl import flags
-
-import retrain
-
-__doc__ = retrain.__doc__  # --help prints the script's manual.
-flags.adopt_module_key_flags(retrain)
+from scripts import run_script
 
 if __name__ == '__main__':
-  app.run(retrain.main)
+  run_script('retrain.py')

@@ -1,6 +1,7 @@
 """Tests for poets/progress.py: a bar on a terminal, plain lines in a log."""
 
 import io
+import logging
 
 from tqdm import tqdm
 
@@ -8,6 +9,7 @@ from poets import progress
 
 
 def test_a_log_gets_a_line_per_tenth_and_the_end(caplog, monkeypatch):
+  caplog.set_level(logging.INFO, logger='absl')
   monkeypatch.setattr('sys.stderr', io.StringIO())  # Not a terminal.
   with progress.progress(200, 'Bottlenecks', 'img') as bar:
     assert isinstance(bar, progress.LoggedProgress)
@@ -22,6 +24,7 @@ def test_a_log_gets_a_line_per_tenth_and_the_end(caplog, monkeypatch):
 
 
 def test_lines_are_spaced_in_time_but_the_end_always_shows(caplog):
+  caplog.set_level(logging.INFO, logger='absl')
   bar = progress.LoggedProgress(1000, 'Bottlenecks', 'img', min_seconds=3600)
   for _ in range(1000):
     bar.update()

@@ -12,11 +12,11 @@ from conftest import make_image_dir
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(*command):
+def run(*command, check=True):
   """Runs a command line from the repository root, as the codelab does."""
   done = subprocess.run([sys.executable, *command], cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.returncode == 0 or not check, done.stderr[-3000:]
   return done
 
 
@@ -58,8 +58,10 @@ def test_module_spelling_retrains_and_labels_exactly_as_the_scripts(
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['retrain', 'label_image', 'experiments'])
 def test_module_spelling_shows_the_scripts_manual_and_flags(name):
-  script = run(f'{name}.py', '--help').stdout
-  module = run('-m', f'scripts.{name}', '--help').stdout
-  # absl names the file that defines the flags; the rest is the same.
-  assert module.replace(os.path.join(ROOT, 'scripts', f'{name}.py:'),
-                        f'{name}.py:') == script
+  script = run(f'{name}.py', '--help', check=False)
+  module = run('-m', f'scripts.{name}', '--help', check=False)
+  assert 'Try --helpfull' in script.stdout
+  assert module.returncode == script.returncode
+  # absl heads the flags with the script's path as it was given.
+  assert module.stdout.replace(os.path.join(ROOT, f'{name}.py:'),
+                               f'{name}.py:') == script.stdout
