@@ -59,7 +59,7 @@ def is_start_up_line(line):
 
 
 def _pass_on(read_fd, write_fd):
-  """Copies lines from `read_fd` to `write_fd` until EOF, minus start-up lines."""
+  """Copies `read_fd` to `write_fd` line by line to EOF, less start-up lines."""
   with open(read_fd, 'rb') as pipe:
     for line in pipe:
       text = line.decode('utf-8', 'replace').rstrip('\r\n')
@@ -115,6 +115,7 @@ def import_tensorflow():
     import tensorflow as tf
     return tf
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  # Already loaded (a test, a notebook): its start-up lines are long gone.
   quiet = 'tensorflow' not in sys.modules and hasattr(os, 'fork')
   with start_up_lines_filtered() if quiet else contextlib.nullcontext():
     import tensorflow as tf
