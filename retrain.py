@@ -42,6 +42,7 @@ import tensorflow as tf  # noqa: E402
 
 from poets import images  # noqa: E402
 from poets import pipeline  # noqa: E402
+from poets import tflite  # noqa: E402
 from poets import training  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
 
@@ -122,6 +123,14 @@ flags.DEFINE_integer('input_width', 0,
 flags.DEFINE_string('saved_model_dir', '',
                     'Where to save the exported graph as a SavedModel with a '
                     'serving signature image -> prediction; empty = none.')
+flags.DEFINE_string('output_tflite', '',
+                    'Where to save the retrained model as TensorFlow Lite '
+                    '(.tflite, for phones); empty = none. It uses the same '
+                    'labels file.')
+flags.DEFINE_enum('tflite_quantization', 'none', tflite.QUANTIZATIONS,
+                  'How --output_tflite is stored: none (float32), dynamic '
+                  '(int8 weights, float arithmetic) or int8 (full-integer, '
+                  'calibrated on a few hundred of the training images).')
 flags.DEFINE_string('checkpoint_path', _T.checkpoint_path,
                     'Where to save the checkpoint of the trained layer.')
 flags.DEFINE_enum('logging_verbosity', 'INFO',
@@ -146,6 +155,8 @@ def config_from_flags():
       intermediate_output_graphs_dir=FLAGS.intermediate_output_graphs_dir,
       intermediate_store_frequency=FLAGS.intermediate_store_frequency,
       saved_model_dir=FLAGS.saved_model_dir,
+      output_tflite=FLAGS.output_tflite,
+      tflite_quantization=FLAGS.tflite_quantization,
       testing_percentage=FLAGS.testing_percentage,
       validation_percentage=FLAGS.validation_percentage,
       architecture=FLAGS.architecture,

@@ -18,6 +18,7 @@ from poets import export
 from poets import files
 from poets import images
 from poets import modules
+from poets import tflite
 from poets import training
 from poets.training import TrainingConfig
 from poets.errors import PoetsError
@@ -33,6 +34,8 @@ class RetrainConfig:
   intermediate_output_graphs_dir: str = 'tf_files/intermediate_graph'
   intermediate_store_frequency: int = 0
   saved_model_dir: str = ''
+  output_tflite: str = ''  # also write a TensorFlow Lite model here
+  tflite_quantization: str = 'none'  # one of tflite.QUANTIZATIONS
   testing_percentage: float = 10
   validation_percentage: float = 10
   architecture: str = ''
@@ -79,7 +82,28 @@ def _set_aside_earlier_run(summaries_dir):
                summaries_dir, destination)
 
 
+def _check_tflite(config):
+  tflite.check_quantization(config.tflite_quantization,
+                            '--tflite_quantization')
+  path = config.output_tflite
+  if not path:
+    if config.tflite_quantization != 'none':
+      raise PoetsError(f'--tflite_quantization {config.tflite_quantization} '
+                       'needs --output_tflite, the .tflite file to write; '
+                       'for example --output_tflite '
+                       'tf_files/optimized_graph.tflite.')
+    return
+  if os.path.isdir(path):
+    raise PoetsError(f'--output_tflite {path} is a folder; pass a file name '
+                     'such as tf_files/optimized_graph.tflite.')
+  if os.path.abspath(path) == os.path.abspath(config.output_graph):
+    raise PoetsError(f'--output_tflite {path} is also --output_graph; pass '
+                     'another name, such as tf_files/optimized_graph.tflite.')
+  files.check_writable(os.path.dirname(path), '--output_tflite')
+
+
 def _check_outputs(config):
+  _check_tflite(config)
   for path, flag in [
       (os.path.dirname(config.output_graph), '--output_graph'),
       (os.path.dirname(config.output_labels), '--output_labels'),
@@ -165,6 +189,13 @@ def run(config):
     export.export_saved_model(graph_def, config.saved_model_dir,
                               config.training.final_tensor_name)
     saved.append(config.saved_model_dir)
+  if config.output_tflite:
+    tflite.save_model(tflite.convert(
+        graph_def, export.INPUT_NAME, config.training.final_tensor_name,
+        config.tflite_quantization,
+        tflite.calibration_images(splits['training'].filenames),
+        what='the retrained graph'), config.output_tflite)
+    saved.append(config.output_tflite)
   export_seconds = time.perf_counter() - start
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
