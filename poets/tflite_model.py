@@ -107,10 +107,12 @@ def describe_layers(interpreter):
   return '\n'.join(lines) + '\n'
 
 
-def load_interpreter(data, path, flag='--graph'):
-  """An interpreter for the model bytes `data`, read from `path`."""
+def load_interpreter(data, path, flag='--graph', num_threads=None):
+  """An interpreter for the model bytes `data`, read from `path`, on
+  `num_threads` threads (None: every core, as TensorFlow uses)."""
   try:
-    return Interpreter(model_content=data, num_threads=os.cpu_count())
+    return Interpreter(model_content=data,
+                       num_threads=num_threads or os.cpu_count())
   except (ValueError, RuntimeError) as e:
     raise PoetsError(f'{flag} {path} is a damaged TensorFlow Lite model '
                      f'({_first_line(e)}); {_fix(flag)}.') from e
@@ -127,9 +129,9 @@ def _find(details, name, flag, path, kind):
                    f'{listed}.')
 
 
-def load(data, path, input_layer, output_layer):
+def load(data, path, input_layer, output_layer, num_threads=None):
   """The model in `data` with its input and output found by name."""
-  interpreter = load_interpreter(data, path)
+  interpreter = load_interpreter(data, path, num_threads=num_threads)
   model = LiteModel(
       interpreter, path,
       _find(interpreter.get_input_details(), input_layer, '--input_layer',
