@@ -9,6 +9,8 @@ retrain.py gave them (poets.images' decode and bilinear resize) and then
 the [0, 1] input of this project's graphs. A tf.data pipeline decodes the
 images in parallel and the graph runs on batches of them; an image that
 cannot be read or decoded is reported and the others are still labelled.
+A TensorFlow Lite model, told apart from a graph by its content, takes the
+same flags and gets the same pixels; poets.tflite_model runs it.
 """
 
 import contextlib
@@ -467,7 +469,7 @@ def _tflite_classifier(data, config):
   model = tflite_model.load(data, config.graph, config.input_layer,
                             config.output_layer)
   height, width = _image_size(config, *tflite_model.image_size(model),
-                              tflite_model.describe(model.input))
+                              tflite_model.shape_text(model.input))
   yield _Classifier(height, width, tflite_model.fixed_batch(model),
                     int(model.output['shape'][-1]),
                     lambda pixels: tflite_model.run(model, pixels))

@@ -26,6 +26,7 @@ import tensorflow as tf
 from poets import export
 from poets import files
 from poets import labeling
+from poets import tflite_model
 from poets.errors import PoetsError
 
 QUANTIZATIONS = ('none', 'dynamic', 'int8')
@@ -116,11 +117,10 @@ def convert(graph_def, input_name, output_name, quantization,
     with _quiet_converter():
       model = converter.convert()
   except Exception as e:  # The converter raises many types; all mean "no".
-    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
     hint = ('; try --quantization dynamic, which keeps float arithmetic'
             if quantization == 'int8' else '')
     raise PoetsError(f'TensorFlow Lite cannot convert {what} '
-                     f'({first_line}){hint}.') from e
+                     f'({tflite_model.first_line(e)}){hint}.') from e
   # Without samples the converter still makes a model, with made-up ranges.
   if calibration is not None and not calibration.used:
     raise PoetsError(

@@ -51,7 +51,8 @@ class LiteModel:
   output: dict
 
 
-def _first_line(error):
+def first_line(error):
+  """The useful first line of an interpreter or converter error."""
   return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
@@ -80,10 +81,11 @@ def _allocate(model):
       model.interpreter.allocate_tensors()
   except (ValueError, RuntimeError) as e:
     raise PoetsError(f'--graph {model.path} is a damaged TensorFlow Lite model '
-                     f'({_first_line(e)}); {_fix("--graph")}.') from e
+                     f'({first_line(e)}); {_fix("--graph")}.') from e
 
 
-def _shape_text(details):
+def shape_text(details):
+  """[?,224,224,3]: the shape, ? where the model takes any size."""
   return '[' + ','.join('?' if d < 0 else str(d)
                         for d in details['shape_signature']) + ']'
 
@@ -91,7 +93,7 @@ def _shape_text(details):
 def describe(details):
   """A tensor as --list_layers and errors show it."""
   text = f'{details["name"]} {np.dtype(details["dtype"]).name} ' + (
-      _shape_text(details))
+      shape_text(details))
   scale, zero_point = details['quantization']
   if scale:
     text += f' (scale {scale:.6g}, zero point {zero_point})'
@@ -115,7 +117,7 @@ def load_interpreter(data, path, flag='--graph', num_threads=None):
                        num_threads=num_threads or os.cpu_count())
   except (ValueError, RuntimeError) as e:
     raise PoetsError(f'{flag} {path} is a damaged TensorFlow Lite model '
-                     f'({_first_line(e)}); {_fix(flag)}.') from e
+                     f'({first_line(e)}); {_fix(flag)}.') from e
 
 
 def _find(details, name, flag, path, kind):
@@ -149,7 +151,7 @@ def load(data, path, input_layer, output_layer, num_threads=None):
   if len(signature) != 4 or signature[3] != 3 or min(signature[1:]) < 1:
     raise PoetsError(
         f"--input_layer '{details['name']}' of {path} has shape "
-        f'{_shape_text(details)}, not a batch of RGB images '
+        f'{shape_text(details)}, not a batch of RGB images '
         '[N,height,width,3] of a fixed size.')
   if details['dtype'] != np.float32 and not details['quantization'][0]:
     raise PoetsError(f"--input_layer '{details['name']}' of {path} is "
@@ -201,6 +203,6 @@ def run(model, pixels):
     interpreter.invoke()
   except RuntimeError as e:
     raise PoetsError(f'--graph {model.path} failed to run '
-                     f'({_first_line(e)}); {_fix("--graph")}.') from e
+                     f'({first_line(e)}); {_fix("--graph")}.') from e
   return dequantize(interpreter.get_tensor(model.output['index']),
                     model.output)
