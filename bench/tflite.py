@@ -10,9 +10,9 @@ difference from it, and latency per image at batch 1 on 2 threads (the .pb
 in a session limited to 2 intra-op threads, the .tflite files in LiteRT's
 interpreter through the code label_image.py runs), timed in interleaved
 rounds so that load from other work falls on all four alike; the median is
-reported. Targets: int8 at most 1/3 of float's size, top-1 agreement with
-the .pb >= 97%, test accuracy within 2 points of the .pb, int8 faster than
-the .pb at batch 1.
+reported, with the CPU time of all its threads beside it. Targets: int8 at
+most 1/3 of float's size, top-1 agreement with the .pb >= 97%, test
+accuracy within 2 points of the .pb, int8 faster than the .pb at batch 1.
 
   python bench/tflite.py [--quick] [--steps 4000] [--rounds 3]
 """
@@ -112,20 +112,24 @@ def _tflite_classifier(path):
 
 
 def _measure(classifiers, pixels, rounds):
-  """Scores of every image at batch 1, and each model's median seconds per
-  image, the models taking turns image by image in every round."""
+  """Scores of every image at batch 1, each model's median wall seconds per
+  image and its median CPU seconds (all threads; less moved by other work
+  on the machine), the models taking turns image by image in every round."""
   for classify in classifiers.values():
     classify(pixels[:1])  # First runs allocate and optimise: not timed.
   seconds = {name: [] for name in classifiers}
+  cpu = {name: [] for name in classifiers}
   scores = {name: [None] * len(pixels) for name in classifiers}
   for _ in range(rounds):
     for index in range(len(pixels)):
       for name, classify in classifiers.items():
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         scores[name][index] = classify(pixels[index:index + 1])[0]
         seconds[name].append(time.perf_counter() - start)
+        cpu[name].append(time.process_time() - cpu_start)
   return ({name: np.array(s) for name, s in scores.items()},
-          {name: float(np.median(s)) for name, s in seconds.items()})
+          {name: float(np.median(s)) for name, s in seconds.items()},
+          {name: float(np.median(s)) for name, s in cpu.items()})
 
 
 def main(argv):
@@ -154,7 +158,7 @@ def main(argv):
     print(f'{steps} steps on {common.photo_count(image_dir)} photos; '
           f'held back: {tests} test + {len(truth) - tests} validation images; '
           f'batch 1, {THREADS} threads, {rounds} rounds; {common.load()}')
-    scores, seconds = _measure(classifiers, pixels, rounds)
+    scores, seconds, cpu = _measure(classifiers, pixels, rounds)
     sizes = {name: os.path.getsize(path) for name, path in files.items()}
 
   reference = scores['.pb']
@@ -168,12 +172,12 @@ def main(argv):
         f'{(top1[tests:] == truth[tests:]).mean():.1%}',
         f'{(top1 == reference.argmax(1)).mean():.1%}',
         f'{np.abs(scores[name] - reference).max():.2g}',
-        f'{seconds[name] * 1e3:.1f}',
+        f'{seconds[name] * 1e3:.1f}', f'{cpu[name] * 1e3:.1f}',
         '' if name == '.pb' else f'{converted[name][1]:.1f}'])
   header = ['model', 'file', f'test accuracy (N={tests})',
             f'held-back accuracy (N={len(truth) - tests})',
             f'top-1 as .pb (N={len(truth)})', 'largest score change',
-            'ms/image', 'convert s']
+            'ms/image', 'CPU ms/image', 'convert s']
   print('| ' + ' | '.join(header) + ' |')
   print('|' + '---|' * len(header))
   for row in rows:

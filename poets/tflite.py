@@ -92,9 +92,9 @@ def convert(graph_def, input_name, output_name, quantization,
             calibration_paths=(), input_mean=0.0, input_std=255.0,
             what='the graph'):
   """The .tflite bytes of a frozen graph from `input_name` to `output_name`
-  (tensor names; `x` means `x:0`). int8 calibrates on `calibration_paths`, normalized as
-  the graph's input expects ((pixel - input_mean) / input_std). Raises
-  PoetsError naming `what` when the converter refuses."""
+  (tensor names; `x` means `x:0`). int8 calibrates on `calibration_paths`,
+  normalized as the graph's input expects ((pixel - input_mean) /
+  input_std). Raises PoetsError naming `what` when the converter refuses."""
   check_quantization(quantization, '--quantization')
   graph = export.import_frozen(graph_def)
   input_tensor, output_tensor = [
@@ -106,6 +106,9 @@ def convert(graph_def, input_name, output_name, quantization,
   if quantization in ('dynamic', 'int8'):
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if quantization == 'int8':
+    if not calibration_paths:
+      raise PoetsError('int8 needs calibration photos, and none were given; '
+                       'pass photos like the ones the model will label.')
     height, width = _image_size(input_tensor, f"{what}'s input {input_name}")
     calibration = _Calibration(list(calibration_paths), height, width,
                                input_mean, input_std)

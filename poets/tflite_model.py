@@ -38,8 +38,9 @@ def _fix(flag):
 
 
 def not_tflite_message(path, flag):
-  return (f'{flag} {path} is not a TensorFlow Lite model (no {IDENTIFIER.decode()}'
-          f' identifier at bytes 4-8) nor a frozen graph; {_fix(flag)}.')
+  return (f'{flag} {path} is not a TensorFlow Lite model (no '
+          f'{IDENTIFIER.decode()} identifier at bytes 4-8) nor a frozen '
+          f'graph; {_fix(flag)}.')
 
 
 @dataclasses.dataclass
