@@ -31,10 +31,14 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from poets import cli  # noqa: E402
 from poets import labeling  # noqa: E402
+from poets import settings  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
 
 _D = labeling.LabelConfig()
+# Decoded images of one batch sit in memory together.
+MAX_BATCH_SIZE = 4096
 
 flags.DEFINE_string('graph', _D.graph,
                     'The frozen graph (.pb) or TensorFlow Lite model '
@@ -53,17 +57,21 @@ flags.DEFINE_string('input_layer', _D.input_layer,
 flags.DEFINE_string('output_layer', _D.output_layer,
                     'Name of the output layer.')
 flags.DEFINE_integer('input_height', None,
-                     "Image height; default: the input layer's, else 224.")
+                     "Image height; default: the input layer's, else 224.",
+                     lower_bound=1, upper_bound=settings.MAX_IMAGE_SIZE)
 flags.DEFINE_integer('input_width', None,
-                     "Image width; default: the input layer's, else 224.")
+                     "Image width; default: the input layer's, else 224.",
+                     lower_bound=1, upper_bound=settings.MAX_IMAGE_SIZE)
 flags.DEFINE_float('input_mean', _D.input_mean,
                    'Subtracted from each pixel (0-255) before --input_std.')
 flags.DEFINE_float('input_std', _D.input_std,
                    'Each pixel minus --input_mean is divided by this; the '
                    'defaults give the [0, 1] that retrain.py trained on.')
-flags.DEFINE_integer('top_k', _D.top_k, 'How many labels to show per image.')
+flags.DEFINE_integer('top_k', _D.top_k, 'How many labels to show per image.',
+                     lower_bound=1)
 flags.DEFINE_integer('batch_size', _D.batch_size,
-                     'Images per run of the graph.')
+                     'Images per run of the graph.', lower_bound=1,
+                     upper_bound=MAX_BATCH_SIZE)
 flags.DEFINE_enum('output_format', 'text', labeling.OUTPUT_FORMATS,
                   'text as the codelab printed it, json or csv for scripts.')
 flags.DEFINE_bool('list_layers', False,
@@ -73,6 +81,18 @@ flags.DEFINE_bool('imagenet', False,
                   "Label with the embedded module's ImageNet classifier "
                   f'instead of --graph and --labels (written once to '
                   f'{labeling.IMAGENET_GRAPH} and {labeling.IMAGENET_LABELS}).')
+
+for _name in ('graph', 'labels'):
+  flags.register_validator(_name, cli.is_path,
+                           'must name a file (not empty, no NUL)')
+flags.register_validator('image_dir', cli.is_optional_path,
+                         'must not hold NUL')
+flags.register_validator('image', lambda paths: all(map(cli.is_path, paths)),
+                         'must name files (not empty, no NUL)')
+flags.register_validator('input_mean', cli.is_finite,
+                         'must be a finite number')
+flags.register_validator('input_std', lambda std: cli.is_finite(std) and std,
+                         'must be a finite number other than 0')
 
 FLAGS = flags.FLAGS
 
@@ -140,4 +160,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags_or_exit)

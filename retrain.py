@@ -24,10 +24,12 @@ label a photo with:
 
   python label_image.py --graph tf_files/retrained_graph.pb --image some.jpg
 
---architecture picks one of the codelab's networks (mobilenet_0.50_224,
-inception_v3, ... need network to download) or an embedded one
-(efficientnet_lite0/1/2, offline); --tfhub_module takes any image
-feature-vector module: a TF Hub URL, a .tar.gz URL or a local directory.
+--architecture picks an embedded network (efficientnet_lite0/1/2, built
+offline) or one of the codelab's own frozen graphs, mobilenet_<width>_<size>
+(with _quantized too) and inception_v3: their archive is used from
+--model_dir, downloaded there once if missing; mobilenet_0.25_224 ships in
+tf_files/models. --tfhub_module takes any image feature-vector module: a TF
+Hub URL, a .tar.gz URL or a local directory.
 """
 
 import os
@@ -40,158 +42,184 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from poets import images  # noqa: E402
+from poets import cli  # noqa: E402
 from poets import pipeline  # noqa: E402
+from poets import settings  # noqa: E402
 from poets import tflite  # noqa: E402
-from poets import training  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
 
-_D = pipeline.RetrainConfig()
-_T = training.TrainingConfig()
+_DEFAULT = settings.RetrainSettings()
+# Batches are sampled with replacement into memory; more than this many
+# bottlenecks at once is a typo, not a setting.
+MAX_BATCH_SIZE = 100_000
 
-flags.DEFINE_string('image_dir', _D.image_dir,
+flags.DEFINE_string('image_dir', _DEFAULT.image_dir,
                     'Folder with one sub-folder of labeled images per class.')
-flags.DEFINE_string('output_graph', _D.output_graph,
+flags.DEFINE_string('output_graph', _DEFAULT.output_graph,
                     'Where to save the trained frozen graph.')
 flags.DEFINE_string('intermediate_output_graphs_dir',
-                    _D.intermediate_output_graphs_dir,
+                    _DEFAULT.intermediate_output_graphs_dir,
                     'Where to save the intermediate graphs.')
-flags.DEFINE_integer('intermediate_store_frequency', 0,
-                     'How many steps between intermediate graphs; 0 = none.')
-flags.DEFINE_string('output_labels', _D.output_labels,
+flags.DEFINE_integer('intermediate_store_frequency',
+                     _DEFAULT.intermediate_store_frequency,
+                     'How many steps between intermediate graphs; 0 = none.',
+                     lower_bound=0)
+flags.DEFINE_string('output_labels', _DEFAULT.output_labels,
                     "Where to save the trained graph's labels.")
-flags.DEFINE_string('summaries_dir', '',
+flags.DEFINE_string('summaries_dir', _DEFAULT.summaries_dir,
                     'Where to save summary logs for TensorBoard (default: '
                     'tf_files/training_summaries/<architecture or module '
                     'name>). Event files of an earlier run there are moved '
-                    'to previous_runs/<date>, never deleted.')
-flags.DEFINE_integer('how_many_training_steps', _T.how_many_training_steps,
-                     'How many training steps to run before ending.')
-flags.DEFINE_float('learning_rate', _T.learning_rate,
-                   'How large a learning rate to use when training.')
-flags.DEFINE_float('testing_percentage', _D.testing_percentage,
-                   'What percentage of images to use as a test set.')
-flags.DEFINE_float('validation_percentage', _D.validation_percentage,
-                   'What percentage of images to use as a validation set.')
-flags.DEFINE_integer('eval_step_interval', _T.eval_step_interval,
-                     'How often to evaluate the training results.')
-flags.DEFINE_integer('train_batch_size', _T.train_batch_size,
-                     'How many images to train on at a time.')
-flags.DEFINE_integer('test_batch_size', _T.test_batch_size,
+                    'to ~previous_runs/<date>, never deleted.')
+flags.DEFINE_integer('how_many_training_steps',
+                     _DEFAULT.how_many_training_steps,
+                     'How many training steps to run before ending.',
+                     lower_bound=0)
+flags.DEFINE_float('learning_rate', _DEFAULT.learning_rate,
+                   'How large a learning rate to use when training.',
+                   lower_bound=0)
+flags.DEFINE_float('testing_percentage', _DEFAULT.testing_percentage,
+                   'What percentage of images to use as a test set.',
+                   lower_bound=0, upper_bound=100)
+flags.DEFINE_float('validation_percentage', _DEFAULT.validation_percentage,
+                   'What percentage of images to use as a validation set.',
+                   lower_bound=0, upper_bound=100)
+flags.DEFINE_integer('eval_step_interval', _DEFAULT.eval_step_interval,
+                     'How often to evaluate the training results.',
+                     lower_bound=1)
+flags.DEFINE_integer('train_batch_size', _DEFAULT.train_batch_size,
+                     'How many images to train on at a time.',
+                     lower_bound=1, upper_bound=MAX_BATCH_SIZE)
+flags.DEFINE_integer('test_batch_size', _DEFAULT.test_batch_size,
                      'How many images to test on; -1 = the whole test set.')
-flags.DEFINE_integer('validation_batch_size', _T.validation_batch_size,
+flags.DEFINE_integer('validation_batch_size', _DEFAULT.validation_batch_size,
                      'How many images to use in an evaluation batch; -1 = '
                      'the whole validation set.')
-flags.DEFINE_bool('print_misclassified_test_images', False,
+flags.DEFINE_bool('print_misclassified_test_images',
+                  _DEFAULT.print_misclassified_test_images,
                   'Whether to print out a list of all misclassified test '
                   'images.')
-flags.DEFINE_string('bottleneck_dir', _D.bottleneck_dir,
+flags.DEFINE_string('bottleneck_dir', _DEFAULT.bottleneck_dir,
                     'Path to cache bottleneck layer values as files.')
-flags.DEFINE_string('final_tensor_name', _T.final_tensor_name,
+flags.DEFINE_string('final_tensor_name', _DEFAULT.final_tensor_name,
                     'The name of the output classification layer in the '
                     'retrained graph.')
-flags.DEFINE_bool('flip_left_right', False,
+flags.DEFINE_bool('flip_left_right', _DEFAULT.flip_left_right,
                   'Whether to randomly flip half of the training images '
                   'horizontally.')
-flags.DEFINE_integer('random_crop', 0,
+flags.DEFINE_integer('random_crop', _DEFAULT.random_crop,
                      'A percentage determining how much of a margin to '
-                     'randomly crop off the training images.')
-flags.DEFINE_integer('random_scale', 0,
+                     'randomly crop off the training images.',
+                     lower_bound=0, upper_bound=100)
+flags.DEFINE_integer('random_scale', _DEFAULT.random_scale,
                      'A percentage determining how much to randomly scale up '
-                     'the size of the training images by.')
-flags.DEFINE_integer('random_brightness', 0,
+                     'the size of the training images by.',
+                     lower_bound=0, upper_bound=100)
+flags.DEFINE_integer('random_brightness', _DEFAULT.random_brightness,
                      'A percentage determining how much to randomly multiply '
-                     'the training image input pixels up or down by.')
-flags.DEFINE_string('architecture', '',
+                     'the training image input pixels up or down by.',
+                     lower_bound=0, upper_bound=100)
+flags.DEFINE_string('architecture', _DEFAULT.architecture,
                     'Which network to use: efficientnet_lite0 (default, '
-                    'offline), efficientnet_lite1, efficientnet_lite2, '
-                    'mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128> or '
-                    'inception_v3 (these download from TF Hub).')
-flags.DEFINE_string('tfhub_module', '',
+                    'offline), efficientnet_lite1, efficientnet_lite2, or '
+                    "the codelab's frozen graphs "
+                    'mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128>'
+                    '[_quantized] and inception_v3 (their archive from '
+                    '--model_dir, downloaded once if missing; '
+                    'mobilenet_0.25_224 ships). Any letter case.')
+flags.DEFINE_string('tfhub_module', _DEFAULT.tfhub_module,
                     'Which image feature-vector module to use instead of '
                     '--architecture: a TF Hub URL, a .tar.gz URL or a local '
                     'directory (TF2 SavedModel or TF1 Hub format).')
-flags.DEFINE_string('model_dir', _D.model_dir,
-                    'Where the embedded modules are built and downloaded '
-                    'modules are cached (sets the TF Hub cache).')
-flags.DEFINE_integer('input_height', 0,
+flags.DEFINE_string('model_dir', _DEFAULT.model_dir,
+                    "Where the embedded modules are built, the codelab's "
+                    'network archives are found or downloaded, and TF Hub '
+                    'modules are cached.')
+flags.DEFINE_integer('input_height', _DEFAULT.input_height,
                      'Image height for a module whose signature does not fix '
-                     'one; 0 = take it from the module.')
-flags.DEFINE_integer('input_width', 0,
+                     'one; 0 = take it from the module.',
+                     lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
+flags.DEFINE_integer('input_width', _DEFAULT.input_width,
                      'Image width for a module whose signature does not fix '
-                     'one; 0 = take it from the module.')
-flags.DEFINE_string('saved_model_dir', '',
+                     'one; 0 = take it from the module.',
+                     lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
+flags.DEFINE_string('saved_model_dir', _DEFAULT.saved_model_dir,
                     'Where to save the exported graph as a SavedModel with a '
                     'serving signature image -> prediction; empty = none.')
-flags.DEFINE_string('output_tflite', '',
+flags.DEFINE_string('output_tflite', _DEFAULT.output_tflite,
                     'Where to save the retrained model as TensorFlow Lite '
                     '(.tflite, for phones); empty = none. It uses the same '
                     'labels file.')
-flags.DEFINE_enum('tflite_quantization', 'none', tflite.QUANTIZATIONS,
+flags.DEFINE_enum('tflite_quantization', _DEFAULT.tflite_quantization,
+                  tflite.QUANTIZATIONS,
                   'How --output_tflite is stored: none (float32), dynamic '
                   '(int8 weights, float arithmetic) or int8 (full-integer, '
                   'calibrated on a few hundred of the training images).')
-flags.DEFINE_string('checkpoint_path', _T.checkpoint_path,
+flags.DEFINE_string('checkpoint_path', _DEFAULT.checkpoint_path,
                     'Where to save the checkpoint of the trained layer.')
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much logging output should be produced.')
-flags.DEFINE_integer('random_seed', None,
+flags.DEFINE_integer('random_seed', _DEFAULT.random_seed,
                      'Seed for sampling batches and initialising the layer, '
-                     'for reproducible runs; unset = a new sequence each run.')
+                     'for reproducible runs; unset = a new sequence each run.',
+                     lower_bound=0, upper_bound=settings.MAX_RANDOM_SEED)
+
+for _name in ('image_dir', 'output_graph', 'output_labels', 'bottleneck_dir',
+              'checkpoint_path', 'model_dir',
+              'intermediate_output_graphs_dir'):
+  flags.register_validator(_name, cli.is_path,
+                           'must name a file or folder (not empty, no NUL)')
+for _name in ('summaries_dir', 'saved_model_dir', 'tfhub_module',
+              'architecture', 'output_tflite'):
+  flags.register_validator(_name, cli.is_optional_path, 'must not hold NUL')
+for _name in ('learning_rate', 'testing_percentage', 'validation_percentage'):
+  flags.register_validator(_name, cli.is_finite, 'must be a finite number')
+for _name in ('test_batch_size', 'validation_batch_size'):
+  flags.register_validator(
+      _name, lambda n: cli.batch_size_or_all(n) and n <= MAX_BATCH_SIZE,
+      f'must be -1 (the whole set) or from 1 to {MAX_BATCH_SIZE}')
+flags.register_validator(
+    'final_tensor_name', settings.is_valid_final_tensor_name,
+    'must be an operation name (letters, digits, ".", "_", "-", starting with '
+    'a letter or digit) not taken by the graph (input, final_retrain_ops, '
+    'cross_entropy, train, accuracy, Placeholder)')
+flags.register_multi_flags_validator(
+    ['testing_percentage', 'validation_percentage'],
+    lambda f: f['testing_percentage'] + f['validation_percentage'] < 100,
+    'together must stay below 100, or no image is left for training')
+flags.register_multi_flags_validator(
+    ['input_height', 'input_width'],
+    lambda f: bool(f['input_height']) == bool(f['input_width']),
+    'pass both or neither')
+flags.register_multi_flags_validator(
+    ['architecture', 'tfhub_module'],
+    lambda f: not (f['architecture'] and f['tfhub_module']),
+    'pass either --architecture or --tfhub_module, not both')
+flags.register_multi_flags_validator(
+    ['tflite_quantization', 'output_tflite'],
+    lambda f: f['tflite_quantization'] == 'none' or f['output_tflite'],
+    'a quantization needs --output_tflite, the .tflite file to write')
 
 FLAGS = flags.FLAGS
 
 
-def config_from_flags():
-  input_size = None
-  if FLAGS.input_height or FLAGS.input_width:
-    input_size = (FLAGS.input_height, FLAGS.input_width)
-  return pipeline.RetrainConfig(
-      image_dir=FLAGS.image_dir,
-      output_graph=FLAGS.output_graph,
-      output_labels=FLAGS.output_labels,
-      bottleneck_dir=FLAGS.bottleneck_dir,
-      intermediate_output_graphs_dir=FLAGS.intermediate_output_graphs_dir,
-      intermediate_store_frequency=FLAGS.intermediate_store_frequency,
-      saved_model_dir=FLAGS.saved_model_dir,
-      output_tflite=FLAGS.output_tflite,
-      tflite_quantization=FLAGS.tflite_quantization,
-      testing_percentage=FLAGS.testing_percentage,
-      validation_percentage=FLAGS.validation_percentage,
-      architecture=FLAGS.architecture,
-      tfhub_module=FLAGS.tfhub_module,
-      model_dir=FLAGS.model_dir,
-      input_size=input_size,
-      training=training.TrainingConfig(
-          how_many_training_steps=FLAGS.how_many_training_steps,
-          learning_rate=FLAGS.learning_rate,
-          train_batch_size=FLAGS.train_batch_size,
-          eval_step_interval=FLAGS.eval_step_interval,
-          validation_batch_size=FLAGS.validation_batch_size,
-          test_batch_size=FLAGS.test_batch_size,
-          final_tensor_name=FLAGS.final_tensor_name,
-          print_misclassified_test_images=(
-              FLAGS.print_misclassified_test_images),
-          summaries_dir=FLAGS.summaries_dir,
-          checkpoint_path=FLAGS.checkpoint_path,
-          random_seed=FLAGS.random_seed,
-          distortions=images.Distortions(
-              flip_left_right=FLAGS.flip_left_right,
-              random_crop=FLAGS.random_crop,
-              random_scale=FLAGS.random_scale,
-              random_brightness=FLAGS.random_brightness)))
+def settings_from_flags():
+  """The parsed flags as RetrainSettings, each field from its namesake."""
+  return settings.from_flags(FLAGS)
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'retrain.py: unexpected arguments {argv[1:]}; see --help.')
+  cli.refuse_positional(argv, 'retrain.py')
   logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
                                                                 'warning'))
   # TensorFlow's own deprecation notices about tf.compat.v1 are not for users.
   tf.get_logger().setLevel('ERROR')
+  run_settings = settings_from_flags()
+  for warning in settings.warnings(run_settings):
+    logging.warning('%s', warning)
   try:
-    result = pipeline.run(config_from_flags())
+    result = pipeline.run(run_settings)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
   except KeyboardInterrupt:
@@ -201,4 +229,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags_or_exit)

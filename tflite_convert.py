@@ -34,6 +34,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from poets import cli  # noqa: E402
 from poets import tflite  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
 
@@ -60,13 +61,27 @@ flags.DEFINE_float('input_std', _D.input_std,
                    'Each calibration pixel minus --input_mean is divided by '
                    'this; the defaults give the [0, 1] retrain.py trains on.')
 
+for _name in ('graph_def_file', 'output_file', 'input_array', 'output_array'):
+  flags.register_validator(_name, cli.is_path,
+                           'must name a file or layer (not empty, no NUL)')
+flags.register_validator('image_dir', cli.is_optional_path,
+                         'must not hold NUL')
+flags.register_validator('input_mean', cli.is_finite,
+                         'must be a finite number')
+flags.register_validator('input_std',
+                         lambda std: cli.is_finite(std) and std > 0,
+                         'must be a positive finite number')
+flags.register_multi_flags_validator(
+    ['quantization', 'image_dir'],
+    lambda f: f['quantization'] != 'int8' or f['image_dir'],
+    'int8 calibrates on photos: pass --image_dir a folder of photos like the '
+    'ones the model will label')
+
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'tflite_convert.py: unexpected arguments {argv[1:]}; see '
-             '--help.')
+  cli.refuse_positional(argv, 'tflite_convert.py')
   logging.set_verbosity(logging.INFO)
   tf.get_logger().setLevel('ERROR')
   config = tflite.ConvertConfig(
@@ -83,4 +98,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags_or_exit)

@@ -34,9 +34,9 @@ from poets import export  # noqa: E402
 from poets import images  # noqa: E402
 from poets import labeling  # noqa: E402
 from poets import pipeline  # noqa: E402
+from poets import settings  # noqa: E402
 from poets import tflite  # noqa: E402
 from poets import tflite_model  # noqa: E402
-from poets import training  # noqa: E402
 
 flags.DEFINE_integer('steps', None,
                      'Training steps (default 4000; --quick: 200).')
@@ -50,17 +50,16 @@ OUTPUT = 'final_result'
 
 
 def _retrain(image_dir, work, steps):
-  config = pipeline.RetrainConfig(
+  run_settings = settings.RetrainSettings(
       image_dir=image_dir, output_graph=os.path.join(work, 'graph.pb'),
       output_labels=os.path.join(work, 'labels.txt'),
       bottleneck_dir=os.path.join(work, 'bottlenecks'),
       architecture=common.ARCHITECTURE, model_dir=FLAGS.model_dir,
-      training=training.TrainingConfig(
-          how_many_training_steps=steps, random_seed=0,
-          summaries_dir=os.path.join(work, 'summaries'),
-          checkpoint_path=os.path.join(work, 'checkpoint', 'retrain')))
-  pipeline.run(config)
-  return config
+      how_many_training_steps=steps, random_seed=0,
+      summaries_dir=os.path.join(work, 'summaries'),
+      checkpoint_path=os.path.join(work, 'checkpoint', 'retrain'))
+  pipeline.run(run_settings)
+  return run_settings
 
 
 def _convert(graph_def, image_lists, work):
@@ -140,15 +139,15 @@ def main(argv):
   module = common.module_info(common.module_spec())  # built before timing
   with tempfile.TemporaryDirectory(prefix='bench_tflite_') as work:
     image_dir = common.photos(work)
-    config = _retrain(image_dir, work, steps)
+    run_settings = _retrain(image_dir, work, steps)
     image_lists = images.create_image_lists(image_dir, 10, 10)
-    graph_def = labeling.load_graph_def(config.output_graph)
+    graph_def = labeling.load_graph_def(run_settings.output_graph)
     converted = _convert(graph_def, image_lists, work)
     held_back = _held_back(image_lists, module.image_size)
     classifiers = {'.pb': _pb_classifier(graph_def)}
     classifiers.update({q: _tflite_classifier(path)
                         for q, (path, _) in converted.items()})
-    files = {'.pb': config.output_graph,
+    files = {'.pb': run_settings.output_graph,
              **{q: path for q, (path, _) in converted.items()}}
     pixels = np.concatenate([held_back['testing'][0],
                              held_back['validation'][0]])

@@ -30,9 +30,10 @@ import tensorflow as tf  # noqa: E402
 from bench import common  # noqa: E402
 from poets import bottlenecks  # noqa: E402
 from poets import images  # noqa: E402
+from poets import settings  # noqa: E402
 from poets import training  # noqa: E402
 
-_T = training.TrainingConfig()
+_T = settings.RetrainSettings()
 flags.DEFINE_integer('steps', None, 'Training steps of each (default '
                      f'{_T.how_many_training_steps}; --quick: 200).')
 flags.DEFINE_integer('original_steps', None,
@@ -78,7 +79,7 @@ def _original_batch(image_lists, split, how_many, bottleneck_dir,
 
 def _original_training(image_lists, bottleneck_dir, module, steps, work):
   """The original's training loop; returns its final test accuracy."""
-  config = training.TrainingConfig()
+  config = settings.RetrainSettings()
   with tf.Graph().as_default() as graph:
     layer = training.add_final_retrain_ops(
         len(image_lists.classes), config.final_tensor_name,
@@ -141,7 +142,7 @@ def main(argv):
         os.path.join(work, 'original'))
     original = (time.perf_counter() - start) * steps / original_steps
 
-    config = training.TrainingConfig(
+    config = settings.RetrainSettings(
         how_many_training_steps=steps, random_seed=0,
         summaries_dir=os.path.join(work, 'summaries'),
         checkpoint_path=os.path.join(work, 'checkpoint', 'retrain'))

@@ -147,11 +147,9 @@ def _compute(entries, todo, module_spec, summary):
   paths = [entries[i].image_path for i in todo]
   with tf.Graph().as_default() as graph:
     module = modules.load_module(module_spec)
-    height, width = module.image_size
 
     def load(index, path):
-      return index, images.decode_and_resize(tf.io.read_file(path), height,
-                                             width)
+      return index, module.decode(tf.io.read_file(path))
 
     # Autotuning's model thread held up closing the session in about half
     # of our runs (4 s typical, 10 s seen, on 600 photos); without it
@@ -169,7 +167,7 @@ def _compute(entries, todo, module_spec, summary):
         dataset).get_next()
     bottlenecks = module.apply(batch)
     contents_input = tf.compat.v1.placeholder(tf.string)
-    decoded = images.decode_and_resize(contents_input, height, width)
+    decoded = module.decode(contents_input)
     init = tf.compat.v1.global_variables_initializer()
   done = set()
   with tf.compat.v1.Session(graph=graph) as session:

@@ -199,12 +199,14 @@ class _ConvLayer(tf.Module):
 
   def __init__(self, conv, relu6, name):
     super().__init__(name=name)
-    self.kernel = tf.Variable(conv.kernel, trainable=False, name='kernel')
-    self.bias = tf.Variable(conv.bias, trainable=False, name='bias')
+    with self.name_scope:
+      self.kernel = tf.Variable(conv.kernel, trainable=False, name='kernel')
+      self.bias = tf.Variable(conv.bias, trainable=False, name='bias')
     self._stride = conv.stride
     self._depthwise = conv.depthwise
     self._relu6 = relu6
 
+  @tf.Module.with_name_scope
   def __call__(self, x):
     s = self._stride
     if self._depthwise:
@@ -219,12 +221,14 @@ class _MBConv(tf.Module):
 
   def __init__(self, block, name):
     super().__init__(name=name)
-    self.expand = (_ConvLayer(block.expand, True, 'expand')
-                   if block.expand else None)
-    self.depthwise = _ConvLayer(block.depthwise, True, 'depthwise')
-    self.project = _ConvLayer(block.project, False, 'project')
+    with self.name_scope:
+      self.expand = (_ConvLayer(block.expand, True, 'expand')
+                     if block.expand else None)
+      self.depthwise = _ConvLayer(block.depthwise, True, 'depthwise')
+      self.project = _ConvLayer(block.project, False, 'project')
     self._residual = block.residual
 
+  @tf.Module.with_name_scope
   def __call__(self, x):
     y = self.expand(x) if self.expand else x
     y = self.project(self.depthwise(y))

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from poets import files
 from poets import pipeline
+from poets import settings
 from poets.errors import PoetsError
 
 DEFAULT_EXPERIMENTS_DIR = os.path.join('tf_files', 'experiments')
@@ -74,7 +75,7 @@ class Sweep:
 class Run:
   """One point of the grid and where its outputs go."""
   values: dict  # sweep key -> value as typed, in sweep order
-  config: pipeline.RetrainConfig
+  config: settings.RetrainSettings
   dir: str  # graph, labels, checkpoint and log of this run
   device: str = ''  # 'cpu', 'gpu' or '' for TensorFlow's choice
 
@@ -106,7 +107,7 @@ class Report:
 @dataclasses.dataclass
 class _Job:
   """What a child process needs; pickled to a file it is given."""
-  config: pipeline.RetrainConfig
+  config: settings.RetrainSettings
   log_path: str
   verbosity: str
 
@@ -160,24 +161,22 @@ def _per_run(config, run_dir, summaries_dir, images_per_class):
   def inside(path):
     return os.path.join(run_dir, os.path.basename(path))
 
-  return dataclasses.replace(
-      config,
+  return config.replace(
       output_graph=inside(config.output_graph),
       output_labels=inside(config.output_labels),
       intermediate_output_graphs_dir=inside(
           config.intermediate_output_graphs_dir),
       saved_model_dir=config.saved_model_dir and inside(config.saved_model_dir),
       images_per_class=images_per_class,
-      training=dataclasses.replace(
-          config.training, summaries_dir=summaries_dir,
-          checkpoint_path=inside(config.training.checkpoint_path)))
+      summaries_dir=summaries_dir,
+      checkpoint_path=inside(config.checkpoint_path))
 
 
 def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
          summaries_root=DEFAULT_SUMMARIES_ROOT):
   """The runs of the cross product of `sweeps`, the first sweep slowest.
 
-  `make_config(overrides)` returns the base RetrainConfig with the retrain
+  `make_config(overrides)` returns the base RetrainSettings with the retrain
   flags in `overrides` ({flag: value text}) changed, raising PoetsError for a
   value a flag does not take. All configs are made here, so a bad value stops
   the sweep before its first run.

@@ -1,4 +1,5 @@
-"""Writing files so that a crash never leaves half of one behind.
+"""Writing files so that a crash never leaves half of one behind, and
+unpacking archives so that none writes outside its folder.
 
 Every cache file and output is written under a temporary name in the same
 folder and renamed into place; a rename is atomic, so readers see the old
@@ -7,6 +8,7 @@ file or the new one, never a partial one.
 
 import os
 import shutil
+import tarfile
 import tempfile
 
 from poets.errors import PoetsError
@@ -73,3 +75,22 @@ def check_writable(directory, flag):
   except OSError as e:
     raise PoetsError(f'Cannot write to {directory} ({e.strerror}); choose '
                      f'another {flag}.') from e
+
+
+def extract_checked(handle, fileobj, destination):
+  """Unpacks a module archive, refusing any member that would land outside.
+
+  TF Hub's own extractor refuses `..` but quietly strips a leading `/`; an
+  archive naming absolute paths is not a module anyone should trust.
+  """
+  with tarfile.open(mode='r|*', fileobj=fileobj) as archive:
+    for member in archive:
+      name = member.name
+      if (os.path.isabs(name) or name.startswith(('/', '\\')) or
+          os.path.normpath(name).split(os.sep)[0] == '..'):
+        raise PoetsError(f'Refused the module archive {handle}: it holds '
+                         f"'{name}', a path outside the module folder.")
+      if not (member.isfile() or member.isdir()):
+        raise PoetsError(f'Refused the module archive {handle}: '
+                         f"'{name}' is a link or device, not a file.")
+      archive.extract(member, destination, filter='data')

@@ -2,17 +2,18 @@
 
 The second stage. `resolve_module` turns `--architecture` or `--tfhub_module`
 into a handle and the name that bottleneck files and summaries carry;
-`load_module` calls `hub.load` inside the tf.compat.v1 graph being built and
-reads the image and bottleneck sizes from the module's own signature.
-Both the TF2 SavedModel format and the legacy TF1 Hub format
-(`tfhub_module.pb`) load, the latter through its `image_feature_vector` or
-`default` signature.
+`load_module` loads it inside the tf.compat.v1 graph being built. A module is
+one of three kinds: the embedded EfficientNet-Lite builds and any
+`--tfhub_module` load with `hub.load`, their image and bottleneck sizes read
+from the module's own signature (TF2 SavedModel, or the legacy TF1 Hub format
+through its `image_feature_vector` or `default` signature); the codelab's
+MobileNet and Inception names are frozen graphs (poets.codelab_networks),
+imported with the original's preprocessing.
 """
 
 import dataclasses
+import functools
 import os
-import re
-import tarfile
 import urllib.request
 
 import tensorflow_hub as hub
@@ -20,13 +21,13 @@ from tensorflow_hub import compressed_module_resolver
 from tensorflow_hub import registry
 from tensorflow_hub import resolver
 
+from poets import codelab_networks
 from poets import efficientnet_lite
+from poets import files
+from poets import images
 from poets.errors import PoetsError
 
 DEFAULT_ARCHITECTURE = 'efficientnet_lite0'
-
-_MOBILENET_RE = re.compile(r'^mobilenet_(1\.0|0\.75|0\.50|0\.25)_(224|192|160|128)$')
-_HUB_URL = 'https://tfhub.dev/google/imagenet/{}/feature_vector/4'
 
 OFFLINE_ALTERNATIVES = (
     '--architecture efficientnet_lite0 (the default, built from an installed '
@@ -40,6 +41,8 @@ class ModuleSpec:
   name: str
   model_dir: str | None = None  # TF Hub's download cache
   input_size: tuple[int, int] | None = None  # for modules that fix none
+  # Set for the codelab's frozen-graph networks; `handle` is then the graph.
+  network: codelab_networks.CodelabNetwork | None = None
 
 
 @dataclasses.dataclass
@@ -49,13 +52,14 @@ class LoadedModule:
   image_size: tuple[int, int]
   bottleneck_size: int
   apply: object  # images float32 [N, H, W, 3] in [0, 1] -> [N, bottleneck_size]
+  # File bytes -> float32 [H, W, 3] in [0, 1], decoded and resized as this
+  # module's bottlenecks are made.
+  decode: object
 
 
-def architecture_names():
+def architecture_choices():
   """The names --architecture accepts, for help text and errors."""
-  mobilenets = [f'mobilenet_{w}_{s}' for w in ('1.0', '0.75', '0.50', '0.25')
-                for s in (224, 192, 160, 128)]
-  return list(efficientnet_lite.VARIANTS) + mobilenets + ['inception_v3']
+  return ', '.join([*efficientnet_lite.VARIANTS, codelab_networks.CHOICES])
 
 
 def _sanitized(handle):
@@ -68,8 +72,10 @@ def _sanitized(handle):
 def resolve_module(architecture, tfhub_module, model_dir, input_size=None):
   """Turns --architecture or --tfhub_module into a ModuleSpec.
 
-  The embedded EfficientNet-Lite modules are built into `model_dir` on first
-  use; the codelab's MobileNet and Inception names map to their TF Hub URLs.
+  Architecture names are taken in any letter case and kept as typed in file
+  names, as the original did. The embedded EfficientNet-Lite modules are
+  built into `model_dir` on first use; the codelab's MobileNet and Inception
+  graphs are found, unpacked or downloaded there as the original did.
   """
   if architecture and tfhub_module:
     raise PoetsError('Pass either --architecture or --tfhub_module, not both.')
@@ -80,39 +86,16 @@ def resolve_module(architecture, tfhub_module, model_dir, input_size=None):
   if tfhub_module:
     return spec(tfhub_module, _sanitized(tfhub_module))
   architecture = architecture or DEFAULT_ARCHITECTURE
-  if architecture in efficientnet_lite.VARIANTS:
-    return spec(efficientnet_lite.ensure_module(architecture, model_dir),
-                architecture)
-  match = _MOBILENET_RE.match(architecture)
-  if match:
-    width = match.group(1).replace('.', '')
-    width = {'10': '100', '075': '075', '050': '050', '025': '025'}[width]
-    return spec(_HUB_URL.format(f'mobilenet_v1_{width}_{match.group(2)}'),
-                architecture)
-  if architecture == 'inception_v3':
-    return spec(_HUB_URL.format('inception_v3'), architecture)
+  if architecture.lower() in efficientnet_lite.VARIANTS:
+    return spec(efficientnet_lite.ensure_module(architecture.lower(),
+                                                model_dir), architecture)
+  network = codelab_networks.find(architecture)
+  if network:
+    return ModuleSpec(codelab_networks.ensure_graph(network, model_dir),
+                      architecture, model_dir, input_size, network)
   raise PoetsError(
       f"Unknown --architecture '{architecture}'; choose one of: "
-      f"{', '.join(architecture_names())}.")
-
-
-def _extract_checked(handle, fileobj, destination):
-  """Unpacks a module archive, refusing any member that would land outside.
-
-  TF Hub's own extractor refuses `..` but quietly strips a leading `/`; an
-  archive naming absolute paths is not a module anyone should trust.
-  """
-  with tarfile.open(mode='r|*', fileobj=fileobj) as archive:
-    for member in archive:
-      name = member.name
-      if (os.path.isabs(name) or name.startswith(('/', '\\')) or
-          os.path.normpath(name).split(os.sep)[0] == '..'):
-        raise PoetsError(f'Refused the module archive {handle}: it holds '
-                         f"'{name}', a path outside the module folder.")
-      if not (member.isfile() or member.isdir()):
-        raise PoetsError(f'Refused the module archive {handle}: '
-                         f"'{name}' is a link or device, not a file.")
-      archive.extract(member, destination, filter='data')
+      f'{architecture_choices()}, or pass --tfhub_module.')
 
 
 class _CheckedArchiveResolver(
@@ -123,7 +106,7 @@ class _CheckedArchiveResolver(
     def download(handle, temp_dir):
       request = urllib.request.Request(
           self._append_compressed_format_query(handle))
-      _extract_checked(handle, self._call_urlopen(request), temp_dir)
+      files.extract_checked(handle, self._call_urlopen(request), temp_dir)
 
     return resolver.atomic_download(
         handle, download, compressed_module_resolver._module_dir(handle),  # pylint: disable=protected-access
@@ -177,8 +160,10 @@ def load_module(spec):
 
   Image size comes from the module's input signature, else the spec's
   `input_size` (height, width), else an error; the bottleneck size from its
-  output.
+  output. The codelab's networks have both fixed, as the original did.
   """
+  if spec.network:
+    return _load_codelab_network(spec)
   obj = _hub_load(spec.handle, spec.model_dir)
   signature = _tf1_signature(obj) if getattr(
       obj, '_is_hub_module_v1', False) else None
@@ -214,4 +199,17 @@ def load_module(spec):
     raise PoetsError(f"The module '{spec.name}' does not fix the size of its "
                      'output, so it cannot serve as a feature vector.')
   return LoadedModule(spec=spec, image_size=(height, width),
-                      bottleneck_size=bottleneck_size, apply=apply)
+                      bottleneck_size=bottleneck_size, apply=apply,
+                      decode=functools.partial(images.decode_and_resize,
+                                               height=height, width=width))
+
+
+def _load_codelab_network(spec):
+  network = spec.network
+  graph_def = codelab_networks.read_graph(network, spec.handle)
+  return LoadedModule(
+      spec=spec, image_size=(network.image_size, network.image_size),
+      bottleneck_size=network.bottleneck_size,
+      apply=functools.partial(codelab_networks.bottlenecks, network,
+                              graph_def),
+      decode=functools.partial(codelab_networks.decode_and_resize, network))

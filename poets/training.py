@@ -24,24 +24,7 @@ import tensorflow as tf
 
 from poets import images
 from poets import modules
-
-
-@dataclasses.dataclass
-class TrainingConfig:
-  """The hyperparameters and outputs of one training run."""
-  how_many_training_steps: int = 4000
-  learning_rate: float = 0.01
-  train_batch_size: int = 100
-  eval_step_interval: int = 10
-  validation_batch_size: int = 100
-  test_batch_size: int = -1
-  final_tensor_name: str = 'final_result'
-  print_misclassified_test_images: bool = False
-  summaries_dir: str = ''
-  checkpoint_path: str = 'tf_files/_retrain_checkpoint'
-  random_seed: int | None = None
-  distortions: images.Distortions = dataclasses.field(
-      default_factory=images.Distortions)
+from poets.errors import PoetsError
 
 
 @dataclasses.dataclass
@@ -146,6 +129,10 @@ def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
       logits = tf.matmul(bottleneck_input, layer_weights) + layer_biases
       _summary('histogram', 'pre_activations', logits)
   final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
+  if final_tensor.op.name != final_tensor_name:
+    # TensorFlow renamed it: the module already has an op of that name.
+    raise PoetsError(f"--final_tensor_name '{final_tensor_name}' is already "
+                     'the name of an operation in the graph; choose another.')
   _summary('histogram', 'activations', final_tensor)
   layer = FinalLayer(bottleneck_input, ground_truth_input, final_tensor)
   if learning_rate is None:
@@ -304,44 +291,52 @@ def _warn_empty(splits, labels):
                       'have some.', name, ', '.join(missing))
 
 
-def train(config, splits, labels, module_spec=None, save_intermediate=None,
-          intermediate_store_frequency=0):
+def _diverged(step, learning_rate):
+  return PoetsError(
+      f'Training diverged at step {step}: the loss became NaN or infinite. '
+      f'Retry with a smaller --learning_rate (now {learning_rate:g}; try '
+      f'{learning_rate / 10:g}). Nothing was exported.')
+
+
+def train(settings, splits, labels, module_spec=None, save_intermediate=None):
   """Trains the final layer on cached bottlenecks (or distorted images).
 
-  `splits` maps split names to SplitBottlenecks; `module_spec` is the
-  module to load into the training graph, needed only with distortions. `save_intermediate(step)` is
-  called every `intermediate_store_frequency` steps after the checkpoint is
-  written. Ctrl-C stops training after the current step and saves the
-  checkpoint; the caller still exports what was trained.
+  `settings` is the run's RetrainSettings; `splits` maps split names to
+  SplitBottlenecks; `module_spec` is the module to load into the training
+  graph, needed only with distortions. `save_intermediate(step)` is called
+  every `intermediate_store_frequency` steps after the checkpoint is written.
+  Ctrl-C stops training after the current step and saves the checkpoint; the
+  caller still exports what was trained.
   """
   class_count = len(labels)
   _warn_empty(splits, labels)
-  rng = np.random.default_rng(config.random_seed)
-  seed = config.random_seed
+  rng = np.random.default_rng(settings.random_seed)
+  seed = settings.random_seed
   graph = tf.Graph()
   with graph.as_default():
     if seed is not None:
       tf.compat.v1.set_random_seed(seed)
-    if config.distortions.enabled:
+    if settings.distortions.enabled:
       batches = _DistortedBatches(splits['training'], class_count,
-                                  config.train_batch_size,
+                                  settings.train_batch_size,
                                   modules.load_module(module_spec),
-                                  config.distortions, seed)
+                                  settings.distortions, seed)
     else:
       batches = _CachedBatches(splits['training'], class_count,
-                               config.train_batch_size, seed)
-    layer = add_final_retrain_ops(class_count, config.final_tensor_name,
+                               settings.train_batch_size, seed)
+    layer = add_final_retrain_ops(class_count, settings.final_tensor_name,
                                   batches.bottlenecks, batches.ground_truth,
-                                  config.learning_rate)
+                                  settings.learning_rate)
     merged = tf.compat.v1.summary.merge_all()
     # Only the new layer: export restores it on top of a freshly loaded module.
-    saver = tf.compat.v1.train.Saver(tf.compat.v1.get_collection(
-        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, scope='final_retrain_ops'))
+    layer_variables = tf.compat.v1.get_collection(
+        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, scope='final_retrain_ops')
+    saver = tf.compat.v1.train.Saver(layer_variables)
     init = tf.compat.v1.global_variables_initializer()
     train_writer = tf.compat.v1.summary.FileWriter(
-        os.path.join(config.summaries_dir, 'train'), graph)
+        os.path.join(settings.summaries_dir, 'train'), graph)
     validation_writer = tf.compat.v1.summary.FileWriter(
-        os.path.join(config.summaries_dir, 'validation'))
+        os.path.join(settings.summaries_dir, 'validation'))
   validation = splits['validation']
   curve = []
   step = 0
@@ -351,26 +346,35 @@ def train(config, splits, labels, module_spec=None, save_intermediate=None,
     batches.initialize(session)
     train_step = session.make_callable(layer.train_step)  # Cheaper per call.
     try:
-      for step in range(config.how_many_training_steps):
-        is_last_step = step + 1 == config.how_many_training_steps
-        if step % config.eval_step_interval and not is_last_step:
+      for step in range(settings.how_many_training_steps):
+        is_last_step = step + 1 == settings.how_many_training_steps
+        if step % settings.eval_step_interval and not is_last_step:
           train_step()
           continue
-        train_summary, _, bottlenecks, ground_truth = session.run(
-            [merged, layer.train_step, layer.bottleneck_input,
-             layer.ground_truth_input])
+        try:
+          train_summary, _, bottlenecks, ground_truth = session.run(
+              [merged, layer.train_step, layer.bottleneck_input,
+               layer.ground_truth_input])
+        except tf.errors.InvalidArgumentError:
+          # The histogram summaries refuse NaN weights: a diverged run.
+          if not all(np.isfinite(value).all()
+                     for value in session.run(layer_variables)):
+            raise _diverged(step, settings.learning_rate) from None
+          raise
         train_writer.add_summary(train_summary, step)
         train_accuracy, cross_entropy = session.run(
             [layer.evaluation_step, layer.cross_entropy],
             {layer.bottleneck_input: bottlenecks,
              layer.ground_truth_input: ground_truth})
+        if not np.isfinite(cross_entropy):
+          raise _diverged(step, settings.learning_rate)
         logging.info('%s: Step %d: Train accuracy = %.1f%%', _now(), step,
                      train_accuracy * 100)
         logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
                      cross_entropy)
         if len(validation.ground_truth):
           batch, truth, _ = _random_batch(validation,
-                                          config.validation_batch_size, rng)
+                                          settings.validation_batch_size, rng)
           validation_summary, validation_accuracy = session.run(
               [merged, layer.evaluation_step],
               {layer.bottleneck_input: batch,
@@ -379,38 +383,39 @@ def train(config, splits, labels, module_spec=None, save_intermediate=None,
           curve.append((step, float(validation_accuracy)))
           logging.info('%s: Step %d: Validation accuracy = %.1f%% (N=%d)',
                        _now(), step, validation_accuracy * 100, len(truth))
-        if (intermediate_store_frequency > 0 and step > 0 and
-            step % intermediate_store_frequency == 0 and save_intermediate):
-          saver.save(session, config.checkpoint_path, write_state=False)
+        if (settings.intermediate_store_frequency > 0 and step > 0 and
+            step % settings.intermediate_store_frequency == 0 and
+            save_intermediate):
+          saver.save(session, settings.checkpoint_path, write_state=False)
           save_intermediate(step)
-      steps_done = config.how_many_training_steps
+      steps_done = settings.how_many_training_steps
     except KeyboardInterrupt:
       interrupted = True
       steps_done = step
       logging.warning('Interrupted at step %d of %d; saving what was trained.',
-                      step, config.how_many_training_steps)
-    os.makedirs(os.path.dirname(config.checkpoint_path) or '.', exist_ok=True)
-    saver.save(session, config.checkpoint_path, write_state=False)
+                      step, settings.how_many_training_steps)
+    os.makedirs(os.path.dirname(settings.checkpoint_path) or '.', exist_ok=True)
+    saver.save(session, settings.checkpoint_path, write_state=False)
     train_writer.close()
     validation_writer.close()
     test = None
     if not interrupted:
-      test = _final_test(session, layer, splits['testing'], config, labels,
+      test = _final_test(session, layer, splits['testing'], settings, labels,
                          rng)
   return TrainingResult(steps_done, interrupted, test, curve)
 
 
-def _final_test(session, layer, split, config, labels, rng):
+def _final_test(session, layer, split, settings, labels, rng):
   if not len(split.ground_truth):
     logging.warning('No test images (every class is too small for a test '
                     'share); skipping the final test.')
     return None
-  bottlenecks, truth, chosen = _random_batch(split, config.test_batch_size,
+  bottlenecks, truth, chosen = _random_batch(split, settings.test_batch_size,
                                              rng)
   evaluation = evaluate(session, layer, bottlenecks, truth, len(labels))
   logging.info('Final test accuracy = %.1f%% (N=%d)',
                evaluation.accuracy * 100, evaluation.count)
-  if config.print_misclassified_test_images:
+  if settings.print_misclassified_test_images:
     logging.info('=== MISCLASSIFIED TEST IMAGES ===')
     for position, index in enumerate(chosen):
       if evaluation.predictions[position] != truth[position]:

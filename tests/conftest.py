@@ -134,9 +134,9 @@ def retrained(tmp_path_factory, tf2_module):
   Returns (config, RunResult); every output lies in a temporary folder.
   """
   from poets import pipeline
-  from poets import training
+  from poets import settings
   root = tmp_path_factory.mktemp('retrained')
-  config = pipeline.RetrainConfig(
+  config = settings.RetrainSettings(
       image_dir=make_image_dir(root / 'photos', per_class=30),
       output_graph=str(root / 'retrained_graph.pb'),
       output_labels=str(root / 'retrained_labels.txt'),
@@ -146,11 +146,10 @@ def retrained(tmp_path_factory, tf2_module):
       saved_model_dir=str(root / 'saved_model'),
       tfhub_module=tf2_module,
       model_dir=str(root / 'models'),
-      training=training.TrainingConfig(
-          how_many_training_steps=300, eval_step_interval=50,
-          summaries_dir=str(root / 'summaries'),
-          checkpoint_path=str(root / 'checkpoint' / 'retrain'),
-          print_misclassified_test_images=True, random_seed=0))
+      how_many_training_steps=300, eval_step_interval=50,
+      summaries_dir=str(root / 'summaries'),
+      checkpoint_path=str(root / 'checkpoint' / 'retrain'),
+      print_misclassified_test_images=True, random_seed=0)
   return config, pipeline.run(config)
 
 

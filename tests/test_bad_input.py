@@ -12,7 +12,8 @@ import sys
 import tarfile
 import time
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+import hypothesis
+from hypothesis import HealthCheck, given, strategies as st
 import numpy as np
 from PIL import Image
 import pytest
@@ -23,23 +24,22 @@ from poets import bottlenecks
 from poets import images
 from poets import modules
 from poets import pipeline
-from poets import training
+from poets import settings
 from poets.errors import PoetsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(tmp_path, image_dir, module, **training_changes):
-  return pipeline.RetrainConfig(
+def _config(tmp_path, image_dir, module, **changes):
+  return settings.RetrainSettings(
       image_dir=str(image_dir), output_graph=str(tmp_path / 'out' / 'g.pb'),
       output_labels=str(tmp_path / 'out' / 'labels.txt'),
       bottleneck_dir=str(tmp_path / 'bottlenecks'), tfhub_module=module,
       model_dir=str(tmp_path / 'models'),
-      training=training.TrainingConfig(
-          how_many_training_steps=100, eval_step_interval=50,
-          summaries_dir=str(tmp_path / 'summaries'),
-          checkpoint_path=str(tmp_path / 'checkpoint' / 'x'), random_seed=0,
-          **training_changes))
+      how_many_training_steps=100, eval_step_interval=50,
+      summaries_dir=str(tmp_path / 'summaries'),
+      checkpoint_path=str(tmp_path / 'checkpoint' / 'x'), random_seed=0,
+      **changes)
 
 
 def _messy_folder(root):
@@ -142,7 +142,7 @@ def test_rerun_keeps_earlier_summaries(tmp_path, tf2_module, caplog):
   pipeline.run(config)
   first = sorted(os.listdir(tmp_path / 'summaries' / 'train'))
   pipeline.run(config)
-  previous = tmp_path / 'summaries' / 'previous_runs'
+  previous = tmp_path / 'summaries' / pipeline.EARLIER_RUNS
   (stamp,) = os.listdir(previous)
   assert sorted(os.listdir(previous / stamp / 'train')) == first
   assert 'nothing was deleted' in caplog.text
@@ -242,7 +242,7 @@ def loaded_tiny_module(tf2_module):
     return modules.load_module(modules.ModuleSpec(tf2_module, 'tiny'))
 
 
-@settings(max_examples=12, deadline=None,
+@hypothesis.settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(blobs=st.lists(st.binary(max_size=2000), min_size=1, max_size=6))
 def test_arbitrary_bytes_become_a_bottleneck_or_a_logged_skip(

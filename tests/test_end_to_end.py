@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_image_dir
 from poets import pipeline
-from poets import training
+from poets import settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOWERS = os.path.join(ROOT, '..', 'shared', 'data', 'flower_photos_sample')
@@ -17,20 +17,21 @@ FLOWERS = os.path.join(ROOT, '..', 'shared', 'data', 'flower_photos_sample')
 
 @pytest.mark.slow
 def test_default_module_retrains_and_exports(tmp_path):
-  config = pipeline.RetrainConfig(
-      image_dir=make_image_dir(tmp_path / 'photos', per_class=12),
+  config = settings.RetrainSettings(
+      image_dir=make_image_dir(tmp_path / 'photos', per_class=20),
+      testing_percentage=25, validation_percentage=10,
       output_graph=str(tmp_path / 'g.pb'),
       output_labels=str(tmp_path / 'labels.txt'),
       bottleneck_dir=str(tmp_path / 'bottlenecks'),
       model_dir=str(tmp_path / 'models'),
-      training=training.TrainingConfig(
-          how_many_training_steps=200, eval_step_interval=100,
-          summaries_dir=str(tmp_path / 's'),
-          checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=0))
+      how_many_training_steps=200, eval_step_interval=100,
+      summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=0)
   result = pipeline.run(config)
   names = os.listdir(tmp_path / 'bottlenecks' / 'red')
   assert all(name.endswith('_efficientnet_lite0.txt') for name in names)
-  assert result.training.test is None or result.training.test.accuracy >= 0.9
+  test = result.training.test
+  assert test is not None and test.count >= 6 and test.accuracy >= 0.9
   assert os.path.getsize(tmp_path / 'g.pb') > 4_000_000  # Module included.
 
 

@@ -1,7 +1,6 @@
 """Tests for experiments.py and poets/experiments.py: sweeps, table, plots."""
 
 import csv
-import dataclasses
 import os
 import re
 import subprocess
@@ -13,8 +12,7 @@ import pytest
 from conftest import make_image_dir
 from poets import experiments
 from poets import images
-from poets import pipeline
-from poets import training
+from poets import settings
 from poets.errors import PoetsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,12 +87,11 @@ def test_bad_sweep_value_is_one_line_error(tmp_path):
 def test_images_per_class_keeps_test_set_and_gpu_is_unavailable(
     tmp_path, tf2_module, monkeypatch):
   monkeypatch.setattr(experiments, 'gpu_available', lambda: False)
-  base = pipeline.RetrainConfig(
+  base = settings.RetrainSettings(
       image_dir=make_image_dir(tmp_path / 'photos'), tfhub_module=tf2_module,
       bottleneck_dir=str(tmp_path / 'bottlenecks'),
       model_dir=str(tmp_path / 'models'),
-      training=training.TrainingConfig(how_many_training_steps=10,
-                                       eval_step_interval=5, random_seed=2))
+      how_many_training_steps=10, eval_step_interval=5, random_seed=2)
   sweeps = [experiments.parse_sweep('images_per_class=3,all', FLAG_NAMES),
             experiments.parse_sweep('device=cpu,gpu', FLAG_NAMES)]
   runs = experiments.plan(sweeps, lambda overrides: base,
@@ -143,8 +140,7 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
 
   def make_config(overrides):
     seen.append(overrides)
-    return dataclasses.replace(pipeline.RetrainConfig(),
-                               architecture=overrides['architecture'])
+    return settings.RetrainSettings(architecture=overrides['architecture'])
 
   runs = experiments.plan(sweeps, make_config, str(tmp_path / 'out'),
                           str(tmp_path / 'summaries'))
@@ -157,9 +153,8 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
   config = runs[0].config
   assert config.output_graph == str(tmp_path / 'out' / name /
                                     'retrained_graph.pb')
-  assert config.training.summaries_dir == str(tmp_path / 'summaries' / name)
-  assert config.training.checkpoint_path.startswith(str(tmp_path / 'out' /
-                                                        name))
+  assert config.summaries_dir == str(tmp_path / 'summaries' / name)
+  assert config.checkpoint_path.startswith(str(tmp_path / 'out' / name))
   assert config.images_per_class is None
 
 

@@ -1,6 +1,5 @@
 """Tests for poets/export.py: frozen graph, labels, SavedModel."""
 
-import dataclasses
 import os
 
 import numpy as np
@@ -13,6 +12,7 @@ from poets import export
 from poets import images
 from poets import modules
 from poets import pipeline
+from poets import training
 from poets.errors import PoetsError
 
 
@@ -50,7 +50,7 @@ def test_frozen_graph_matches_the_training_session(retrained):
   """Reloaded, the .pb gives the probabilities the trained layer gives to
   the cached bottlenecks."""
   config, result = retrained
-  weights = tf.train.load_checkpoint(config.training.checkpoint_path)
+  weights = tf.train.load_checkpoint(config.checkpoint_path)
   w = weights.get_tensor('final_retrain_ops/weights/final_weights')
   b = weights.get_tensor('final_retrain_ops/biases/final_biases')
   image_path = os.path.join(config.image_dir, 'green', 'green_004.jpg')
@@ -124,14 +124,13 @@ def test_saved_model_replaces_an_earlier_export(retrained, tmp_path):
 def test_final_tensor_name_is_honoured_in_graph_and_saved_model(
     retrained, tmp_path):
   config, _ = retrained
-  renamed = dataclasses.replace(
-      config, output_graph=str(tmp_path / 'g.pb'),
+  renamed = config.replace(
+      output_graph=str(tmp_path / 'g.pb'),
       output_labels=str(tmp_path / 'labels.txt'),
       saved_model_dir=str(tmp_path / 'sm'), intermediate_store_frequency=0,
-      training=dataclasses.replace(
-          config.training, final_tensor_name='flower_scores',
-          how_many_training_steps=20, summaries_dir=str(tmp_path / 's'),
-          checkpoint_path=str(tmp_path / 'c' / 'x')))
+      final_tensor_name='flower_scores', how_many_training_steps=20,
+      summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'))
   pipeline.run(renamed)
   names = {node.name for node in _load_graph_def(renamed.output_graph).node}
   assert 'flower_scores' in names and 'final_result' not in names
@@ -139,3 +138,104 @@ def test_final_tensor_name_is_honoured_in_graph_and_saved_model(
       'serving_default']
   image = np.zeros([1, TINY_SIZE, TINY_SIZE, 3], np.float32)
   assert serve(image=tf.constant(image))['prediction'].shape == (1, 3)
+
+
+def _frozen_with_module(spec):
+  """Placeholder -> module -> a new final layer, frozen as export does."""
+  graph = tf.Graph()
+  with graph.as_default():
+    module = modules.load_module(spec)
+    image = tf.compat.v1.placeholder(
+        tf.float32, [None, *module.image_size, 3], name=export.INPUT_NAME)
+    training.add_final_retrain_ops(3, 'final_result', module.apply(image))
+    init = tf.compat.v1.global_variables_initializer()
+  with tf.compat.v1.Session(graph=graph) as session:
+    session.run(init)
+    return export.freeze(session, 'final_result')
+
+
+def _run(graph_def, images):
+  graph = export.import_frozen(graph_def)
+  with tf.compat.v1.Session(graph=graph) as session:
+    return session.run('final_result:0', {'Placeholder:0': images})
+
+
+@pytest.mark.parametrize('module_fixture', ['tf2_module', 'tf1_hub_module'])
+def test_inlined_module_computes_what_the_call_did(module_fixture, request,
+                                                   tmp_path):
+  """The graph TensorBoard shows is the exported one opened up, not a
+  look-alike: with the weights still in, it gives the same probabilities."""
+  spec = modules.resolve_module('', request.getfixturevalue(module_fixture),
+                                str(tmp_path))
+  frozen = _frozen_with_module(spec)
+  inlined = export.inline_functions(frozen, spec.name)
+  assert not inlined.library.function
+  assert not [n.name for n in inlined.node if n.op in export._CALL_OPS]
+  images = np.random.default_rng(0).uniform(
+      size=[4, TINY_SIZE, TINY_SIZE, 3]).astype(np.float32)
+  np.testing.assert_allclose(_run(inlined, images), _run(frozen, images),
+                             rtol=1e-6)
+
+
+def _weights_left(graph_def):
+  """Constants of more than 8 values that still hold them, loops included."""
+  nodes = list(graph_def.node)
+  for function in graph_def.library.function:
+    nodes.extend(function.node_def)
+  def holds_values(tensor):
+    return {field.name for field, _ in tensor.ListFields()} - {
+        'dtype', 'tensor_shape'}
+
+  return [node.name for node in nodes if node.op == 'Const' and
+          tf.TensorShape(node.attr['value'].tensor.tensor_shape)
+          .num_elements() > 8 and holds_values(node.attr['value'].tensor)]
+
+
+def test_weights_inside_a_loop_are_left_out_too():
+  """The codelab's Inception takes one image at a time, so its graph is
+  imported inside a tf.map_fn loop, whose body holds the weights."""
+  graph = tf.Graph()
+  with graph.as_default():
+    batch = tf.compat.v1.placeholder(tf.float32, [None, 4], name='Placeholder')
+    tf.identity(tf.map_fn(lambda row: tf.linalg.matvec(
+        tf.constant(np.ones([16, 4], np.float32)), row), batch),
+                name='final_result')
+  frozen = graph.as_graph_def()
+  assert _weights_left(frozen)
+  shown = export.tensorboard_graph_def(frozen, 'net')
+  assert shown.library.function  # The loop is still there...
+  assert not _weights_left(shown)  # ...without its weights.
+
+
+def test_tensorboard_graph_is_one_module_scope_without_weights(retrained):
+  config, _ = retrained
+  name = _module_name(config)  # '~...~tiny_tf2', made from the module's path.
+  shown = export.tensorboard_graph_def(_load_graph_def(config.output_graph),
+                                       name)
+  scope = name.replace('~', '_').lstrip('_')
+  assert {n.name.split('/')[0] for n in shown.node} == {
+      'Placeholder', scope, 'input', 'final_retrain_ops', 'final_result'}
+  module_ops = {n.name[len(scope) + 1:]: n.op for n in shown.node
+                if n.name.startswith(scope + '/')}
+  assert module_ops['Mean'] == 'Mean'  # The tiny module's colour means.
+  assert module_ops['Variable'] == 'Const'  # Its weights, moved in.
+  assert not _weights_left(shown)
+  weights = {n.name: n for n in shown.node}[f'{scope}/Variable']
+  assert tf.TensorShape(weights.attr['value'].tensor.tensor_shape) == [6, 8]
+  assert weights.attr['_output_shapes'].list.shape  # Edges show shapes.
+
+
+@pytest.mark.slow
+def test_default_network_graph_event_is_small_and_shows_its_layers(tmp_path):
+  spec = modules.resolve_module('efficientnet_lite0', '', str(tmp_path))
+  frozen = _frozen_with_module(spec)
+  export.write_graph_summary(frozen, str(tmp_path / 'summaries'), spec.name)
+  (event,) = (tmp_path / 'summaries' / 'retrained_graph').iterdir()
+  assert frozen.ByteSize() > 10e6  # The weights, in the .pb...
+  assert event.stat().st_size < 2e6  # ...but not in TensorBoard's copy.
+  (shown,) = [tf.compat.v1.GraphDef.FromString(e.graph_def) for e in
+              tf.compat.v1.train.summary_iterator(str(event)) if e.graph_def]
+  layers = {n.name.split('/')[1] for n in shown.node
+            if n.name.startswith('efficientnet_lite0/')}
+  # EfficientNet-Lite0: a stem, 16 MBConv blocks, a head.
+  assert {'stem', 'head'} | {f'block{i}' for i in range(16)} <= layers

@@ -21,7 +21,7 @@ from poets import images
 from poets import labeling
 from poets import modules
 from poets import pipeline
-from poets import training
+from poets import settings
 from poets.errors import PoetsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +34,7 @@ def retrained(tmp_path_factory):
   """A graph, labels, checkpoint and bottleneck cache made by retrain."""
   root = tmp_path_factory.mktemp('retrained')
   module = make_tf2_module(root / 'module')
-  config = pipeline.RetrainConfig(
+  config = settings.RetrainSettings(
       image_dir=make_image_dir(root / 'photos'),
       output_graph=str(root / 'graph.pb'),
       output_labels=str(root / 'labels.txt'),
@@ -42,9 +42,8 @@ def retrained(tmp_path_factory):
       intermediate_output_graphs_dir=str(root / 'intermediate'),
       tfhub_module=module,
       model_dir=str(root / 'models'),
-      training=training.TrainingConfig(
-          how_many_training_steps=100, summaries_dir=str(root / 'summaries'),
-          checkpoint_path=str(root / 'checkpoint' / 'ckpt'), random_seed=1))
+      how_many_training_steps=100, summaries_dir=str(root / 'summaries'),
+      checkpoint_path=str(root / 'checkpoint' / 'ckpt'), random_seed=1)
   pipeline.run(config)
   return config
 
@@ -75,7 +74,7 @@ def test_defaults_give_the_training_sessions_probabilities(retrained):
   (result,) = run.results
   assert result.error is None and result.predictions[0].label == 'green'
 
-  checkpoint = tf.train.load_checkpoint(retrained.training.checkpoint_path)
+  checkpoint = tf.train.load_checkpoint(retrained.checkpoint_path)
   weights = checkpoint.get_tensor('final_retrain_ops/weights/final_weights')
   biases = checkpoint.get_tensor('final_retrain_ops/biases/final_biases')
   module_name = modules.resolve_module('', retrained.tfhub_module,

@@ -19,19 +19,25 @@ def test_architecture_and_module_together_is_an_error():
     modules.resolve_module('mobilenet_0.50_224', '/some/module', 'models')
 
 
-def test_codelab_names_map_to_hub_urls_and_keep_their_names():
-  spec = modules.resolve_module('mobilenet_0.50_224', '', 'models')
-  assert 'mobilenet_v1_050_224/feature_vector' in spec.handle
-  assert spec.name == 'mobilenet_0.50_224'
-  spec = modules.resolve_module('mobilenet_1.0_128', '', 'models')
-  assert 'mobilenet_v1_100_128' in spec.handle
-  assert modules.resolve_module('inception_v3', '', 'm').handle.startswith(
-      'https://tfhub.dev/google/imagenet/inception_v3/')
+def test_unknown_architecture_is_one_line_listing_the_choices():
+  with pytest.raises(PoetsError) as error:
+    modules.resolve_module('mobilenet_0.3_224', '', 'models')
+  message = str(error.value)
+  assert '\n' not in message
+  for choice in ('efficientnet_lite0', 'efficientnet_lite2',
+                 'mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128>'
+                 '[_quantized]', 'inception_v3', '--tfhub_module'):
+    assert choice in message
 
 
-def test_unknown_architecture_lists_the_known_ones():
-  with pytest.raises(PoetsError, match='efficientnet_lite0.*inception_v3'):
-    modules.resolve_module('resnet_9000', '', 'models')
+def test_embedded_names_in_any_case_keep_the_typed_name_for_files(
+    monkeypatch):
+  built = []
+  monkeypatch.setattr(modules.efficientnet_lite, 'ensure_module',
+                      lambda name, model_dir: built.append(name) or 'path')
+  spec = modules.resolve_module('EfficientNet_Lite0', '', 'models')
+  assert built == ['efficientnet_lite0']
+  assert spec.name == 'EfficientNet_Lite0' and spec.handle == 'path'
 
 
 def test_module_name_in_files_replaces_separators():

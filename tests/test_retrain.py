@@ -5,9 +5,14 @@ import re
 import subprocess
 import sys
 
+from absl import flags
 import pytest
 
 from conftest import make_image_dir
+from poets import cli
+import retrain as retrain_script
+
+FLAGS = flags.FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,16 +58,23 @@ def test_codelab_flow_both_flag_spellings_and_outputs(tmp_path, tf2_module):
     ([], 'flower_photos.tgz'),
     (['--architecture', 'mobilenet_0.50_224', '--tfhub_module', 'x'],
      'not both'),
-    (['--tfhub_module', '/no/module'], "Module directory '/no/module' not "
-     'found'),
+    (['--image_dir', 'photos', '--tfhub_module', '/no/module'],
+     "Module directory '/no/module' not found"),
 ])
-def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch,
+                                                    capsys, args, message):
+  """retrain.py's own main, in-process: the flags parsed as on the command
+  line, the error it exits with."""
   make_image_dir(tmp_path / 'photos', per_class=2)
-  if args[:1] == ['--tfhub_module']:
-    args = ['--image_dir', 'photos', *args]
-  code, output = retrain(*args, cwd=tmp_path)
-  assert code != 0
-  assert 'Traceback' not in output
-  error_lines = [line for line in output.splitlines()
-                 if line.startswith('ERROR: ')]
-  assert len(error_lines) == 1 and message in error_lines[0]
+  monkeypatch.chdir(tmp_path)
+  FLAGS.unparse_flags()
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      cli.parse_flags_or_exit(['retrain.py', *args])
+      retrain_script.main(['retrain.py'])
+  finally:
+    FLAGS.unparse_flags()
+  code = exit_info.value.code
+  error = code if isinstance(code, str) else capsys.readouterr().err.strip()
+  assert error.startswith('ERROR: ') and '\n' not in error
+  assert message in error

@@ -6,7 +6,6 @@ and bottleneck cache, so the same layer), on three separable colour classes;
 each .tflite must label every photo as the .pb does.
 """
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -19,9 +18,9 @@ from conftest import make_image_dir
 from conftest import make_tf2_module
 from poets import labeling
 from poets import pipeline
+from poets import settings
 from poets import tflite
 from poets import tflite_model
-from poets import training
 from poets.errors import PoetsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,22 +29,21 @@ COLOURS = ['blue', 'green', 'red']
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-  """{quantization: RetrainConfig} whose outputs include the .tflite."""
+  """{quantization: RetrainSettings} whose outputs include the .tflite."""
   root = tmp_path_factory.mktemp('tflite')
-  base = pipeline.RetrainConfig(
+  base = settings.RetrainSettings(
       image_dir=make_image_dir(root / 'photos', per_class=20),
       bottleneck_dir=str(root / 'bottlenecks'),
       tfhub_module=make_tf2_module(root / 'module'),
       model_dir=str(root / 'models'),
-      training=training.TrainingConfig(
-          how_many_training_steps=100, eval_step_interval=50,
-          summaries_dir=str(root / 'summaries'),
-          checkpoint_path=str(root / 'checkpoint' / 'ckpt'), random_seed=0))
+      how_many_training_steps=100, eval_step_interval=50,
+      summaries_dir=str(root / 'summaries'),
+      checkpoint_path=str(root / 'checkpoint' / 'ckpt'), random_seed=0)
   configs = {}
   for quantization in tflite.QUANTIZATIONS:
     out = root / quantization
-    configs[quantization] = dataclasses.replace(
-        base, output_graph=str(out / 'graph.pb'),
+    configs[quantization] = base.replace(
+        output_graph=str(out / 'graph.pb'),
         output_labels=str(out / 'labels.txt'),
         output_tflite=str(out / 'model.tflite'),
         tflite_quantization=quantization)
@@ -210,19 +208,18 @@ def test_int8_with_photos_that_do_not_decode_says_so(exported, tmp_path):
 
 def test_retrain_tflite_flags_are_checked_before_any_work(exported,
                                                           tmp_path):
-  config = dataclasses.replace(exported['none'],
-                               bottleneck_dir=str(tmp_path / 'b'))
-  assert _error(pipeline.run, dataclasses.replace(
-      config, output_tflite='', tflite_quantization='int8')).startswith(
+  config = exported['none'].replace(bottleneck_dir=str(tmp_path / 'b'))
+  assert _error(pipeline.run, config.replace(
+      output_tflite='', tflite_quantization='int8')).startswith(
           '--tflite_quantization int8 needs --output_tflite')
-  assert _error(pipeline.run, dataclasses.replace(
-      config, output_tflite=str(tmp_path))).startswith(
+  assert _error(pipeline.run, config.replace(
+      output_tflite=str(tmp_path))).startswith(
           f'--output_tflite {tmp_path} is a folder')
-  assert _error(pipeline.run, dataclasses.replace(
-      config, output_tflite=config.output_graph)).startswith(
+  assert _error(pipeline.run, config.replace(
+      output_tflite=config.output_graph)).startswith(
           f'--output_tflite {config.output_graph} is also --output_graph')
-  assert _error(pipeline.run, dataclasses.replace(
-      config, tflite_quantization='float16')) == (
+  assert _error(pipeline.run, config.replace(
+      tflite_quantization='float16')) == (
           '--tflite_quantization=float16 is not one of none, dynamic, int8.')
   assert not os.path.exists(tmp_path / 'b')
 

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from poets import bottlenecks
+from poets import settings
 from poets import training
 
 
@@ -32,11 +33,12 @@ def test_separable_classes_reach_high_test_accuracy(retrained):
 def test_log_lines_follow_the_original(retrained, caplog, tmp_path):
   config, _ = retrained
   from poets import pipeline
-  import dataclasses
-  rerun = dataclasses.replace(config, training=dataclasses.replace(
-      config.training, how_many_training_steps=11, eval_step_interval=10,
-      summaries_dir=str(tmp_path / 's')),
-      output_graph=str(tmp_path / 'g.pb'), saved_model_dir='',
+  rerun = config.replace(
+      how_many_training_steps=11, eval_step_interval=10,
+      summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'),
+      output_graph=str(tmp_path / 'g.pb'),
+      output_labels=str(tmp_path / 'labels.txt'), saved_model_dir='',
       intermediate_store_frequency=0)
   pipeline.run(rerun)
   text = caplog.text
@@ -50,9 +52,9 @@ def test_log_lines_follow_the_original(retrained, caplog, tmp_path):
 
 def test_summaries_hold_scalars_histograms_and_graph(retrained):
   config, _ = retrained
-  train_tags, train_graph = _events(os.path.join(config.training.summaries_dir,
+  train_tags, train_graph = _events(os.path.join(config.summaries_dir,
                                                  'train'))
-  validation_tags, _ = _events(os.path.join(config.training.summaries_dir,
+  validation_tags, _ = _events(os.path.join(config.summaries_dir,
                                             'validation'))
   expected = {'accuracy', 'cross_entropy', 'activations',
               'final_retrain_ops/Wx_plus_b/pre_activations',
@@ -63,7 +65,7 @@ def test_summaries_hold_scalars_histograms_and_graph(retrained):
   assert expected <= train_tags
   assert expected <= validation_tags
   assert train_graph
-  _, exported_graph = _events(os.path.join(config.training.summaries_dir,
+  _, exported_graph = _events(os.path.join(config.summaries_dir,
                                            'retrained_graph'))
   assert exported_graph
 
@@ -82,7 +84,7 @@ def test_empty_validation_and_test_shares_do_not_crash(tmp_path, caplog):
                                        np.zeros([0], np.int64), [])
   splits = {'training': _split(rng, 40, 2), 'validation': empty,
             'testing': empty}
-  config = training.TrainingConfig(
+  config = settings.RetrainSettings(
       how_many_training_steps=20, summaries_dir=str(tmp_path / 's'),
       checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1)
   result = training.train(config, splits, ['a', 'b'])
@@ -125,7 +127,7 @@ def test_ctrl_c_stops_cleanly_and_saves(tmp_path, monkeypatch, caplog):
     return real_run(self, *args, **kwargs)
 
   monkeypatch.setattr(tf.compat.v1.Session, 'run', interrupting_run)
-  config = training.TrainingConfig(
+  config = settings.RetrainSettings(
       how_many_training_steps=1000, summaries_dir=str(tmp_path / 's'),
       checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1)
   result = training.train(config, splits, ['a', 'b'])
@@ -145,12 +147,12 @@ def test_distortions_train_through_the_module(tmp_path, tf2_module, flip):
     module = modules.load_module(spec)
   splits, _ = bottlenecks.cache_bottlenecks(lists, module,
                                             str(tmp_path / 'b'))
-  config = training.TrainingConfig(
+  config = settings.RetrainSettings(
       how_many_training_steps=60, eval_step_interval=20, learning_rate=0.05,
       summaries_dir=str(tmp_path / 's'),
       checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1,
-      distortions=images.Distortions(flip_left_right=flip, random_crop=10,
-                                     random_scale=10, random_brightness=10))
+      flip_left_right=flip, random_crop=10, random_scale=10,
+      random_brightness=10)
   splits['testing'] = splits['training']
   result = training.train(config, splits, lists.labels, spec)
   assert result.test.accuracy >= 0.9
@@ -170,12 +172,12 @@ def test_same_seed_same_layer(tmp_path, tf2_module, distorted):
                                             str(tmp_path / 'b'))
   weights = []
   for run in range(2):
-    config = training.TrainingConfig(
+    config = settings.RetrainSettings(
         how_many_training_steps=30, eval_step_interval=10, train_batch_size=8,
         summaries_dir=str(tmp_path / f's{run}'),
         checkpoint_path=str(tmp_path / f'c{run}' / 'x'), random_seed=4,
-        distortions=images.Distortions(random_crop=20, random_brightness=20)
-        if distorted else images.Distortions())
+        random_crop=20 if distorted else 0,
+        random_brightness=20 if distorted else 0)
     training.train(config, splits, lists.labels, spec)
     weights.append(tf.train.load_checkpoint(config.checkpoint_path).get_tensor(
         'final_retrain_ops/weights/final_weights'))
