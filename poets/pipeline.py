@@ -28,6 +28,7 @@ class RunResult:
   """What a run produced and how long its stages took, for reports."""
   labels: list
   cache: bottlenecks.CacheSummary
+  split_sizes: dict  # images used per split: training, validation, testing
   training: training.TrainingResult
   bottleneck_seconds: float
   training_seconds: float
@@ -136,12 +137,13 @@ def run(settings):
   splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
                                                 settings.bottleneck_dir)
   bottleneck_seconds = time.perf_counter() - start
-  used = sum(len(s.ground_truth) for s in splits.values())
+  split_sizes = {name: len(split.ground_truth)
+                 for name, split in splits.items()}
   logging.info('Using %d images (%d training, %d validation, %d testing); '
-               'skipped %d that could not be decoded.', used,
-               len(splits['training'].ground_truth),
-               len(splits['validation'].ground_truth),
-               len(splits['testing'].ground_truth), len(cache.failed))
+               'skipped %d that could not be decoded.',
+               sum(split_sizes.values()), split_sizes['training'],
+               split_sizes['validation'], split_sizes['testing'],
+               len(cache.failed))
   _check_usable(splits, labels)
 
   def freeze():
@@ -184,5 +186,5 @@ def run(settings):
                     settings.checkpoint_path, ', '.join(saved))
   else:
     logging.info('Saved %s.', ', '.join(saved))
-  return RunResult(labels, cache, result, bottleneck_seconds,
+  return RunResult(labels, cache, split_sizes, result, bottleneck_seconds,
                    training_seconds, export_seconds)
