@@ -17,6 +17,9 @@ photos (`--image a.jpg b.jpg`, or `--image_dir folder/`) are labelled in
 batches with `--output_format text|json|csv`. Before retraining anything, try
 `--imagenet` to label a photo with the embedded module's 1000 ImageNet
 classes.
+
+A TensorFlow Lite model (retrain.py --output_tflite, or tflite_convert.py)
+takes the same flags: `--graph tf_files/optimized_graph.tflite`.
 """
 
 import os
@@ -39,7 +42,9 @@ _D = labeling.LabelConfig()
 # Decoded images of one batch sit in memory together.
 MAX_BATCH_SIZE = 4096
 
-flags.DEFINE_string('graph', _D.graph, 'The frozen graph (.pb) to run.')
+flags.DEFINE_string('graph', _D.graph,
+                    'The frozen graph (.pb) or TensorFlow Lite model '
+                    '(.tflite, told apart by content) to run.')
 flags.DEFINE_string('labels', _D.labels,
                     "The graph's labels file, one label per output.")
 flags.DEFINE_multi_string('image', [],

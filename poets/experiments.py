@@ -210,6 +210,7 @@ def _per_run(config, run_dir, summaries_dir, images_per_class):
       intermediate_output_graphs_dir=inside(
           config.intermediate_output_graphs_dir),
       saved_model_dir=config.saved_model_dir and inside(config.saved_model_dir),
+      output_tflite=config.output_tflite and inside(config.output_tflite),
       images_per_class=images_per_class,
       summaries_dir=summaries_dir,
       checkpoint_path=inside(config.checkpoint_path))

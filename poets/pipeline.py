@@ -18,6 +18,7 @@ from poets import export
 from poets import files
 from poets import images
 from poets import modules
+from poets import tflite
 from poets import training
 from poets.errors import PoetsError
 
@@ -66,7 +67,28 @@ def _set_aside_earlier_run(summaries_dir):
                summaries_dir, destination)
 
 
+def _check_tflite(settings):
+  tflite.check_quantization(settings.tflite_quantization,
+                            '--tflite_quantization')
+  path = settings.output_tflite
+  if not path:
+    if settings.tflite_quantization != 'none':
+      raise PoetsError(f'--tflite_quantization {settings.tflite_quantization}'
+                       ' needs --output_tflite, the .tflite file to write; '
+                       'for example --output_tflite '
+                       'tf_files/optimized_graph.tflite.')
+    return
+  if os.path.isdir(path):
+    raise PoetsError(f'--output_tflite {path} is a folder; pass a file name '
+                     'such as tf_files/optimized_graph.tflite.')
+  if os.path.abspath(path) == os.path.abspath(settings.output_graph):
+    raise PoetsError(f'--output_tflite {path} is also --output_graph; pass '
+                     'another name, such as tf_files/optimized_graph.tflite.')
+  files.check_writable(os.path.dirname(path), '--output_tflite')
+
+
 def _check_outputs(settings):
+  _check_tflite(settings)
   for path, flag in [
       (os.path.dirname(settings.output_graph), '--output_graph'),
       (os.path.dirname(settings.output_labels), '--output_labels'),
@@ -152,6 +174,13 @@ def run(settings):
     export.export_saved_model(graph_def, settings.saved_model_dir,
                               settings.final_tensor_name)
     saved.append(settings.saved_model_dir)
+  if settings.output_tflite:
+    tflite.save_model(tflite.convert(
+        graph_def, export.INPUT_NAME, settings.final_tensor_name,
+        settings.tflite_quantization,
+        tflite.calibration_images(splits['training'].filenames),
+        what='the retrained graph'), settings.output_tflite)
+    saved.append(settings.output_tflite)
   export_seconds = time.perf_counter() - start
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '

@@ -30,7 +30,8 @@ def test_help_documents_the_flags():
   assert 'Retrains the last layer' in output
   for flag in ('--image_dir', '--how_many_training_steps', '--tfhub_module',
                '--architecture', '--random_crop', '--saved_model_dir',
-               '--random_seed', '--input_height'):
+               '--random_seed', '--input_height', '--output_tflite',
+               '--tflite_quantization'):
     assert flag in output
 
 
