@@ -24,15 +24,16 @@ folder, or a worker image that has it; see README "Big folders").
 """
 
 import functools
-import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from poets import startup
+
+startup.import_tensorflow()  # Before anything else imports TensorFlow.
+startup.plain_log_lines()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from poets import cli  # noqa: E402
 from poets import modules  # noqa: E402
@@ -81,7 +82,6 @@ def main(argv):
     sys.exit(f'ERROR: beam_bottlenecks.py needs Apache Beam ({e}): pip '
              'install -r requirements-beam.txt')
   logging.set_verbosity(logging.INFO)
-  tf.get_logger().setLevel('ERROR')
   input_size = ((FLAGS.input_height, FLAGS.input_width)
                 if FLAGS.input_height else None)
   try:

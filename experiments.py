@@ -5,7 +5,7 @@ tries the listed values of one key, and several sweeps run their cross
 product. The keys are retrain.py's flag names (learning_rate,
 how_many_training_steps, train_batch_size, architecture, random_crop, ...)
 plus images_per_class (N training images per class, or all; the test set
-stays the same) and device (cpu, gpu). The lab's questions:
+stays the same) and device (cpu, gpu). The lab's questions, all offline:
 
   # How do the learning rate and the number of steps change the result?
   python experiments.py --image_dir tf_files/flower_photos \
@@ -15,36 +15,42 @@ stays the same) and device (cpu, gpu). The lab's questions:
   # How many photos does it take?
   python experiments.py --sweep images_per_class=5,20,80,all
 
-  # Which network? (mobilenet_0.25_224 ships; other mobilenet_* and
-  # inception_v3 download their archive once.)
+  # Which network? The default against the codelab's own MobileNet (it
+  # ships) and a larger EfficientNet; other mobilenet_* and inception_v3
+  # download their archive once.
   python experiments.py \
-      --sweep architecture=efficientnet_lite0,mobilenet_0.25_224
+      --sweep architecture=efficientnet_lite0,mobilenet_0.25_224,efficientnet_lite2
 
-  # How much faster is a GPU? (gpu is reported unavailable without one.)
+  # How much faster is a GPU? (Without one, says once what it would measure.)
   python experiments.py --sweep device=cpu,gpu
 
-Each run is a child process with its own log, <experiments_dir>/<run>/
-retrain.log, next to its retrained_graph.pb and labels; the terminal shows a
-progress bar and one line per run. All runs share --bottleneck_dir, so only the
-first run of a network makes bottlenecks. The table goes to
-<experiments_dir>/results.md (also printed) and results.csv, beside PNG plots
-of the validation curves and of accuracy and training time against each swept
-value. Summaries go to <summaries_dir>/<run>/, so
+Each command is an experiment with a folder of its own,
+<experiments_dir>/<date>_<time>_<keys>/, so nothing an earlier one wrote is
+overwritten. In it: results.md (the command, the table, the plots; the table
+is also printed), results.csv, accuracy_and_time_by_<key>.png (test accuracy
+with its 95% interval, and each run's time split into making bottlenecks,
+training and the rest), validation_accuracy.png, and a folder per run with
+its graph, labels and retrain.log (everything the run printed, as
+retrain.py prints it). <experiments_dir>/index.md lists every experiment. All
+runs share --bottleneck_dir, so only the first run of a network makes
+bottlenecks. Summaries go to <summaries_dir>/<experiment>/<run>/, so
 
-  tensorboard --logdir tf_files/training_summaries/experiments
+  tensorboard --logdir tf_files/training_summaries/experiments/<experiment>
 
-overlays the runs' curves.
+overlays one experiment's curves.
 """
 
-import os
+import shlex
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from poets import startup
+
+startup.import_tensorflow()  # Before anything else imports TensorFlow.
+startup.plain_log_lines()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import retrain  # noqa: E402  Defines the retrain flags: the base of every run.
 from poets import cli  # noqa: E402
@@ -56,8 +62,8 @@ flags.DEFINE_multi_string(
     'of images_per_class (a number or all) or of device (cpu, gpu); several '
     '--sweep flags run the cross product.')
 flags.DEFINE_string('experiments_dir', experiments.DEFAULT_EXPERIMENTS_DIR,
-                    'Where each run gets a folder for its graph, labels and '
-                    'log, and where the table and plots go.')
+                    'Where each experiment gets a folder for its table, '
+                    'plots and runs, listed in index.md.')
 flags.register_validator('experiments_dir', cli.is_path,
                          'must name a folder (not empty, no NUL)')
 flags.adopt_module_key_flags(retrain)
@@ -85,30 +91,31 @@ def main(argv):
   cli.refuse_positional(argv, 'experiments.py')
   verbosity = FLAGS.logging_verbosity.lower().replace('warn', 'warning')
   logging.set_verbosity(verbosity)
-  tf.get_logger().setLevel('ERROR')
   summaries_root = FLAGS.summaries_dir or experiments.DEFAULT_SUMMARIES_ROOT
   flag_names = [flag.name for flag in FLAGS.get_flags_for_module(retrain)]
   try:
     sweeps = [experiments.parse_sweep(text, flag_names) for text in FLAGS.sweep]
-    runs = experiments.plan(sweeps, config_for, FLAGS.experiments_dir,
-                            summaries_root)
-    outcomes = experiments.run_all(runs, verbosity)
-    report = experiments.write_report(outcomes, [s.key for s in sweeps],
-                                      FLAGS.experiments_dir)
+    experiment = experiments.plan(sweeps, config_for, FLAGS.experiments_dir,
+                                  summaries_root,
+                                  shlex.join(['python'] + sys.argv))
+    for note in experiment.notes:
+      print(note)
+    outcomes = experiments.run_all(experiment.runs, verbosity)
+    report = experiments.write_report(outcomes, experiment)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
   except KeyboardInterrupt:
     sys.exit('Interrupted; no table written.')
   print(report.markdown)
   print('Wrote ' + ', '.join(report.files))
-  print(f'Curves: tensorboard --logdir {summaries_root}')
+  print(f'Curves: tensorboard --logdir {experiment.summaries_dir}')
   failed = [o for o in outcomes if o.status == 'failed']
   if outcomes[-1].status == 'interrupted':
-    sys.exit(f'Interrupted after {len(outcomes)} of {len(runs)} runs; the '
-             'table holds those.')
+    sys.exit(f'Interrupted after {len(outcomes)} of {len(experiment.runs)} '
+             'runs; the table holds those.')
   if failed:
-    sys.exit(f'ERROR: {len(failed)} of {len(runs)} runs failed; see their '
-             f'logs: {", ".join(o.run.log_path for o in failed)}')
+    sys.exit(f'ERROR: {len(failed)} of {len(experiment.runs)} runs failed; '
+             f'see their logs: {", ".join(o.run.log_path for o in failed)}')
 
 
 if __name__ == '__main__':

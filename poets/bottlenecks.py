@@ -25,11 +25,11 @@ import time
 from absl import logging
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from poets import images
 from poets.files import atomic_write
 from poets import modules
+from poets import progress
 from poets.errors import PoetsError
 
 # Images per session run: large enough to amortise the call, small enough
@@ -262,8 +262,7 @@ def _compute(entries, todo, module_spec, summary):
   done = set()
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
-    with tqdm(total=len(todo), desc='Bottlenecks', unit='img',
-              smoothing=0.1) as progress:
+    with progress.progress(len(todo), 'Bottlenecks', 'img') as bar:
       while True:
         try:
           batch_indices, values = session.run([indices, bottlenecks])
@@ -272,7 +271,7 @@ def _compute(entries, todo, module_spec, summary):
         for index, value in zip(batch_indices, values):
           done.add(int(index))
           yield int(index), value
-        progress.update(len(batch_indices))
+        bar.update(len(batch_indices))
       for index in todo:
         if index not in done:
           path = entries[index].image_path
@@ -281,7 +280,7 @@ def _compute(entries, todo, module_spec, summary):
           reason = reason or 'could not be read'
           logging.warning('Skipping %s: %s', path, reason)
           summary.failed.append((path, reason))
-          progress.update(1)
+          bar.update(1)
 
 
 def cache_bottlenecks(image_lists, module, bottleneck_dir):

@@ -1,4 +1,4 @@
-"""What the three scripts share at the door: flags checked in one line each.
+"""What the scripts share at the door: flags checked in one line each.
 
 absl reports a bad flag as a FATAL line plus a hint about --helpfull and exits
 with 1; a user should instead read one `ERROR:` line that names the flag, the

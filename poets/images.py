@@ -146,12 +146,14 @@ def create_image_lists(image_dir, testing_percentage, validation_percentage):
       logging.warning('No files found in %s', class_path)
       continue
     if len(images) < 20:
+      # The original's words, without its 'WARNING: ', which the log line
+      # already starts with.
       logging.warning(
-          'WARNING: Folder %s has less than 20 images, which may cause issues.',
+          'Folder %s has less than 20 images, which may cause issues.',
           dir_name)
     elif len(images) > MAX_NUM_IMAGES_PER_CLASS:
       logging.warning(
-          'WARNING: Folder %s has more than %d images. Some images will never '
+          'Folder %s has more than %d images. Some images will never '
           'be selected.', dir_name, MAX_NUM_IMAGES_PER_CLASS)
     splits = {name: [] for name in SPLITS}
     for image in images:

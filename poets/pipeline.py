@@ -18,6 +18,7 @@ from poets import export
 from poets import files
 from poets import images
 from poets import modules
+from poets import tflite
 from poets import training
 from poets.errors import PoetsError
 
@@ -27,6 +28,7 @@ class RunResult:
   """What a run produced and how long its stages took, for reports."""
   labels: list
   cache: bottlenecks.CacheSummary
+  split_sizes: dict  # images used per split: training, validation, testing
   training: training.TrainingResult
   listing_seconds: float  # finding the images and splitting them
   bottleneck_seconds: float  # cache.read_seconds of it reading the cache
@@ -66,7 +68,28 @@ def _set_aside_earlier_run(summaries_dir):
                summaries_dir, destination)
 
 
+def _check_tflite(settings):
+  tflite.check_quantization(settings.tflite_quantization,
+                            '--tflite_quantization')
+  path = settings.output_tflite
+  if not path:
+    if settings.tflite_quantization != 'none':
+      raise PoetsError(f'--tflite_quantization {settings.tflite_quantization}'
+                       ' needs --output_tflite, the .tflite file to write; '
+                       'for example --output_tflite '
+                       'tf_files/optimized_graph.tflite.')
+    return
+  if os.path.isdir(path):
+    raise PoetsError(f'--output_tflite {path} is a folder; pass a file name '
+                     'such as tf_files/optimized_graph.tflite.')
+  if os.path.abspath(path) == os.path.abspath(settings.output_graph):
+    raise PoetsError(f'--output_tflite {path} is also --output_graph; pass '
+                     'another name, such as tf_files/optimized_graph.tflite.')
+  files.check_writable(os.path.dirname(path), '--output_tflite')
+
+
 def _check_outputs(settings):
+  _check_tflite(settings)
   for path, flag in [
       (os.path.dirname(settings.output_graph), '--output_graph'),
       (os.path.dirname(settings.output_labels), '--output_labels'),
@@ -94,11 +117,8 @@ def _check_usable(splits, labels):
 
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
-  spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
-                                settings.model_dir, settings.input_size)
-  if not settings.summaries_dir:
-    settings = settings.replace(summaries_dir=default_summaries_dir(spec.name))
-  _check_outputs(settings)
+  # Images first: a mistyped --image_dir is reported before the embedded
+  # module is built.
   start = time.perf_counter()
   image_lists = images.create_image_lists(settings.image_dir,
                                           settings.testing_percentage,
@@ -107,6 +127,11 @@ def run(settings):
     image_lists = images.limit_training_images(
         image_lists, settings.images_per_class, settings.random_seed)
   listing_seconds = time.perf_counter() - start
+  spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
+                                settings.model_dir, settings.input_size)
+  if not settings.summaries_dir:
+    settings = settings.replace(summaries_dir=default_summaries_dir(spec.name))
+  _check_outputs(settings)
   labels = image_lists.labels
   module = _module_info(spec)
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks', spec.name,
@@ -117,12 +142,13 @@ def run(settings):
   splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
                                                 settings.bottleneck_dir)
   bottleneck_seconds = time.perf_counter() - start
-  used = sum(len(s.ground_truth) for s in splits.values())
+  split_sizes = {name: len(split.ground_truth)
+                 for name, split in splits.items()}
   logging.info('Using %d images (%d training, %d validation, %d testing); '
-               'skipped %d that could not be decoded.', used,
-               len(splits['training'].ground_truth),
-               len(splits['validation'].ground_truth),
-               len(splits['testing'].ground_truth), len(cache.failed))
+               'skipped %d that could not be decoded.',
+               sum(split_sizes.values()), split_sizes['training'],
+               split_sizes['validation'], split_sizes['testing'],
+               len(cache.failed))
   _check_usable(splits, labels)
 
   def freeze():
@@ -151,6 +177,13 @@ def run(settings):
     export.export_saved_model(graph_def, settings.saved_model_dir,
                               settings.final_tensor_name)
     saved.append(settings.saved_model_dir)
+  if settings.output_tflite:
+    tflite.save_model(tflite.convert(
+        graph_def, export.INPUT_NAME, settings.final_tensor_name,
+        settings.tflite_quantization,
+        tflite.calibration_images(splits['training'].filenames),
+        what='the retrained graph'), settings.output_tflite)
+    saved.append(settings.output_tflite)
   export_seconds = time.perf_counter() - start
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
@@ -158,5 +191,5 @@ def run(settings):
                     settings.checkpoint_path, ', '.join(saved))
   else:
     logging.info('Saved %s.', ', '.join(saved))
-  return RunResult(labels, cache, result, listing_seconds, bottleneck_seconds,
-                   training_seconds, export_seconds)
+  return RunResult(labels, cache, split_sizes, result, listing_seconds,
+                   bottleneck_seconds, training_seconds, export_seconds)

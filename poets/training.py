@@ -252,6 +252,22 @@ def _random_batch(split, count, rng):
   return split.bottlenecks[chosen], split.ground_truth[chosen], chosen.tolist()
 
 
+def _validation_batch_size(requested, available):
+  """-1 (the whole set) when the validation set is no larger than requested.
+
+  Drawing 100 images with replacement from 63 repeats some and misses others,
+  so the validation curve jumps by several points between evaluations for no
+  reason; the whole set gives the same images every time.
+  """
+  if 0 < available <= requested:
+    logging.info('Validating on all %d validation images at every '
+                 'evaluation: drawing --validation_batch_size %d of them with '
+                 'replacement would repeat some, miss others and make the '
+                 'curve jump.', available, requested)
+    return -1
+  return requested
+
+
 def evaluate(session, layer, bottlenecks, ground_truth, class_count):
   """Runs the layer on bottlenecks; returns an Evaluation."""
   accuracy, predictions = session.run(
@@ -338,6 +354,8 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
     validation_writer = tf.compat.v1.summary.FileWriter(
         os.path.join(settings.summaries_dir, 'validation'))
   validation = splits['validation']
+  validation_batch_size = _validation_batch_size(
+      settings.validation_batch_size, len(validation.ground_truth))
   curve = []
   step = 0
   interrupted = False
@@ -373,8 +391,8 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
         logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
                      cross_entropy)
         if len(validation.ground_truth):
-          batch, truth, _ = _random_batch(validation,
-                                          settings.validation_batch_size, rng)
+          batch, truth, _ = _random_batch(validation, validation_batch_size,
+                                          rng)
           validation_summary, validation_accuracy = session.run(
               [merged, layer.evaluation_step],
               {layer.bottleneck_input: batch,

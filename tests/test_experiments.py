@@ -6,13 +6,17 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 from PIL import Image
 import pytest
 
 from conftest import make_image_dir
+from poets import bottlenecks
 from poets import experiments
 from poets import images
+from poets import pipeline
 from poets import settings
+from poets import training
 from poets.errors import PoetsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,37 +29,43 @@ def logged(run_dir, pattern):
     return re.search(pattern, f.read())
 
 
+@pytest.mark.slow
 def test_learning_rate_sweep_writes_runs_table_and_plots(tmp_path,
                                                          tf2_module):
   photos = make_image_dir(tmp_path / 'photos')
-  out, summaries = tmp_path / 'experiments', tmp_path / 'summaries'
+  root, summaries = tmp_path / 'experiments', tmp_path / 'summaries'
   process = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'experiments.py'),
        f'--image_dir={photos}', f'--tfhub_module={tf2_module}',
        f'--bottleneck_dir={tmp_path / "bottlenecks"}',
        f'--model_dir={tmp_path / "models"}', f'--summaries_dir={summaries}',
-       f'--experiments_dir={out}', '--how_many_training_steps=30',
+       f'--experiments_dir={root}', '--how_many_training_steps=30',
        '--eval_step_interval=10', '--random_seed=1',
        '--sweep', 'learning_rate=0.01,1.0'],
       capture_output=True, text=True, timeout=120)
   assert process.returncode == 0, process.stdout + process.stderr
   assert '| learning_rate | status | test accuracy |' in process.stdout
+  # The runs' own log lines stay in their logs.
+  assert 'Train accuracy' not in process.stdout + process.stderr
 
+  [name] = [n for n in os.listdir(root) if n.endswith('_learning_rate')]
+  out = root / name
   with open(out / 'results.csv') as f:
     rows = list(csv.DictReader(f))
   assert [row['learning_rate'] for row in rows] == ['0.01', '1.0']
   for row in rows:
-    name = f'learning_rate={row["learning_rate"]}'
-    assert row['status'] == 'ok' and row['run_dir'] == str(out / name)
-    assert (out / name / 'retrained_graph.pb').stat().st_size > 0
+    run = f'learning_rate={row["learning_rate"]}'
+    assert row['status'] == 'ok' and row['run_dir'] == str(out / run)
+    assert (out / run / 'retrained_graph.pb').stat().st_size > 0
     for split in ('train', 'validation'):
       assert any(n.startswith('events.out.tfevents')
-                 for n in os.listdir(summaries / name / split))
+                 for n in os.listdir(summaries / name / run / split))
     # The table's numbers are the run's own.
     accuracy = logged(row['run_dir'],
                       r'Final test accuracy = ([\d.]+)% \(N=(\d+)\)')
     assert f'{100 * float(row["test_accuracy"]):.1f}' == accuracy.group(1)
     assert row['test_images'] == accuracy.group(2)
+    assert logged(row['run_dir'], rf'\({row["training_images"]} training, ')
     assert row['steps'] == '30'
     assert 0 <= float(row['precision']) <= 1
     assert 0 <= float(row['recall']) <= 1
@@ -63,11 +73,33 @@ def test_learning_rate_sweep_writes_runs_table_and_plots(tmp_path,
   assert [row['bottlenecks_created'] for row in rows] == ['60', '0']
   assert logged(out / 'learning_rate=1.0', r'0 created .* 60 reused')
 
-  plots = [out / experiments.CURVES_NAME,
-           out / 'accuracy_and_time_by_learning_rate.png']
-  for path in plots:
+  for path in [out / experiments.CURVES_NAME,
+               out / 'accuracy_and_time_by_learning_rate.png']:
     with Image.open(path) as image:
       image.verify()
+  page = (out / 'results.md').read_text()
+  assert '--sweep learning_rate=0.01,1.0' in page
+  assert '](accuracy_and_time_by_learning_rate.png)' in page
+  assert f']({name}/results.md)' in (root / 'index.md').read_text()
+
+
+def test_everything_the_child_prints_goes_to_its_log(tmp_path, monkeypatch,
+                                                     capfd):
+  """TensorFlow's C++ start-up lines are written to fd 2 before any logging
+  is set up; a child that does the same must not reach the terminal."""
+  monkeypatch.setattr(experiments, '_CHILD_CODE', (
+      'import os, sys; os.write(2, b"E0000 cuda_dsoloader.cc] no cuda\\n"); '
+      'print("on stdout"); sys.exit(3)'))
+  run = experiments.Run({'learning_rate': '0.1'}, settings.RetrainSettings(),
+                        str(tmp_path / 'run'))
+  [outcome] = experiments.run_all([run])
+  assert outcome.status == 'failed'
+  assert outcome.message == 'exited with status 3'
+  log = (tmp_path / 'run' / experiments.LOG_NAME).read_text()
+  assert 'no cuda' in log and 'on stdout' in log
+  terminal = capfd.readouterr()
+  assert 'no cuda' not in terminal.out + terminal.err
+  assert str(tmp_path / 'run' / experiments.LOG_NAME) in terminal.out
 
 
 def test_bad_sweep_value_is_one_line_error(tmp_path):
@@ -84,36 +116,56 @@ def test_bad_sweep_value_is_one_line_error(tmp_path):
   assert len(errors) == 1 and 'train_batch_size=0.5' in errors[0]
 
 
-def test_images_per_class_keeps_test_set_and_gpu_is_unavailable(
-    tmp_path, tf2_module, monkeypatch):
-  monkeypatch.setattr(experiments, 'gpu_available', lambda: False)
+@pytest.mark.slow
+def test_images_per_class_keeps_test_set_and_counts_training_images(
+    tmp_path, tf2_module):
   base = settings.RetrainSettings(
       image_dir=make_image_dir(tmp_path / 'photos'), tfhub_module=tf2_module,
       bottleneck_dir=str(tmp_path / 'bottlenecks'),
       model_dir=str(tmp_path / 'models'),
       how_many_training_steps=10, eval_step_interval=5, random_seed=2)
-  sweeps = [experiments.parse_sweep('images_per_class=3,all', FLAG_NAMES),
-            experiments.parse_sweep('device=cpu,gpu', FLAG_NAMES)]
-  runs = experiments.plan(sweeps, lambda overrides: base,
-                          str(tmp_path / 'out'), str(tmp_path / 'summaries'))
-  outcomes = experiments.run_all(runs)
+  sweeps = [experiments.parse_sweep('images_per_class=3,all', FLAG_NAMES)]
+  experiment = experiments.plan(sweeps, lambda overrides: base,
+                                str(tmp_path / 'out'),
+                                str(tmp_path / 'summaries'))
+  outcomes = experiments.run_all(experiment.runs)
 
   assert [(o.run.name, o.status) for o in outcomes] == [
-      ('images_per_class=3,device=cpu', 'ok'),
-      ('images_per_class=3,device=gpu', 'unavailable'),
-      ('images_per_class=all,device=cpu', 'ok'),
-      ('images_per_class=all,device=gpu', 'unavailable')]
-  few, _, every, _ = outcomes
+      ('images_per_class=3', 'ok'), ('images_per_class=all', 'ok')]
+  few, every = outcomes
   assert logged(few.run.dir, r'\(9 training,')
   assert not logged(every.run.dir, r'\(9 training,')
   few_test, every_test = few.result.training.test, every.result.training.test
   assert few_test.count == every_test.count > 0
   assert few_test.ground_truth.tolist() == every_test.ground_truth.tolist()
 
-  report = experiments.write_report(outcomes, ['images_per_class', 'device'],
-                                    str(tmp_path / 'out'))
-  assert '| 3 | gpu | unavailable: TensorFlow sees no GPU |' in (
-      report.markdown)
+  report = experiments.write_report(outcomes, experiment)
+  header, _, few_row, every_row = report.markdown.splitlines()
+  column = header.split(' | ').index('training images')
+  assert few_row.split(' | ')[column] == '9'
+  assert every_row.split(' | ')[column] == str(
+      every.result.split_sizes['training'])
+
+
+def test_without_a_gpu_device_sweep_says_so_once(tmp_path, monkeypatch):
+  monkeypatch.setattr(experiments, 'gpu_available', lambda: False)
+  sweeps = [experiments.parse_sweep('learning_rate=0.1,1', FLAG_NAMES),
+            experiments.parse_sweep('device=cpu,gpu', FLAG_NAMES)]
+  experiment = experiments.plan(sweeps,
+                                lambda overrides: settings.RetrainSettings(),
+                                str(tmp_path / 'out'),
+                                str(tmp_path / 'summaries'))
+  assert [run.name for run in experiment.runs] == [
+      'learning_rate=0.1,device=cpu', 'learning_rate=1,device=cpu']
+  assert experiment.notes == [experiments.NO_GPU_NOTE]
+  outcomes = [fake_outcome(run, 0.9) for run in experiment.runs]
+  experiments.write_report(outcomes, experiment)
+  page = (tmp_path / 'out' / experiment.name / 'results.md').read_text()
+  assert page.count('No GPU') == 1
+  with pytest.raises(PoetsError, match='sees no GPU'):
+    experiments.plan([experiments.parse_sweep('device=gpu', FLAG_NAMES)],
+                     lambda overrides: None, str(tmp_path / 'out'),
+                     str(tmp_path / 'summaries'))
 
 
 def test_limit_training_images_is_seeded_nested_and_keeps_other_splits(
@@ -140,22 +192,111 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
 
   def make_config(overrides):
     seen.append(overrides)
-    return settings.RetrainSettings(architecture=overrides['architecture'])
+    return settings.RetrainSettings(architecture=overrides['architecture'],
+                                    output_tflite='tf_files/model.tflite')
 
-  runs = experiments.plan(sweeps, make_config, str(tmp_path / 'out'),
-                          str(tmp_path / 'summaries'))
+  experiment = experiments.plan(sweeps, make_config, str(tmp_path / 'out'),
+                                str(tmp_path / 'summaries'))
   assert seen == [{'learning_rate': '0.01',
                    'architecture': 'efficientnet_lite0'},
                   {'learning_rate': '1.0',
                    'architecture': 'efficientnet_lite0'}]
+  assert re.fullmatch(r'\d{4}-\d\d-\d\d_\d{6}_learning_rate\+architecture',
+                      experiment.name)
+  out = tmp_path / 'out' / experiment.name
   name = 'learning_rate=0.01,architecture=efficientnet_lite0'
-  assert runs[0].name == name
-  config = runs[0].config
-  assert config.output_graph == str(tmp_path / 'out' / name /
-                                    'retrained_graph.pb')
-  assert config.summaries_dir == str(tmp_path / 'summaries' / name)
-  assert config.checkpoint_path.startswith(str(tmp_path / 'out' / name))
-  assert config.images_per_class is None
+  run = experiment.runs[0]
+  assert run.name == name
+  assert run.config.output_graph == str(out / name / 'retrained_graph.pb')
+  assert run.config.summaries_dir == str(
+      tmp_path / 'summaries' / experiment.name / name)
+  assert run.config.checkpoint_path.startswith(str(out / name))
+  assert run.config.output_tflite == str(out / name / 'model.tflite')
+  assert run.config.images_per_class is None
+  # Listed before it runs; a killed experiment stays listed as unfinished.
+  assert '2 planned, not finished' in (tmp_path / 'out' /
+                                       'index.md').read_text()
+
+
+def fake_outcome(run, accuracy, status='ok', message='', test_images=58):
+  """The Outcome of a run that did not need TensorFlow to make."""
+  if status != 'ok':
+    return experiments.Outcome(run, status, message, seconds=4.0)
+  correct = round(accuracy * test_images)
+  confusion = np.array([[correct, test_images - correct], [0, 0]])
+  truth = np.zeros(test_images, np.int64)
+  test = training.Evaluation(correct / test_images, test_images,
+                             np.repeat([0, 1], confusion[0]), truth, confusion)
+  result = pipeline.RunResult(
+      ['a', 'b'], bottlenecks.CacheSummary(created=100),
+      {'training': 80, 'validation': 10, 'testing': test_images},
+      training.TrainingResult(500, False, test, [(0, 0.5), (499, accuracy)]),
+      bottleneck_seconds=14.2, training_seconds=0.7, export_seconds=0.5)
+  return experiments.Outcome(run, 'ok', '', result, seconds=21.0)
+
+
+def _experiment(tmp_path, sweep):
+  return experiments.plan([experiments.parse_sweep(sweep, FLAG_NAMES)],
+                          lambda overrides: settings.RetrainSettings(),
+                          str(tmp_path / 'out'), str(tmp_path / 'summaries'))
+
+
+def test_two_experiments_in_a_row_keep_both_tables(tmp_path):
+  first = _experiment(tmp_path, 'learning_rate=0.01,1.0')
+  experiments.write_report(
+      [fake_outcome(run, 1.0) for run in first.runs], first)
+  second = _experiment(tmp_path, 'learning_rate=0.01,1.0')
+  experiments.write_report(
+      [fake_outcome(run, 0.5) for run in second.runs], second)
+
+  # In the same second a suffix tells them apart.
+  assert first.name != second.name
+  out = tmp_path / 'out'
+  for experiment, accuracy in ((first, '100.0%'), (second, '50.0%')):
+    folder = out / experiment.name
+    assert f'| 0.01 | ok | {accuracy}' in (folder / 'results.md').read_text()
+    assert (folder / 'results.csv').exists()
+    assert (folder / 'accuracy_and_time_by_learning_rate.png').exists()
+  index = (out / 'index.md').read_text()
+  rows = [line for line in index.splitlines() if line.startswith('| 20')]
+  assert len(rows) == 2
+  assert f'({first.name}/results.md)' in rows[0] and '2 ok' in rows[0]
+  assert f'({second.name}/results.md)' in rows[1]
+  assert '50.0%–50.0%' in rows[1]
+
+
+def test_a_failed_run_is_a_short_cell_and_a_marked_point(tmp_path):
+  experiment = _experiment(tmp_path, 'architecture=a,b,c')
+  reason = ('Image directory x|y not found. ' + 'Download it with curl. ' * 20)
+  outcomes = [fake_outcome(experiment.runs[0], 0.9),
+              fake_outcome(experiment.runs[1], None, 'failed', reason),
+              fake_outcome(experiment.runs[2], 1.0)]
+  report = experiments.write_report(outcomes, experiment)
+
+  header, _, _, failed_row, _ = report.markdown.splitlines()
+  cells = [cell.strip() for cell in re.split(r'(?<!\\)\|', failed_row)]
+  assert len(cells) == header.count('|') + 1  # Still one row of the table.
+  assert cells[2].startswith(r'failed: Image directory x\|y not found.')
+  assert len(cells[2]) <= len('failed: ') + experiments.REASON_LENGTH + 1
+  with open(os.path.join(experiment.dir, 'results.csv')) as f:
+    assert list(csv.DictReader(f))[1]['message'] == reason
+
+  figure = experiments.by_key_figure(outcomes, ['architecture'],
+                                     'architecture')
+  accuracy_axes, time_axes = figure.axes
+  for axes in (accuracy_axes, time_axes):
+    assert [text.get_text() for text in axes.texts].count('failed') == 1
+  # A run at 100% and its interval are inside the axes, not on the edge.
+  assert accuracy_axes.get_ylim()[1] > 100
+  # Time is the whole run, split: the bars stack up to each run's seconds.
+  assert '21.0 s' in [text.get_text() for text in time_axes.texts]
+
+
+def test_wilson_interval_matches_the_textbook():
+  low, high = experiments.wilson_interval(9, 10)
+  assert (round(low, 3), round(high, 3)) == (0.596, 0.982)
+  low, high = experiments.wilson_interval(58, 58)
+  assert high == pytest.approx(1.0) and 0.93 < low < 0.94
 
 
 @pytest.mark.parametrize('text, message', [

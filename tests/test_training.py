@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def test_log_lines_follow_the_original(retrained, caplog, tmp_path):
   text = caplog.text
   assert 'Step 0: Train accuracy = ' in text
   assert 'Step 10: Cross entropy = ' in text
-  assert 'Step 10: Validation accuracy = ' in text and '(N=100)' in text
+  assert 'Step 10: Validation accuracy = ' in text
   assert 'Final test accuracy = ' in text
   assert '=== MISCLASSIFIED TEST IMAGES ===' in text
   assert 'precision  recall  count' in text and 'Confusion matrix' in text
@@ -91,6 +92,26 @@ def test_empty_validation_and_test_shares_do_not_crash(tmp_path, caplog):
   assert result.test is None and result.steps_done == 20
   assert 'No validation images for a, b' in caplog.text
   assert 'skipping the final test' in caplog.text
+
+
+@pytest.mark.parametrize('batch_size, expected', [(100, 7), (7, 7), (3, 3),
+                                                   (-1, 7)])
+def test_a_validation_set_no_larger_than_the_batch_is_used_whole(
+    tmp_path, caplog, batch_size, expected):
+  """Drawing 100 with replacement from 7 would make the curve jump."""
+  rng = np.random.default_rng(0)
+  splits = {'training': _split(rng, 40, 2), 'validation': _split(rng, 7, 2),
+            'testing': _split(rng, 5, 2)}
+  config = settings.RetrainSettings(
+      how_many_training_steps=21, eval_step_interval=10,
+      validation_batch_size=batch_size, summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1)
+  training.train(config, splits, ['a', 'b'])
+  counts = re.findall(r'Validation accuracy = [\d.]+% \(N=(\d+)\)',
+                      caplog.text)
+  assert counts == [str(expected)] * 3
+  said = caplog.text.count('Validating on all 7 validation images')
+  assert said == (1 if batch_size >= 7 else 0)
 
 
 def test_sampling_is_uniform_over_classes_and_seeded():
