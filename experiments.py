@@ -30,8 +30,8 @@ overwritten. In it: results.md (the command, the table, the plots; the table
 is also printed), results.csv, accuracy_and_time_by_<key>.png (test accuracy
 with its 95% interval, and each run's time split into making bottlenecks,
 training and the rest), validation_accuracy.png, and a folder per run with
-its graph, labels and retrain.log (everything the run printed, TensorFlow's
-own lines included). <experiments_dir>/index.md lists every experiment. All
+its graph, labels and retrain.log (everything the run printed, as
+retrain.py prints it). <experiments_dir>/index.md lists every experiment. All
 runs share --bottleneck_dir, so only the first run of a network makes
 bottlenecks. Summaries go to <summaries_dir>/<experiment>/<run>/, so
 
@@ -40,16 +40,17 @@ bottlenecks. Summaries go to <summaries_dir>/<experiment>/<run>/, so
 overlays one experiment's curves.
 """
 
-import os
 import shlex
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from poets import startup
+
+startup.import_tensorflow()  # Before anything else imports TensorFlow.
+startup.plain_log_lines()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import retrain  # noqa: E402  Defines the retrain flags: the base of every run.
 from poets import cli  # noqa: E402
@@ -90,7 +91,6 @@ def main(argv):
   cli.refuse_positional(argv, 'experiments.py')
   verbosity = FLAGS.logging_verbosity.lower().replace('warn', 'warning')
   logging.set_verbosity(verbosity)
-  tf.get_logger().setLevel('ERROR')
   summaries_root = FLAGS.summaries_dir or experiments.DEFAULT_SUMMARIES_ROOT
   flag_names = [flag.name for flag in FLAGS.get_flags_for_module(retrain)]
   try:

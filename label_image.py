@@ -17,16 +17,21 @@ photos (`--image a.jpg b.jpg`, or `--image_dir folder/`) are labelled in
 batches with `--output_format text|json|csv`. Before retraining anything, try
 `--imagenet` to label a photo with the embedded module's 1000 ImageNet
 classes.
+
+A TensorFlow Lite model (retrain.py --output_tflite, or tflite_convert.py)
+takes the same flags: `--graph tf_files/optimized_graph.tflite`.
 """
 
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from poets import startup
+
+startup.import_tensorflow()  # Before anything else imports TensorFlow.
+startup.plain_log_lines()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from poets import cli  # noqa: E402
 from poets import labeling  # noqa: E402
@@ -37,7 +42,9 @@ _D = labeling.LabelConfig()
 # Decoded images of one batch sit in memory together.
 MAX_BATCH_SIZE = 4096
 
-flags.DEFINE_string('graph', _D.graph, 'The frozen graph (.pb) to run.')
+flags.DEFINE_string('graph', _D.graph,
+                    'The frozen graph (.pb) or TensorFlow Lite model '
+                    '(.tflite, told apart by content) to run.')
 flags.DEFINE_string('labels', _D.labels,
                     "The graph's labels file, one label per output.")
 flags.DEFINE_multi_string('image', [],
@@ -128,8 +135,6 @@ def _use_imagenet(config):
 
 
 def main(argv):
-  # TensorFlow's own deprecation notices about tf.compat.v1 are not for users.
-  tf.get_logger().setLevel('ERROR')
   # A file name need not be UTF-8; print it as the bytes it is, as ls does.
   sys.stdout.reconfigure(errors='surrogateescape')
   try:

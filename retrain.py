@@ -32,20 +32,22 @@ tf_files/models. --tfhub_module takes any image feature-vector module: a TF
 Hub URL, a .tar.gz URL or a local directory.
 """
 
-import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from poets import startup
+
+startup.import_tensorflow()  # Before anything else imports TensorFlow.
+startup.plain_log_lines()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from poets import cli  # noqa: E402
 from poets import interrupts  # noqa: E402
 from poets import pipeline  # noqa: E402
 from poets import settings  # noqa: E402
+from poets import tflite  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
 
 _DEFAULT = settings.RetrainSettings()
@@ -146,6 +148,15 @@ flags.DEFINE_integer('input_width', _DEFAULT.input_width,
 flags.DEFINE_string('saved_model_dir', _DEFAULT.saved_model_dir,
                     'Where to save the exported graph as a SavedModel with a '
                     'serving signature image -> prediction; empty = none.')
+flags.DEFINE_string('output_tflite', _DEFAULT.output_tflite,
+                    'Where to save the retrained model as TensorFlow Lite '
+                    '(.tflite, for phones); empty = none. It uses the same '
+                    'labels file.')
+flags.DEFINE_enum('tflite_quantization', _DEFAULT.tflite_quantization,
+                  tflite.QUANTIZATIONS,
+                  'How --output_tflite is stored: none (float32), dynamic '
+                  '(int8 weights, float arithmetic) or int8 (full-integer, '
+                  'calibrated on a few hundred of the training images).')
 flags.DEFINE_string('checkpoint_path', _DEFAULT.checkpoint_path,
                     'Where to save the checkpoint of the trained layer.')
 flags.DEFINE_enum('logging_verbosity', 'INFO',
@@ -162,7 +173,7 @@ for _name in ('image_dir', 'output_graph', 'output_labels', 'bottleneck_dir',
   flags.register_validator(_name, cli.is_path,
                            'must name a file or folder (not empty, no NUL)')
 for _name in ('summaries_dir', 'saved_model_dir', 'tfhub_module',
-              'architecture'):
+              'architecture', 'output_tflite'):
   flags.register_validator(_name, cli.is_optional_path, 'must not hold NUL')
 for _name in ('learning_rate', 'testing_percentage', 'validation_percentage'):
   flags.register_validator(_name, cli.is_finite, 'must be a finite number')
@@ -187,6 +198,10 @@ flags.register_multi_flags_validator(
     ['architecture', 'tfhub_module'],
     lambda f: not (f['architecture'] and f['tfhub_module']),
     'pass either --architecture or --tfhub_module, not both')
+flags.register_multi_flags_validator(
+    ['tflite_quantization', 'output_tflite'],
+    lambda f: f['tflite_quantization'] == 'none' or f['output_tflite'],
+    'a quantization needs --output_tflite, the .tflite file to write')
 
 FLAGS = flags.FLAGS
 
@@ -200,8 +215,6 @@ def main(argv):
   cli.refuse_positional(argv, 'retrain.py')
   logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
                                                                 'warning'))
-  # TensorFlow's own deprecation notices about tf.compat.v1 are not for users.
-  tf.get_logger().setLevel('ERROR')
   run_settings = settings_from_flags()
   for warning in settings.warnings(run_settings):
     logging.warning('%s', warning)

@@ -5,6 +5,7 @@ ratios, because other work may share the cores: absolute figures move with
 the load, ratios much less. The load average is printed beside them.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -121,3 +122,54 @@ def run_child(command, log_path):
 def load():
   """The 1-minute load average, to read the figures beside."""
   return f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores'
+
+
+# retrain.py's own flags and pipeline.run, in a child process, with the
+# pipeline's RunResult written out: stage times come from the pipeline, not
+# from log wording.
+_RETRAIN_CHILD = """
+import json, sys, time
+started = time.perf_counter()
+from absl import flags
+import retrain
+from poets import pipeline
+flags.FLAGS(['retrain.py'] + sys.argv[2:])
+imported = time.perf_counter()
+result = pipeline.run(retrain.settings_from_flags())
+test = result.training.test
+with open(sys.argv[1], 'w') as f:
+  json.dump({'start-up': imported - started,
+             'listing': result.listing_seconds,
+             'cache read': result.cache.read_seconds,
+             'bottlenecks': result.bottleneck_seconds,
+             'training': result.training_seconds,
+             'export': result.export_seconds,
+             'pipeline': time.perf_counter() - imported,
+             'created': result.cache.created, 'reused': result.cache.reused,
+             'accuracy': test and test.accuracy,
+             'test_images': test and test.count}, f)
+"""
+
+
+def retrain_in_child(flag_args, work, name):
+  """retrain.py with `flag_args` in a fresh child; outputs go under `work`.
+
+  Returns (wall seconds, peak MiB, the RunResult's figures as a dict); exits
+  with the child's log if it fails.
+  """
+  out = os.path.join(work, name)
+  report = os.path.join(work, f'{name}.json')
+  log_path = os.path.join(work, f'{name}.log')
+  command = [
+      sys.executable, '-c', _RETRAIN_CHILD, report, *flag_args,
+      '--summaries_dir', os.path.join(out, 'summaries'),
+      '--output_graph', os.path.join(out, 'retrained_graph.pb'),
+      '--output_labels', os.path.join(out, 'retrained_labels.txt'),
+      '--checkpoint_path', os.path.join(out, 'checkpoint', 'retrain'),
+      '--intermediate_output_graphs_dir', os.path.join(out, 'intermediate')]
+  seconds, peak, code = run_child(command, log_path)
+  if code:
+    with open(log_path) as f:
+      sys.exit(f'retrain failed ({code}):\n{f.read()[-3000:]}')
+  with open(report) as f:
+    return seconds, peak, json.load(f)

@@ -13,7 +13,6 @@ Targets on the 600-photo sample: warm run under 20 s, peak under 2 GB.
   python bench/end_to_end.py [--quick] [--steps 4000]
 """
 
-import json
 import os
 import sys
 import tempfile
@@ -29,49 +28,15 @@ flags.DEFINE_integer('steps', None,
                      'Training steps (default 4000; --quick: 200).')
 FLAGS = flags.FLAGS
 
-# retrain.py's own main, run in the child, with the pipeline's RunResult
-# written out: stage times come from the pipeline, not from log wording.
-_CHILD = """
-import json, sys, time
-started = time.perf_counter()
-from absl import flags
-import retrain
-from poets import pipeline
-flags.FLAGS(['retrain.py'] + sys.argv[2:])
-imported = time.perf_counter()
-result = pipeline.run(retrain.settings_from_flags())
-test = result.training.test
-with open(sys.argv[1], 'w') as f:
-  json.dump({'start-up': imported - started,
-             'bottlenecks': result.bottleneck_seconds,
-             'training': result.training_seconds,
-             'export': result.export_seconds,
-             'pipeline': time.perf_counter() - imported,
-             'accuracy': test.accuracy, 'test_images': test.count}, f)
-"""
-
 
 def _retrain(image_dir, work, name, steps):
   """One retrain run; returns (seconds, peak MiB, stage seconds, result)."""
-  out = os.path.join(work, name)
-  report = os.path.join(work, f'{name}.json')
-  command = [
-      sys.executable, '-c', _CHILD, report, '--image_dir', image_dir,
-      '--bottleneck_dir', os.path.join(work, 'bottlenecks'),
-      '--model_dir', FLAGS.model_dir,
-      '--how_many_training_steps', str(steps), '--random_seed', '0',
-      '--summaries_dir', os.path.join(out, 'summaries'),
-      '--output_graph', os.path.join(out, 'retrained_graph.pb'),
-      '--output_labels', os.path.join(out, 'retrained_labels.txt'),
-      '--checkpoint_path', os.path.join(out, 'checkpoint', 'retrain'),
-      '--intermediate_output_graphs_dir', os.path.join(out, 'intermediate')]
-  log_path = os.path.join(work, f'{name}.log')
-  seconds, peak, code = common.run_child(command, log_path)
-  if code:
-    with open(log_path) as f:
-      sys.exit(f'retrain failed ({code}):\n{f.read()[-3000:]}')
-  with open(report) as f:
-    measured = json.load(f)
+  seconds, peak, measured = common.retrain_in_child(
+      ['--image_dir', image_dir,
+       '--bottleneck_dir', os.path.join(work, 'bottlenecks'),
+       '--model_dir', FLAGS.model_dir,
+       '--how_many_training_steps', str(steps), '--random_seed', '0'],
+      work, name)
   stages = {stage: measured[stage] for stage in
             ('start-up', 'bottlenecks', 'training', 'export')}
   stages['other pipeline work'] = measured['pipeline'] - sum(

@@ -10,26 +10,37 @@ Unlike the original (one session run per image), missing bottlenecks are
 computed by a tf.data pipeline that reads and decodes images in parallel and
 feeds the module batches of them. Each file is written to a temporary name and
 renamed, so a killed run leaves no half-written file and a rerun resumes.
+
+At scale the cache is read by threads, each parsing a chunk of files with one
+TensorFlow call, straight into one array that holds every bottleneck of the
+run; the splits are slices of it, so memory is one copy of the bottlenecks.
 """
 
 import collections
 import concurrent.futures
 import dataclasses
 import os
+import time
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from poets import images
 from poets.files import NAME_MAX, atomic_write, fitted_name
 from poets import modules
+from poets import progress
 from poets.errors import PoetsError
 
 # Images per session run: large enough to amortise the call, small enough
 # that memory does not grow with the folder.
 BATCH_SIZE = 32
+# Cache files parsed by one TensorFlow call: enough that the call's overhead
+# vanishes, few enough that a damaged file costs a re-read of only these.
+READ_CHUNK = 256
+# Files computed but not yet written: the writer can fall behind a fast
+# module, and a queue of 100,000 of them would hold memory for nothing.
+MAX_PENDING_WRITES = 4 * BATCH_SIZE
 
 
 @dataclasses.dataclass
@@ -46,6 +57,7 @@ class CacheSummary:
   reused: int = 0
   recomputed: int = 0  # cache files that were unreadable and made again
   failed: list = dataclasses.field(default_factory=list)  # (path, reason)
+  read_seconds: float = 0.0  # reading and checking the cached files
 
 
 def bottleneck_path(bottleneck_dir, class_dir, image_name, module_name):
@@ -61,7 +73,7 @@ def format_bottleneck(values):
   return ','.join(str(v) for v in np.asarray(values, np.float32))
 
 
-def _write_bottleneck(path, values):
+def write_bottleneck(path, values):
   atomic_write(path, format_bottleneck(values))
 
 
@@ -93,8 +105,13 @@ class _Entry:
 
 
 def _entries(image_lists, bottleneck_dir, module_name):
-  for class_index, image_class in enumerate(image_lists.classes):
-    for split in images.SPLITS:
+  """Every image, split by split and class by class within a split.
+
+  In that order each split is one block of rows, sorted by class as training
+  needs, so the splits can be slices of one array instead of copies.
+  """
+  for split in images.SPLITS:
+    for class_index, image_class in enumerate(image_lists.classes):
       for image_name in image_class.split(split):
         yield _Entry(split, class_index,
                      image_lists.image_path(class_index, image_name),
@@ -102,43 +119,116 @@ def _entries(image_lists, bottleneck_dir, module_name):
                                      image_name, module_name))
 
 
-def _read_cache(entries, bottleneck_size, bottleneck_dir, summary):
-  """Loads the cached bottlenecks that are sound; returns {index: values}."""
-  found = {}
-  wrong_sizes = {}
-  for index, entry in enumerate(entries):
-    if not os.path.exists(entry.cache_path):
-      continue
-    values, problem = read_bottleneck(entry.cache_path)
-    if values is not None and values.size != bottleneck_size:
-      wrong_sizes[index] = values.size
-      problem = f'{values.size} values, expected {bottleneck_size}'
-    if problem:
-      logging.warning('Recomputing bad bottleneck file %s: %s',
-                      entry.cache_path, problem)
-      summary.recomputed += 1
-      continue
-    found[index] = values
-  if wrong_sizes and not found:
-    other_size = next(iter(wrong_sizes.values()))
-    # Every file disagrees: not damage but a different module's cache.
-    raise PoetsError(
-        f'The cached bottlenecks in {bottleneck_dir} have {other_size} values but this module makes {bottleneck_size}: '
-        'they were made by another module of the same name. Pass another '
-        '--bottleneck_dir (or move that folder away) and rerun.')
+def _existing(paths):
+  """Which of `paths` exist: one listing per folder, not one stat per file."""
+  listed = {}
+  found = np.zeros(len(paths), bool)
+  for index, path in enumerate(paths):
+    folder, name = os.path.split(path)
+    if folder not in listed:
+      try:
+        listed[folder] = set(os.listdir(folder or '.'))
+      except OSError:  # No such folder yet: nothing cached there.
+        listed[folder] = set()
+    found[index] = name in listed[folder]
   return found
 
 
-def _decode_error(session, contents_input, decoded, path):
-  """Why an image failed: rerun its decode alone to get TensorFlow's message."""
+def _parse_together(paths, bottleneck_size):
+  """Values of cache files parsed in one TensorFlow call, [n, size].
+
+  TensorFlow parses outside the GIL, so threads running this use every core,
+  which Python's float() cannot. None if any file is unreadable, holds
+  anything but numbers, or has the wrong count or non-finite values:
+  read_bottleneck then says which and why.
+  """
+  texts = []
+  for path in paths:
+    try:
+      with open(path, 'rb') as f:
+        texts.append(f.read())
+    except OSError:
+      return None
+  try:
+    parsed = tf.strings.to_number(tf.strings.split(texts, ','), tf.float32)
+  except tf.errors.InvalidArgumentError:
+    return None
+  values = parsed.flat_values.numpy()
+  if (values.size != len(paths) * bottleneck_size or
+      np.any(parsed.row_lengths().numpy() != bottleneck_size) or
+      not np.all(np.isfinite(values))):
+    return None
+  return values.reshape(len(paths), bottleneck_size)
+
+
+def _read_cache(entries, values, bottleneck_dir, summary):
+  """Fills rows of `values` from the sound cache files; returns which.
+
+  Threads each read a chunk of READ_CHUNK files; a chunk with a damaged file
+  is read again one file at a time to find it and say why.
+  """
+  bottleneck_size = values.shape[1]
+  cached = np.flatnonzero(_existing([e.cache_path for e in entries]))
+  chunks = [cached[i:i + READ_CHUNK] for i in range(0, len(cached),
+                                                     READ_CHUNK)]
+
+  def read(rows):
+    paths = [entries[row].cache_path for row in rows]
+    parsed = _parse_together(paths, bottleneck_size)
+    if parsed is not None:
+      values[rows] = parsed
+      return rows, []
+    sound, problems = [], []
+    for row, path in zip(rows, paths):
+      value, problem = read_bottleneck(path)
+      if value is not None and value.size != bottleneck_size:
+        problems.append((path, f'{value.size} values, expected '
+                         f'{bottleneck_size}', value.size))
+      elif problem:
+        problems.append((path, problem, None))
+      else:
+        values[row] = value
+        sound.append(row)
+    return sound, problems
+
+  found = np.zeros(len(entries), bool)
+  wrong_sizes = []
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+    for sound, problems in pool.map(read, chunks):
+      found[sound] = True
+      for path, problem, size in problems:
+        logging.warning('Recomputing bad bottleneck file %s: %s', path,
+                        problem)
+        summary.recomputed += 1
+        if size is not None:
+          wrong_sizes.append(size)
+  if wrong_sizes and not found.any():
+    # Every file disagrees: not damage but a different module's cache.
+    raise PoetsError(foreign_cache_message(bottleneck_dir, wrong_sizes[0],
+                                           bottleneck_size))
+  return found
+
+
+def foreign_cache_message(bottleneck_dir, other_size, bottleneck_size):
+  return (f'The cached bottlenecks in {bottleneck_dir} have {other_size} '
+          f'values but this module makes {bottleneck_size}: they were made '
+          'by another module of the same name. Pass another --bottleneck_dir '
+          '(or move that folder away) and rerun.')
+
+
+def decode_file(session, contents_input, decoded, path):
+  """Reads and decodes one image alone: (image, None) or (None, why not).
+
+  The reason is TensorFlow's own line (`Unknown image file format...`) or the
+  operating system's (`No such file or directory`).
+  """
   try:
     with open(path, 'rb') as f:
-      session.run(decoded, {contents_input: f.read()})
+      return session.run(decoded, {contents_input: f.read()}), None
   except OSError as e:
-    return e.strerror or str(e)
+    return None, e.strerror or str(e)
   except tf.errors.OpError as e:
-    return images.decode_failure_reason(e)
-  return 'could not be read'
+    return None, images.decode_failure_reason(e)
 
 
 def _compute(entries, todo, module_spec, summary):
@@ -177,8 +267,7 @@ def _compute(entries, todo, module_spec, summary):
   done = set()
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
-    with tqdm(total=len(todo), desc='Bottlenecks', unit='img',
-              smoothing=0.1) as progress:
+    with progress.progress(len(todo), 'Bottlenecks', 'img') as bar:
       while True:
         try:
           batch_indices, values = session.run([indices, bottlenecks])
@@ -187,14 +276,16 @@ def _compute(entries, todo, module_spec, summary):
         for index, value in zip(batch_indices, values):
           done.add(int(index))
           yield int(index), value
-        progress.update(len(batch_indices))
+        bar.update(len(batch_indices))
       for index in todo:
         if index not in done:
           path = entries[index].image_path
-          reason = _decode_error(session, contents_input, decoded, path)
+          # Rerun alone, to get the reason the batch pipeline dropped it.
+          _, reason = decode_file(session, contents_input, decoded, path)
+          reason = reason or 'could not be read'
           logging.warning('Skipping %s: %s', path, reason)
           summary.failed.append((path, reason))
-          progress.update(1)
+          bar.update(1)
 
 
 def cache_bottlenecks(image_lists, module, bottleneck_dir):
@@ -207,10 +298,13 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir):
   """
   entries = list(_entries(image_lists, bottleneck_dir, module.spec.name))
   summary = CacheSummary()
-  values = _read_cache(entries, module.bottleneck_size, bottleneck_dir,
-                       summary)
-  summary.reused = len(values)
-  todo = [i for i in range(len(entries)) if i not in values]
+  # Rows are only touched (and take memory) as they are filled.
+  values = np.empty([len(entries), module.bottleneck_size], np.float32)
+  start = time.perf_counter()
+  have = _read_cache(entries, values, bottleneck_dir, summary)
+  summary.read_seconds = time.perf_counter() - start
+  summary.reused = int(have.sum())
+  todo = np.flatnonzero(~have).tolist()
   if todo:
     logging.info('Creating %d bottleneck files in %s (%d already cached)',
                  len(todo), bottleneck_dir, summary.reused)
@@ -220,30 +314,43 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir):
       pending = collections.deque()
       for index, bottleneck in _compute(entries, todo, module.spec,
                                         summary):
-        pending.append(writer.submit(_write_bottleneck,
-                                     entries[index].cache_path, bottleneck))
         # The value as the file holds it, so cold and warm runs agree.
         values[index] = bottleneck
+        have[index] = True
         summary.created += 1
-        while pending and pending[0].done():
+        # The writer gets the row of `values`, not the batch, so no batch is
+        # kept alive while it catches up.
+        pending.append(writer.submit(write_bottleneck,
+                                     entries[index].cache_path,
+                                     values[index]))
+        while pending and (pending[0].done() or
+                           len(pending) > MAX_PENDING_WRITES):
           pending.popleft().result()  # A failed write stops the run now.
       for write in pending:
         write.result()
   logging.info('Bottlenecks: %d created (%d replacing bad cache files), %d '
                'reused, %d failed', summary.created, summary.recomputed,
                summary.reused, len(summary.failed))
-  return _by_split(entries, values, module.bottleneck_size), summary
+  return _by_split(entries, values, have), summary
 
 
-def _by_split(entries, values, bottleneck_size):
+def _by_split(entries, values, have):
+  """The splits as slices of `values`, without the images that failed."""
+  kept = np.flatnonzero(have)
+  if len(kept) < len(entries):
+    # Close the failed images' gaps in place: a copy of every bottleneck
+    # would double the peak memory of a large folder.
+    for target, source in enumerate(kept):
+      if target != source:
+        values[target] = values[source]
   splits = {}
+  start = 0
   for split in images.SPLITS:
-    chosen = [i for i, e in enumerate(entries) if e.split == split and
-              i in values]
+    chosen = [entries[i] for i in kept if entries[i].split == split]
+    end = start + len(chosen)
     splits[split] = SplitBottlenecks(
-        bottlenecks=(np.stack([values[i] for i in chosen]) if chosen else
-                     np.zeros([0, bottleneck_size], np.float32)),
-        ground_truth=np.array([entries[i].class_index for i in chosen],
-                              np.int64),
-        filenames=[entries[i].image_path for i in chosen])
+        bottlenecks=values[start:end],
+        ground_truth=np.array([e.class_index for e in chosen], np.int64),
+        filenames=[e.image_path for e in chosen])
+    start = end
   return splits

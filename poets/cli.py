@@ -1,4 +1,4 @@
-"""What the three scripts share at the door: flags checked in one line each.
+"""What the scripts share at the door: flags checked in one line each.
 
 absl reports a bad flag as a FATAL line plus a hint about --helpfull and exits
 with 1; a user should instead read one `ERROR:` line that names the flag, the
@@ -15,10 +15,14 @@ from absl import flags
 USAGE_ERROR = 2
 
 
-def parse_flags_or_exit(argv):
-  """An `app.run(flags_parser=...)`: absl's parsing, errors as one line."""
+def parse_flags_or_exit(argv, known_only=False):
+  """An `app.run(flags_parser=...)`: absl's parsing, errors as one line.
+
+  With `known_only`, flags absl does not know are handed back with the
+  positional arguments (beam_bottlenecks.py passes them on to Beam).
+  """
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(argv, known_only=known_only)
   except flags.Error as e:
     message = ' '.join(str(e).split())  # absl folds long messages.
     print(f'ERROR: {message}', file=sys.stderr)

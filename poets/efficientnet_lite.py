@@ -19,16 +19,16 @@ CLI, to build a module ahead of time:
       --model_dir tf_files/models
 """
 
-import os
-
 if __name__ == '__main__':
-  # Must precede the TensorFlow import to quiet its C++ start-up chatter.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  from poets import startup
+  startup.import_tensorflow()  # Before anything else imports TensorFlow.
+  startup.plain_log_lines()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import dataclasses
 import importlib.resources
 import importlib.util
+import os
 import re
 import shutil
 import sys

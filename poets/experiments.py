@@ -48,6 +48,7 @@ from poets import files
 from poets import interrupts
 from poets import pipeline
 from poets import settings
+from poets import startup
 from poets.errors import PoetsError
 
 DEFAULT_EXPERIMENTS_DIR = os.path.join('tf_files', 'experiments')
@@ -83,6 +84,8 @@ NO_GPU_NOTE = (
 # comes while TensorFlow is still importing ends it quietly.
 _CHILD_CODE = ('import sys\n'
                'try:\n'
+               '  from poets import startup\n'
+               '  startup.import_tensorflow()\n'
                '  from poets import experiments\n'
                '  experiments.run_child(sys.argv[1])\n'
                'except KeyboardInterrupt:\n'
@@ -90,7 +93,6 @@ _CHILD_CODE = ('import sys\n'
 # So the child imports this very package, wherever the parent was started.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A warning line of absl's Python log format, as the child writes them.
-_WARNING_LINE = re.compile(r'W\d{4} [\d:.]+ +\d+ \S+\.py:\d+\] ')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +219,7 @@ def _per_run(config, run_dir, summaries_dir, images_per_class):
       intermediate_output_graphs_dir=inside(
           config.intermediate_output_graphs_dir),
       saved_model_dir=config.saved_model_dir and inside(config.saved_model_dir),
+      output_tflite=config.output_tflite and inside(config.output_tflite),
       images_per_class=images_per_class,
       summaries_dir=summaries_dir,
       checkpoint_path=inside(config.checkpoint_path))
@@ -362,7 +365,9 @@ def run_all(runs, verbosity='info', stop=None):
   stop = stop or StopRequests()
   outcomes = []
   with tempfile.TemporaryDirectory(prefix='poets-experiments-') as scratch:
-    with tqdm(total=len(runs), desc='Runs', unit='run') as progress:
+    # In a log file the per-run lines below are the progress.
+    with tqdm(total=len(runs), desc='Runs', unit='run',
+              disable=not sys.stderr.isatty()) as progress:
       for index, run in enumerate(runs):
         if stop.received:
           break
@@ -379,7 +384,10 @@ def run_all(runs, verbosity='info', stop=None):
 
 def _count_warnings(log_path):
   with open(log_path, errors='replace') as f:
-    return sum(1 for line in f if _WARNING_LINE.match(line))
+    # Our warnings, not TensorFlow's start-up line that starts the same way
+    # (the child filters it out unless POETS_SHOW_TF_LOGS=1).
+    return sum(1 for line in f if line.startswith('WARNING: ') and
+               not startup.is_start_up_line(line.rstrip('\n')))
 
 
 def _run_child(run, job_path, verbosity, stop):
@@ -388,14 +396,12 @@ def _run_child(run, job_path, verbosity, stop):
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join(
       filter(None, [_PACKAGE_ROOT, env.get('PYTHONPATH')]))
-  # The log gets the bottleneck summary line, not a progress bar's redraws.
-  env['TQDM_DISABLE'] = '1'
   if run.device == 'cpu':
     env['CUDA_VISIBLE_DEVICES'] = '-1'
   os.makedirs(run.dir, exist_ok=True)
   start = time.perf_counter()
-  # All the child writes, TensorFlow's start-up lines included, is its log;
-  # the terminal keeps one line per run.
+  # All the child writes (less TensorFlow's start-up lines, as for the
+  # scripts) is its log; the terminal keeps one line per run.
   signals_before = len(stop.received)
   with open(run.log_path, 'wb') as log:
     child = subprocess.Popen([sys.executable, '-c', _CHILD_CODE, job_path],
@@ -426,8 +432,7 @@ def _log_to_stderr(verbosity):
   flags.FLAGS.mark_as_parsed()  # The child has no flags; absl would warn.
   logging.use_absl_handler()
   logging.set_verbosity(verbosity)
-  # TensorFlow's own deprecation notices about tf.compat.v1 are not for users.
-  tf.get_logger().setLevel('ERROR')
+  startup.plain_log_lines()
 
 
 def run_child(job_path):

@@ -14,6 +14,7 @@ import hashlib
 import os
 import random
 import re
+import stat
 
 from absl import logging
 import tensorflow as tf
@@ -116,12 +117,12 @@ def find_images(class_path, seen=None):
   if _identity(class_path) in seen:  # A link to a folder already searched.
     return [], 1
   seen.add(_identity(class_path))
-  candidates = []
+  by_identity = {}  # One stat per file: listing time matters at scale.
   repeated = 0
   for root, dirs, files in os.walk(class_path, followlinks=True):
     kept = []
     # Real folders before links to them, then by name, so the way to a
-    # folder or photo that is kept does not vary.
+    # folder that is kept does not vary.
     for name in sorted((d for d in dirs if not d.startswith('.')),
                        key=lambda d: (os.path.islink(os.path.join(root, d)),
                                       d)):
@@ -132,26 +133,36 @@ def find_images(class_path, seen=None):
         seen.add(identity)
         kept.append(name)
     dirs[:] = kept
+    # Once a folder: relpath per file took most of the listing's time.
+    folder = os.path.relpath(root, class_path)
     for name in files:
-      path = os.path.join(root, name)
       if (name.startswith('.') or
           os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS):
         continue
-      if os.path.exists(path) and not os.path.isfile(path):
+      path = os.path.join(root, name)
+      try:
+        status = os.stat(path)
+        identity = status.st_dev, status.st_ino
+      except OSError:  # A dangling link: reported when it fails to read.
+        status, identity = None, path
+      if status and not stat.S_ISREG(status.st_mode):
         # Reading one would wait for a writer (a pipe), or never end.
         logging.warning('Skipping %s: not a regular file (a pipe, a device '
                         'or a folder).', path)
         continue
-      candidates.append((os.path.islink(path),
-                         os.path.relpath(path, class_path)))
+      by_identity.setdefault(identity, []).append(
+          name if folder == '.' else os.path.join(folder, name))
   found = []
-  for _, relative in sorted(candidates):
-    identity = _identity(os.path.join(class_path, relative))
+  for identity, names in by_identity.items():
+    repeated += len(names) - 1
     if identity in seen:
       repeated += 1
-    else:
-      seen.add(identity)
-      found.append(relative)
+      continue
+    seen.add(identity)
+    # Of two ways to one photo the real file, not a link to it; then by name.
+    found.append(min(names, key=lambda n: (
+        os.path.islink(os.path.join(class_path, n)), n)) if len(names) > 1
+                 else names[0])
   return sorted(found), repeated
 
 
@@ -167,20 +178,29 @@ def _missing_dir_message(image_dir):
   return message
 
 
+def class_dirs(image_dir):
+  """The names of the class folders in `image_dir`, sorted; hidden ones aside.
+
+  Raises PoetsError when `image_dir` is not a folder.
+  """
+  if not os.path.isdir(image_dir):
+    raise PoetsError(_missing_dir_message(image_dir))
+  return [name for name in sorted(os.listdir(image_dir))
+          if not name.startswith('.') and
+          os.path.isdir(os.path.join(image_dir, name))]
+
+
 def create_image_lists(image_dir, testing_percentage, validation_percentage):
   """Finds the classes and images under `image_dir` and splits them.
 
   Returns an ImageLists with classes sorted by label. Raises PoetsError when
   the folder is missing or holds fewer than two classes with images.
   """
-  if not os.path.isdir(image_dir):
-    raise PoetsError(_missing_dir_message(image_dir))
   classes = []
+  dir_names = class_dirs(image_dir)
   seen = {_identity(image_dir)}
-  for dir_name in sorted(os.listdir(image_dir)):
+  for dir_name in dir_names:
     class_path = os.path.join(image_dir, dir_name)
-    if dir_name.startswith('.') or not os.path.isdir(class_path):
-      continue
     logging.info("Looking for images in '%s'", dir_name)
     images, repeated = find_images(class_path, seen)
     if repeated:
@@ -190,12 +210,14 @@ def create_image_lists(image_dir, testing_percentage, validation_percentage):
       logging.warning('No files found in %s', class_path)
       continue
     if len(images) < 20:
+      # The original's words, without its 'WARNING: ', which the log line
+      # already starts with.
       logging.warning(
-          'WARNING: Folder %s has less than 20 images, which may cause issues.',
+          'Folder %s has less than 20 images, which may cause issues.',
           dir_name)
     elif len(images) > MAX_NUM_IMAGES_PER_CLASS:
       logging.warning(
-          'WARNING: Folder %s has more than %d images. Some images will never '
+          'Folder %s has more than %d images. Some images will never '
           'be selected.', dir_name, MAX_NUM_IMAGES_PER_CLASS)
     splits = {name: [] for name in SPLITS}
     for image in images:

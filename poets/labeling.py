@@ -9,14 +9,18 @@ retrain.py gave them (poets.images' decode and bilinear resize) and then
 the [0, 1] input of this project's graphs. A tf.data pipeline decodes the
 images in parallel and the graph runs on batches of them; an image that
 cannot be read or decoded is reported and the others are still labelled.
+A TensorFlow Lite model, told apart from a graph by its content, takes the
+same flags and gets the same pixels; poets.tflite_model runs it.
 """
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import os
 import time
+from typing import Callable
 
 from google.protobuf import message
 import numpy as np
@@ -28,6 +32,7 @@ from poets import efficientnet_lite
 from poets import export
 from poets import images
 from poets import modules
+from poets import tflite_model
 from poets.errors import PoetsError
 
 PREFIX = 'import'
@@ -118,33 +123,54 @@ class LabelRun:
     return [r for r in self.results if r.error is None]
 
 
-def load_graph_def(path):
-  """Reads a frozen GraphDef, or raises PoetsError saying what `path` is."""
-  fix = 'pass --graph the .pb file that retrain.py wrote (--output_graph)'
+def _graph_fix(flag):
+  return f'pass {flag} the .pb file that retrain.py wrote (--output_graph)'
+
+
+def read_model_file(path, flag='--graph'):
+  """The bytes of a graph or model file, or PoetsError saying why not."""
+  fix = _graph_fix(flag)
   if os.path.isdir(path):
-    raise PoetsError(f'--graph {path} is a folder, not a frozen graph; {fix}.')
+    raise PoetsError(f'{flag} {path} is a folder, not a frozen graph; {fix}.')
   if not os.path.exists(path):
-    raise PoetsError(f'--graph {path} not found; {fix}, or try --imagenet to '
-                     'label with the 1000 ImageNet classes.')
+    also = (', or try --imagenet to label with the 1000 ImageNet classes'
+            if flag == '--graph' else '')
+    raise PoetsError(f'{flag} {path} not found; {fix}{also}.')
   try:
     with open(path, 'rb') as f:
-      data = f.read()
+      return f.read()
   except OSError as e:
-    raise PoetsError(f'Cannot read --graph {path} ({e.strerror}); {fix}.'
+    raise PoetsError(f'Cannot read {flag} {path} ({e.strerror}); {fix}.'
                      ) from e
+
+
+def parse_graph_def(data, path, flag='--graph'):
+  """The GraphDef in `data` (read from `path`), or PoetsError saying what
+  the file is instead."""
+  fix = _graph_fix(flag)
+  if tflite_model.is_tflite(data):
+    raise PoetsError(f'{flag} {path} is already a TensorFlow Lite model, not '
+                     f'a frozen GraphDef; {fix}.')
   graph_def = tf.compat.v1.GraphDef()
   try:
     graph_def.ParseFromString(data)
   except message.DecodeError as e:
-    raise PoetsError(f'--graph {path} is not a frozen GraphDef ({e}); {fix}.'
+    if path.lower().endswith(tflite_model.EXTENSIONS):
+      raise PoetsError(tflite_model.not_tflite_message(path, flag)) from e
+    raise PoetsError(f'{flag} {path} is not a frozen GraphDef ({e}); {fix}.'
                      ) from e
   if not graph_def.node:
-    raise PoetsError(f'--graph {path} is not a frozen GraphDef (it holds no '
+    raise PoetsError(f'{flag} {path} is not a frozen GraphDef (it holds no '
                      f'operations); {fix}.')
   return graph_def
 
 
-def import_graph(graph_def, path):
+def load_graph_def(path, flag='--graph'):
+  """Reads a frozen GraphDef, or raises PoetsError saying what `path` is."""
+  return parse_graph_def(read_model_file(path, flag), path, flag)
+
+
+def import_graph(graph_def, path, flag='--graph'):
   """A new graph holding `graph_def` under the import/ prefix."""
   graph = tf.Graph()
   with graph.as_default():
@@ -152,7 +178,7 @@ def import_graph(graph_def, path):
       tf.compat.v1.import_graph_def(graph_def, name=PREFIX)
     except (ValueError, tf.errors.OpError) as e:
       first_line = str(e).strip().splitlines()[0]
-      raise PoetsError(f'--graph {path} cannot be loaded by this TensorFlow '
+      raise PoetsError(f'{flag} {path} cannot be loaded by this TensorFlow '
                        f'({first_line}); re-export it with retrain.py.') from e
   return graph
 
@@ -210,8 +236,14 @@ def describe_layers(graph):
 
 
 def list_layers(graph_path):
-  """The --list_layers answer for the graph file at `graph_path`."""
-  return describe_layers(import_graph(load_graph_def(graph_path), graph_path))
+  """The --list_layers answer for the graph or .tflite file at
+  `graph_path`."""
+  data = read_model_file(graph_path)
+  if tflite_model.is_tflite(data):
+    return tflite_model.describe_layers(
+        tflite_model.load_interpreter(data, graph_path))
+  return describe_layers(import_graph(parse_graph_def(data, graph_path),
+                                      graph_path))
 
 
 def _candidates_text(layers):
@@ -237,7 +269,7 @@ def find_tensor(graph, name, flag, graph_path):
       raise PoetsError(f"{flag}={name}: '{op_name}' has {len(op.outputs)} "
                        'outputs; drop the :N suffix.')
     return op.outputs[int(index or 0)]
-  if flag == '--input_layer':
+  if flag.startswith('--input'):  # --input_layer, or tflite's --input_array
     kind, layers = 'inputs', input_candidates(graph)
   else:
     kind, layers = 'outputs', output_candidates(graph)
@@ -309,14 +341,21 @@ def _input_size(tensor, config):
         f"--input_layer '{name}' has shape {_shape(tensor)}, not a batch of "
         'RGB images [N,height,width,3]; pick an image input: '
         f'{_candidates_text(input_candidates(tensor.graph))}.')
+  static = shape.as_list() if shape.rank else [None] * 4
+  return _image_size(config, static[1], static[2], _shape(tensor))
+
+
+def _image_size(config, static_height, static_width, shape_text):
+  """Height and width: the flags, else the input's static shape, else 224;
+  a flag that contradicts a static size is an error."""
   size = []
-  for flag, value, dim in (
-      ('--input_height', config.input_height, 1),
-      ('--input_width', config.input_width, 2)):
-    static = shape[dim] if shape.rank else None
+  for flag, value, static in (
+      ('--input_height', config.input_height, static_height),
+      ('--input_width', config.input_width, static_width)):
     if value and static and value != static:
-      raise PoetsError(f"{flag}={value} but --input_layer '{name}' takes "
-                       f'{_shape(tensor)} images; drop {flag}.')
+      raise PoetsError(f"{flag}={value} but --input_layer "
+                       f"'{config.input_layer}' takes {shape_text} images; "
+                       f'drop {flag}.')
     size.append(value or static or DEFAULT_INPUT_SIZE)
   return tuple(size)
 
@@ -404,9 +443,50 @@ def _top(scores, labels, top_k):
   return [Prediction(labels[i], float(scores[i])) for i in order]
 
 
+@dataclasses.dataclass
+class _Classifier:
+  """What labeling needs of a model, whichever kind of file it came from."""
+  height: int
+  width: int
+  fixed_batch: int | None  # None: any batch size.
+  classes: int | None  # None: known only once it has run.
+  scores: Callable[[np.ndarray], np.ndarray]  # [N,H,W,3] -> [N,classes]
+
+
+@contextlib.contextmanager
+def _graph_classifier(data, config):
+  graph = import_graph(parse_graph_def(data, config.graph), config.graph)
+  input_tensor = find_tensor(graph, config.input_layer, '--input_layer',
+                             config.graph)
+  output_tensor = find_tensor(graph, config.output_layer, '--output_layer',
+                              config.graph)
+  height, width = _input_size(input_tensor, config)
+  known = output_tensor.shape.rank and output_tensor.shape[-1] is not None
+  with tf.compat.v1.Session(graph=graph) as session:
+    yield _Classifier(
+        height, width,
+        # A graph exported for one image at a time (the codelab's Mul is
+        # [1,299,299,3]) gets batches of exactly its size, padded at the end.
+        input_tensor.shape[0] if input_tensor.shape.rank else None,
+        output_tensor.shape[-1] if known else None,
+        lambda pixels: session.run(output_tensor, {input_tensor: pixels}))
+
+
+@contextlib.contextmanager
+def _tflite_classifier(data, config):
+  model = tflite_model.load(data, config.graph, config.input_layer,
+                            config.output_layer)
+  height, width = _image_size(config, *tflite_model.image_size(model),
+                              tflite_model.shape_text(model.input))
+  yield _Classifier(height, width, tflite_model.fixed_batch(model),
+                    int(model.output['shape'][-1]),
+                    lambda pixels: tflite_model.run(model, pixels))
+
+
 def label_images(config):
-  """Labels every image of `config`; returns a LabelRun. Raises PoetsError
-  for a problem with the graph, labels or flags; a bad image only gets an
+  """Labels every image of `config` with a frozen graph or a TensorFlow
+  Lite model (told apart by content); returns a LabelRun. Raises PoetsError
+  for a problem with the model, labels or flags; a bad image only gets an
   error in its ImageResult."""
   if config.input_std <= 0:
     raise PoetsError(f'--input_std={config.input_std:g} must be positive '
@@ -414,25 +494,24 @@ def label_images(config):
   if config.top_k < 1 or config.batch_size < 1:
     raise PoetsError('--top_k and --batch_size must be at least 1.')
   paths = find_images(config.images, config.image_dir)
-  graph = import_graph(load_graph_def(config.graph), config.graph)
-  input_tensor = find_tensor(graph, config.input_layer, '--input_layer',
-                             config.graph)
-  output_tensor = find_tensor(graph, config.output_layer, '--output_layer',
-                              config.graph)
+  data = read_model_file(config.graph)
+  with (_tflite_classifier if tflite_model.is_tflite(data) else
+        _graph_classifier)(data, config) as classifier:
+    return _label(paths, classifier, config)
+
+
+def _label(paths, classifier, config):
   labels = read_labels(config.labels)
-  if output_tensor.shape.rank and output_tensor.shape[-1] is not None:
-    _check_labels(labels, output_tensor.shape[-1], config)
-  height, width = _input_size(input_tensor, config)
-  # A graph exported for one image at a time (the codelab's Mul is
-  # [1,299,299,3]) gets batches of exactly its size, padded at the end.
-  fixed_batch = (input_tensor.shape[0] if input_tensor.shape.rank else None)
-  data = _pipeline(paths, height, width, config.input_mean, config.input_std,
+  if classifier.classes is not None:
+    _check_labels(labels, classifier.classes, config)
+  fixed_batch = classifier.fixed_batch
+  data = _pipeline(paths, classifier.height, classifier.width,
+                   config.input_mean, config.input_std,
                    fixed_batch or config.batch_size)
   results = [None] * len(paths)
   seconds = 0.0
   batches = 0
-  with tf.compat.v1.Session(graph=data.graph) as data_session, (
-      tf.compat.v1.Session(graph=graph)) as session:
+  with tf.compat.v1.Session(graph=data.graph) as data_session:
     while True:
       try:
         batch_indices, pixels = data_session.run([data.indices, data.batch])
@@ -443,7 +522,7 @@ def label_images(config):
         pixels = np.concatenate([pixels, np.zeros(
             (fixed_batch - count,) + pixels.shape[1:], pixels.dtype)])
       start = time.perf_counter()
-      values = session.run(output_tensor, {input_tensor: pixels})
+      values = classifier.scores(pixels)
       seconds += time.perf_counter() - start
       batches += 1
       scores = np.reshape(values, [len(pixels), -1])[:count]

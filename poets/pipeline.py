@@ -18,6 +18,7 @@ from poets import export
 from poets import files
 from poets import images
 from poets import modules
+from poets import tflite
 from poets import training
 from poets.errors import PoetsError
 
@@ -34,7 +35,8 @@ class RunResult:
   cache: bottlenecks.CacheSummary
   split_sizes: dict  # images used per split: training, validation, testing
   training: training.TrainingResult
-  bottleneck_seconds: float
+  listing_seconds: float  # finding the images and splitting them
+  bottleneck_seconds: float  # cache.read_seconds of it reading the cache
   training_seconds: float
   export_seconds: float
 
@@ -75,18 +77,41 @@ def _set_aside_earlier_run(summaries_dir):
                summaries_dir, destination)
 
 
+def _check_tflite(settings):
+  tflite.check_quantization(settings.tflite_quantization,
+                            '--tflite_quantization')
+  path = settings.output_tflite
+  if not path:
+    if settings.tflite_quantization != 'none':
+      raise PoetsError(f'--tflite_quantization {settings.tflite_quantization}'
+                       ' needs --output_tflite, the .tflite file to write; '
+                       'for example --output_tflite '
+                       'tf_files/optimized_graph.tflite.')
+    return
+  if os.path.isdir(path):
+    raise PoetsError(f'--output_tflite {path} is a folder; pass a file name '
+                     'such as tf_files/optimized_graph.tflite.')
+  if os.path.abspath(path) == os.path.abspath(settings.output_graph):
+    raise PoetsError(f'--output_tflite {path} is also --output_graph; pass '
+                     'another name, such as tf_files/optimized_graph.tflite.')
+  files.check_writable(os.path.dirname(path), '--output_tflite')
+
+
 def _output_files(settings):
   """Each output file with its flag, finished and interrupted alike."""
   named = [(settings.output_graph, '--output_graph'),
            (settings.output_labels, '--output_labels')] + [
                (settings.checkpoint_path + suffix, '--checkpoint_path')
                for suffix in ('', '.index', '.data-00000-of-00001')]
+  if settings.output_tflite:
+    named.append((settings.output_tflite, '--output_tflite'))
   return named + [(files.interrupted_path(path), flag)
                   for path, flag in named]
 
 
 def _check_outputs(settings):
   """Every output checked before any work, so a mistake costs seconds."""
+  _check_tflite(settings)
   claimed = {}
   for path, flag in _output_files(settings) + [(settings.saved_model_dir,
                                                 '--saved_model_dir')]:
@@ -161,17 +186,21 @@ def _check_usable(splits, labels):
 
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
-  spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
-                                settings.model_dir, settings.input_size)
-  if not settings.summaries_dir:
-    settings = settings.replace(summaries_dir=default_summaries_dir(spec.name))
-  _check_outputs(settings)
+  # Images first: a mistyped --image_dir is reported before the embedded
+  # module is built.
+  start = time.perf_counter()
   image_lists = images.create_image_lists(settings.image_dir,
                                           settings.testing_percentage,
                                           settings.validation_percentage)
   if settings.images_per_class is not None:
     image_lists = images.limit_training_images(
         image_lists, settings.images_per_class, settings.random_seed)
+  listing_seconds = time.perf_counter() - start
+  spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
+                                settings.model_dir, settings.input_size)
+  if not settings.summaries_dir:
+    settings = settings.replace(summaries_dir=default_summaries_dir(spec.name))
+  _check_outputs(settings)
   labels = image_lists.labels
   module = _module_info(spec)
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks', spec.name,
@@ -211,11 +240,11 @@ def run(settings):
     graph_def = freeze(result.layer)
     export.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   outputs = [settings.output_graph, settings.output_labels,
-             settings.saved_model_dir]
+             settings.saved_model_dir, settings.output_tflite]
   if result.interrupted:
     # Beside the finished outputs, never over them.
     outputs = [path and files.interrupted_path(path) for path in outputs]
-  graph_path, labels_path, saved_model_dir = outputs
+  graph_path, labels_path, saved_model_dir, tflite_path = outputs
   export.save_graph(graph_def, graph_path)
   export.save_labels(labels, labels_path)
   saved = [graph_path, labels_path]
@@ -223,6 +252,13 @@ def run(settings):
     export.export_saved_model(graph_def, saved_model_dir,
                               settings.final_tensor_name)
     saved.append(saved_model_dir)
+  if tflite_path:
+    tflite.save_model(tflite.convert(
+        graph_def, export.INPUT_NAME, settings.final_tensor_name,
+        settings.tflite_quantization,
+        tflite.calibration_images(splits['training'].filenames),
+        what='the retrained graph'), tflite_path)
+    saved.append(tflite_path)
   export_seconds = time.perf_counter() - start
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
@@ -234,5 +270,5 @@ def run(settings):
                     ', '.join(saved))
   else:
     logging.info('Saved %s.', ', '.join(saved))
-  return RunResult(labels, cache, split_sizes, result, bottleneck_seconds,
-                   training_seconds, export_seconds)
+  return RunResult(labels, cache, split_sizes, result, listing_seconds,
+                   bottleneck_seconds, training_seconds, export_seconds)

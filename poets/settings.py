@@ -59,6 +59,8 @@ class RetrainSettings:
   intermediate_output_graphs_dir: str = 'tf_files/intermediate_graph'
   intermediate_store_frequency: int = 0
   saved_model_dir: str = ''
+  output_tflite: str = ''  # '': no TensorFlow Lite model.
+  tflite_quantization: str = 'none'  # One of tflite.QUANTIZATIONS.
   # Not a retrain.py flag: experiments.py's images_per_class sweep.
   images_per_class: int | None = None
 

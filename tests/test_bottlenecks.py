@@ -60,6 +60,7 @@ def test_second_run_reuses_everything(image_dir, tf2_module, tmp_path):
   _, first, _ = _cache(image_dir, module, tmp_path / 'b')
   _, second, summary = _cache(image_dir, module, tmp_path / 'b')
   assert summary.created == 0 and summary.reused == 60
+  assert summary.read_seconds > 0
   for split in images.SPLITS:
     np.testing.assert_array_equal(first[split].bottlenecks,
                                   second[split].bottlenecks)
@@ -130,3 +131,12 @@ def test_undecodable_image_is_skipped_with_its_path(tmp_path, tf2_module,
   assert summary.created == 60
   assert f'Skipping {broken}: Unknown image file format' in caplog.text
   assert all(broken not in s.filenames for s in splits.values())
+  # The failed image's row is gone, and every other row still holds its own
+  # image's bottleneck.
+  for split in splits.values():
+    assert len(split.bottlenecks) == len(split.filenames)
+    for path, row in zip(split.filenames, split.bottlenecks):
+      class_dir, name = os.path.relpath(path, image_dir).split(os.sep, 1)
+      cache = bottlenecks.bottleneck_path(str(tmp_path / 'b'), class_dir,
+                                          name, 'tiny~module')
+      np.testing.assert_array_equal(row, bottlenecks.read_bottleneck(cache)[0])

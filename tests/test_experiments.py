@@ -195,7 +195,8 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
 
   def make_config(overrides):
     seen.append(overrides)
-    return settings.RetrainSettings(architecture=overrides['architecture'])
+    return settings.RetrainSettings(architecture=overrides['architecture'],
+                                    output_tflite='tf_files/model.tflite')
 
   experiment = experiments.plan(sweeps, make_config, str(tmp_path / 'out'),
                                 str(tmp_path / 'summaries'))
@@ -213,6 +214,7 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
   assert run.config.summaries_dir == str(
       tmp_path / 'summaries' / experiment.name / name)
   assert run.config.checkpoint_path.startswith(str(out / name))
+  assert run.config.output_tflite == str(out / name / 'model.tflite')
   assert run.config.images_per_class is None
   # Listed before it runs; a killed experiment stays listed as unfinished.
   assert '2 planned, not finished' in (tmp_path / 'out' /

@@ -56,7 +56,7 @@ LATER_FLAGS = {
     'tfhub_module': '', 'saved_model_dir': '',
     'checkpoint_path': 'tf_files/_retrain_checkpoint',
     'logging_verbosity': 'INFO', 'random_seed': None, 'input_height': 0,
-    'input_width': 0,
+    'input_width': 0, 'output_tflite': '', 'tflite_quantization': 'none',
 }
 
 
@@ -101,6 +101,8 @@ def _distinct_value(name, index):
     return ''  # Exclusive with tfhub_module, which gets the value.
   if name == 'final_tensor_name':
     return 'scores'
+  if name == 'tflite_quantization':
+    return 'int8'
   if isinstance(default, (int, float)) or default is None:
     if name in ('random_crop', 'random_scale', 'random_brightness'):
       return 10 + index
@@ -152,6 +154,7 @@ def test_every_flag_reaches_the_setting_of_its_name():
     ('--output_graph=', '--output_graph='),
     ('--image_dir=', '--image_dir='),
     ('--how_many_training_steps=many', '--how_many_training_steps=many'),
+    ('--tflite_quantization=float16', '--tflite_quantization=float16'),
 ])
 def test_a_bad_value_is_one_line_naming_flag_and_value(capsys, arg, named):
   line = refused(capsys, arg)
@@ -163,6 +166,7 @@ def test_a_bad_value_is_one_line_naming_flag_and_value(capsys, arg, named):
      'no image is left for training'),
     (['--input_height=224'], 'pass both or neither'),
     (['--architecture=efficientnet_lite0', '--tfhub_module=x'], 'not both'),
+    (['--tflite_quantization=int8'], 'needs --output_tflite'),
 ])
 def test_flags_that_only_fail_together_are_named_together(capsys, args, says):
   line = refused(capsys, *args)

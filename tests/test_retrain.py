@@ -30,7 +30,8 @@ def test_help_documents_the_flags():
   assert 'Retrains the last layer' in output
   for flag in ('--image_dir', '--how_many_training_steps', '--tfhub_module',
                '--architecture', '--random_crop', '--saved_model_dir',
-               '--random_seed', '--input_height'):
+               '--random_seed', '--input_height', '--output_tflite',
+               '--tflite_quantization'):
     assert flag in output
 
 
@@ -40,7 +41,13 @@ def test_codelab_flow_both_flag_spellings_and_outputs(tmp_path, tf2_module):
       '--how_many_training_steps', '50', '--eval_step_interval=25',
       f'--tfhub_module={tf2_module}', '--random_seed', '3', cwd=tmp_path)
   assert code == 0, output
-  assert re.search(r'Step 49: Train accuracy = [\d.]+%', output)
+  # As the original's log read: one timestamp, no absl prefix.
+  assert re.search(r'^INFO: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: Step 49: '
+                   r'Train accuracy = [\d.]+%$', output, re.M), output
+  assert not re.search(r'^[IWEF]\d{4} ', output, re.M)
+  # Off a terminal the progress bar is plain lines, not carriage returns.
+  assert '\r' not in output
+  assert 'INFO: Bottlenecks: 60/60 img (100%) in ' in output
   assert re.search(r'Final test accuracy = [\d.]+% \(N=\d+\)', output)
   assert 'Traceback' not in output
   files = tmp_path / 'tf_files'

@@ -1,0 +1,98 @@
+r"""Makes retrain.py's bottleneck cache with Apache Beam, on one machine or many.
+
+For photo folders too big for one machine: every image of --image_dir is run
+through the module once by Beam workers, and its bottleneck is written where
+retrain.py looks for it, in its format. Then retrain.py trains at once:
+
+  python beam_bottlenecks.py --image_dir tf_files/flower_photos \
+      --bottleneck_dir tf_files/bottlenecks
+  python retrain.py --image_dir tf_files/flower_photos \
+      --bottleneck_dir tf_files/bottlenecks      # "0 created", then training
+
+Pass the same --architecture or --tfhub_module (and --model_dir) to both.
+Sound cache files are kept: a rerun resumes, and files retrain.py made count
+too. Images that cannot be decoded are skipped, listed in the log and in
+<bottleneck_dir>/skipped_images_<module>.jsonl.
+
+Every other flag is Beam's own and chooses the runner. The default is the
+DirectRunner with one worker process per core (--direct_running_mode
+multi_processing --direct_num_workers 0); a cluster runner takes its usual
+options, e.g. --runner FlinkRunner --flink_master host:8081
+--environment_type LOOPBACK. Workers must see --image_dir and
+--bottleneck_dir at the same paths, and import this project (run from its
+folder, or a worker image that has it; see README "Big folders").
+"""
+
+import functools
+import sys
+
+from poets import startup
+
+startup.import_tensorflow()  # Before anything else imports TensorFlow.
+startup.plain_log_lines()
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from poets import cli  # noqa: E402
+from poets import modules  # noqa: E402
+from poets import settings  # noqa: E402
+from poets.errors import PoetsError  # noqa: E402
+
+_DEFAULT = settings.RetrainSettings()
+
+flags.DEFINE_string('image_dir', _DEFAULT.image_dir,
+                    'Folder with one sub-folder of labeled images per class.')
+flags.DEFINE_string('bottleneck_dir', _DEFAULT.bottleneck_dir,
+                    'Where retrain.py will look for the cached bottlenecks.')
+flags.DEFINE_string('architecture', _DEFAULT.architecture,
+                    'The network, as retrain.py --architecture (default '
+                    f'{modules.DEFAULT_ARCHITECTURE}).')
+flags.DEFINE_string('tfhub_module', _DEFAULT.tfhub_module,
+                    'An image feature-vector module instead, as retrain.py '
+                    '--tfhub_module.')
+flags.DEFINE_string('model_dir', _DEFAULT.model_dir,
+                    'Where modules are built, found or downloaded, as for '
+                    'retrain.py.')
+flags.DEFINE_integer('input_height', _DEFAULT.input_height,
+                     'Image height for a module that fixes none.',
+                     lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
+flags.DEFINE_integer('input_width', _DEFAULT.input_width,
+                     'Image width for a module that fixes none.',
+                     lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
+for _name in ('image_dir', 'bottleneck_dir', 'model_dir'):
+  flags.register_validator(_name, cli.is_path,
+                           'must name a folder (not empty, no NUL)')
+flags.register_multi_flags_validator(
+    ['input_height', 'input_width'],
+    lambda f: bool(f['input_height']) == bool(f['input_width']),
+    'pass both or neither')
+flags.register_multi_flags_validator(
+    ['architecture', 'tfhub_module'],
+    lambda f: not (f['architecture'] and f['tfhub_module']),
+    'pass either --architecture or --tfhub_module, not both')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  try:
+    from poets import beam_bottlenecks
+  except ImportError as e:
+    sys.exit(f'ERROR: beam_bottlenecks.py needs Apache Beam ({e}): pip '
+             'install -r requirements-beam.txt')
+  logging.set_verbosity(logging.INFO)
+  input_size = ((FLAGS.input_height, FLAGS.input_width)
+                if FLAGS.input_height else None)
+  try:
+    options = beam_bottlenecks.pipeline_options(argv[1:])
+    spec = modules.resolve_module(FLAGS.architecture, FLAGS.tfhub_module,
+                                  FLAGS.model_dir, input_size)
+    beam_bottlenecks.run(options, FLAGS.image_dir, FLAGS.bottleneck_dir, spec)
+  except PoetsError as e:
+    sys.exit(f'ERROR: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=functools.partial(cli.parse_flags_or_exit,
+                                               known_only=True))

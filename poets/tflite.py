@@ -1,0 +1,187 @@
+"""TensorFlow Lite: the retrained graph as a phone-sized model.
+
+The codelab's second half ("TensorFlow for Poets 2") converted
+retrained_graph.pb with `toco`, later `tflite_convert`, and put the .tflite
+file into an Android app; its quantized path broke as TensorFlow moved on.
+Here the export stage (retrain.py --output_tflite) and tflite_convert.py run
+TensorFlow's converter on a frozen graph in one of three ways:
+
+  none     float32, as the .pb: the same scores to about 1e-6.
+  dynamic  weights stored as int8, arithmetic in float: about 1/4 the size.
+  int8     full-integer: weights, activations, input and output all int8
+           (each tensor with a scale and zero point), calibrated on a few
+           hundred photos decoded and resized exactly as for the bottlenecks.
+
+The labels file of the .pb serves the .tflite unchanged.
+"""
+
+import contextlib
+import dataclasses
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from poets import export
+from poets import files
+from poets import labeling
+from poets import tflite_model
+from poets.errors import PoetsError
+
+QUANTIZATIONS = ('none', 'dynamic', 'int8')
+CALIBRATION_IMAGES = 300
+
+
+def check_quantization(quantization, flag):
+  if quantization not in QUANTIZATIONS:
+    raise PoetsError(f'{flag}={quantization} is not one of '
+                     f'{", ".join(QUANTIZATIONS)}.')
+
+
+def calibration_images(paths, count=CALIBRATION_IMAGES):
+  """At most `count` of `paths`, evenly spaced: a list sorted by class gives
+  every class its share, and the choice is the same every run."""
+  if len(paths) <= count:
+    return list(paths)
+  return [paths[i] for i in np.linspace(0, len(paths) - 1, count).round()
+          .astype(int)]
+
+
+class _Calibration:
+  """The representative dataset: one normalized image per sample, decoded in
+  parallel; images that do not decode are left out and counted."""
+
+  def __init__(self, paths, height, width, input_mean, input_std):
+    self.paths = paths
+    self.used = 0
+    self._dataset = (
+        tf.data.Dataset.from_tensor_slices(paths)
+        .map(lambda path: labeling.normalize(tf.io.read_file(path), height,
+                                             width, input_mean, input_std),
+             num_parallel_calls=tf.data.AUTOTUNE)
+        .ignore_errors().batch(1).prefetch(4))
+
+  def __call__(self):
+    for batch in self._dataset:
+      self.used += 1
+      yield [batch.numpy()]
+
+
+@contextlib.contextmanager
+def _quiet_converter():
+  """The converter logs 'Using experimental converter: If you encountered a
+  problem please file a bug' at INFO on every call; not for our users."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(min(verbosity, logging.WARNING))
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def _image_size(tensor, what):
+  shape = tensor.shape
+  if shape.rank != 4 or shape[1] is None or shape[2] is None:
+    raise PoetsError(f'{what} has shape {shape}, not a fixed image size '
+                     '[N,height,width,3]; TensorFlow Lite needs one.')
+  return shape[1], shape[2]
+
+
+def convert(graph_def, input_name, output_name, quantization,
+            calibration_paths=(), input_mean=0.0, input_std=255.0,
+            what='the graph'):
+  """The .tflite bytes of a frozen graph from `input_name` to `output_name`
+  (tensor names; `x` means `x:0`). int8 calibrates on `calibration_paths`,
+  normalized as the graph's input expects ((pixel - input_mean) /
+  input_std). Raises PoetsError naming `what` when the converter refuses."""
+  check_quantization(quantization, '--quantization')
+  graph = export.import_frozen(graph_def)
+  input_tensor, output_tensor = [
+      graph.get_tensor_by_name(name if ':' in name else f'{name}:0')
+      for name in (input_name, output_name)]
+  converter = tf.compat.v1.lite.TFLiteConverter(graph_def, [input_tensor],
+                                                [output_tensor])
+  calibration = None
+  if quantization in ('dynamic', 'int8'):
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantization == 'int8':
+    if not calibration_paths:
+      raise PoetsError('int8 needs calibration photos, and none were given; '
+                       'pass photos like the ones the model will label.')
+    height, width = _image_size(input_tensor, f"{what}'s input {input_name}")
+    calibration = _Calibration(list(calibration_paths), height, width,
+                               input_mean, input_std)
+    converter.representative_dataset = calibration
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+  try:
+    with _quiet_converter():
+      model = converter.convert()
+  except Exception as e:  # The converter raises many types; all mean "no".
+    hint = ('; try --quantization dynamic, which keeps float arithmetic'
+            if quantization == 'int8' else '')
+    raise PoetsError(f'TensorFlow Lite cannot convert {what} '
+                     f'({tflite_model.first_line(e)}){hint}.') from e
+  # Without samples the converter still makes a model, with made-up ranges.
+  if calibration is not None and not calibration.used:
+    raise PoetsError(
+        f'int8 needs calibration photos, but none of the '
+        f'{len(calibration.paths)} given could be decoded; pass photos like '
+        'the ones the model will label.')
+  logging.info('Converted %s to TensorFlow Lite (%s): %.1f MB%s.', what,
+               quantization, len(model) / 1e6,
+               f', calibrated on {calibration.used} images'
+               if calibration else '')
+  return model
+
+
+def save_model(model, path):
+  files.atomic_write(path, model)
+
+
+@dataclasses.dataclass
+class ConvertConfig:
+  """tflite_convert.py's flags: a frozen graph that already exists, by its
+  layer names, as the codelab's tflite_convert command took it."""
+  graph_def_file: str = 'tf_files/retrained_graph.pb'
+  output_file: str = 'tf_files/optimized_graph.tflite'
+  input_array: str = export.INPUT_NAME
+  output_array: str = 'final_result'
+  quantization: str = 'none'
+  image_dir: str = ''
+  input_mean: float = 0.0
+  input_std: float = 255.0
+
+
+def convert_graph_file(config):
+  """Converts `config.graph_def_file` and writes `config.output_file`;
+  returns the model's size in bytes. Raises PoetsError."""
+  check_quantization(config.quantization, '--quantization')
+  if config.input_std <= 0:
+    raise PoetsError(f'--input_std={config.input_std:g} must be positive '
+                     "(255 for this project's graphs).")
+  if config.quantization == 'int8' and not config.image_dir:
+    raise PoetsError('--quantization int8 calibrates on photos; pass '
+                     '--image_dir a folder of photos like the ones the model '
+                     'will label (a few hundred are used).')
+  if os.path.isdir(config.output_file):
+    raise PoetsError(f'--output_file {config.output_file} is a folder; pass '
+                     'a file name such as tf_files/optimized_graph.tflite.')
+  files.check_writable(os.path.dirname(config.output_file), '--output_file')
+  calibration_paths = []
+  if config.quantization == 'int8':
+    calibration_paths = calibration_images(
+        labeling.find_images([], config.image_dir))
+  path = config.graph_def_file
+  graph_def = labeling.load_graph_def(path, '--graph_def_file')
+  graph = labeling.import_graph(graph_def, path, '--graph_def_file')
+  names = [labeling.find_tensor(graph, name, flag, path).name
+           .removeprefix(f'{labeling.PREFIX}/')
+           for name, flag in ((config.input_array, '--input_array'),
+                              (config.output_array, '--output_array'))]
+  model = convert(graph_def, *names, config.quantization, calibration_paths,
+                  config.input_mean, config.input_std, path)
+  save_model(model, config.output_file)
+  return len(model)

@@ -1,0 +1,306 @@
+"""TensorFlow Lite: retrain.py --output_tflite, tflite_convert.py, and
+label_image.py with a .tflite model.
+
+One tiny graph is retrained per quantization by the real pipeline (same seed
+and bottleneck cache, so the same layer), on three separable colour classes;
+each .tflite must label every photo as the .pb does.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import make_image_dir
+from conftest import make_tf2_module
+from poets import labeling
+from poets import pipeline
+from poets import settings
+from poets import tflite
+from poets import tflite_model
+from poets.errors import PoetsError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLOURS = ['blue', 'green', 'red']
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+  """{quantization: RetrainSettings} whose outputs include the .tflite."""
+  root = tmp_path_factory.mktemp('tflite')
+  base = settings.RetrainSettings(
+      image_dir=make_image_dir(root / 'photos', per_class=20),
+      bottleneck_dir=str(root / 'bottlenecks'),
+      tfhub_module=make_tf2_module(root / 'module'),
+      model_dir=str(root / 'models'),
+      how_many_training_steps=100, eval_step_interval=50,
+      summaries_dir=str(root / 'summaries'),
+      checkpoint_path=str(root / 'checkpoint' / 'ckpt'), random_seed=0)
+  configs = {}
+  for quantization in tflite.QUANTIZATIONS:
+    out = root / quantization
+    configs[quantization] = base.replace(
+        output_graph=str(out / 'graph.pb'),
+        output_labels=str(out / 'labels.txt'),
+        output_tflite=str(out / 'model.tflite'),
+        tflite_quantization=quantization)
+    pipeline.run(configs[quantization])
+  return configs
+
+
+def _photos(config):
+  return [os.path.join(config.image_dir, colour, name)
+          for colour in COLOURS
+          for name in sorted(os.listdir(os.path.join(config.image_dir,
+                                                     colour)))]
+
+
+def _label(graph, config, **kwargs):
+  run = labeling.label_images(labeling.LabelConfig(
+      graph=graph, labels=config.output_labels,
+      images=kwargs.pop('images', None) or _photos(config), **kwargs))
+  assert all(r.error is None for r in run.results)
+  return run
+
+
+def _top1(run):
+  return [r.predictions[0].label for r in run.results]
+
+
+def _scores(run):
+  """[images, labels] scores in the labels file's order."""
+  return np.array([[{p.label: p.score for p in r.predictions}[label]
+                    for label in COLOURS] for r in run.results])
+
+
+@pytest.mark.parametrize('quantization', tflite.QUANTIZATIONS)
+def test_each_quantization_labels_every_photo_as_the_pb(exported,
+                                                        quantization):
+  config = exported[quantization]
+  from_pb = _label(config.output_graph, config)
+  from_tflite = _label(config.output_tflite, config)
+  expected = [os.path.basename(os.path.dirname(r.image))
+              for r in from_pb.results]
+  assert _top1(from_pb) == expected  # The classes are separable.
+  assert _top1(from_tflite) == expected
+  # int8 scores come back dequantized (output scale 1/256), not raw int8.
+  np.testing.assert_allclose(_scores(from_tflite), _scores(from_pb),
+                             atol=0.02)
+
+
+def test_float_tflite_gives_the_pb_probabilities(exported):
+  config = exported['none']
+  np.testing.assert_allclose(_scores(_label(config.output_tflite, config)),
+                             _scores(_label(config.output_graph, config)),
+                             atol=1e-4)
+
+
+def test_int8_model_has_int8_input_and_output(exported):
+  layers = labeling.list_layers(exported['int8'].output_tflite)
+  assert layers.startswith('Inputs (--input_layer):\n  Placeholder int8 '
+                           '[?,32,32,3] (scale ')
+  assert '\nOutputs (--output_layer):\n  final_result int8 [?,3] (' in layers
+  assert labeling.list_layers(exported['none'].output_tflite) == (
+      'Inputs (--input_layer):\n  Placeholder float32 [?,32,32,3]\n'
+      'Outputs (--output_layer):\n  final_result float32 [?,3]\n')
+
+
+def test_batches_give_the_same_scores_as_one_at_a_time(exported):
+  config = exported['int8']
+  batched = _label(config.output_tflite, config, batch_size=7)
+  single = _label(config.output_tflite, config, batch_size=1)
+  assert batched.batches == 9 and single.batches == 60  # 60 photos
+  np.testing.assert_array_equal(_scores(batched), _scores(single))
+
+
+def test_models_are_told_apart_by_content_not_name(exported, tmp_path):
+  config = exported['dynamic']
+  tflite_as_pb = tmp_path / 'model.pb'
+  tflite_as_pb.write_bytes(open(config.output_tflite, 'rb').read())
+  pb_as_tflite = tmp_path / 'graph.tflite'
+  pb_as_tflite.write_bytes(open(config.output_graph, 'rb').read())
+  photos = _photos(config)[::10]
+  assert _top1(_label(str(tflite_as_pb), config, images=photos)) == _top1(
+      _label(str(pb_as_tflite), config, images=photos))
+
+
+def _convert(config, **kwargs):
+  size = tflite.convert_graph_file(tflite.ConvertConfig(
+      graph_def_file=config.output_graph, **kwargs))
+  assert size == os.path.getsize(kwargs['output_file'])
+
+
+@pytest.mark.parametrize('quantization', tflite.QUANTIZATIONS)
+def test_converting_an_existing_graph_as_the_codelab_did(exported, tmp_path,
+                                                         quantization):
+  config = exported['none']
+  output = str(tmp_path / 'optimized_graph.lite')
+  _convert(config, output_file=output, input_array='import/Placeholder:0',
+           output_array='final_result', quantization=quantization,
+           image_dir=config.image_dir)
+  assert _top1(_label(output, config)) == _top1(
+      _label(config.output_graph, config))
+
+
+def test_calibration_images_are_spread_over_every_class():
+  paths = [f'{colour}/{i}.jpg' for colour in COLOURS for i in range(200)]
+  chosen = tflite.calibration_images(paths, 30)
+  assert len(chosen) == len(set(chosen)) == 30
+  assert {path.split('/')[0] for path in chosen[:10]} == {'blue'}
+  assert [sum(p.startswith(c) for p in chosen) for c in COLOURS] == [10] * 3
+  assert tflite.calibration_images(paths[:5], 30) == paths[:5]
+
+
+def _error(function, *args, **kwargs):
+  with pytest.raises(PoetsError) as raised:
+    function(*args, **kwargs)
+  message = str(raised.value)
+  assert '\n' not in message
+  return message
+
+
+def test_converter_mistakes_are_one_line(exported, tmp_path):
+  config = exported['none']
+  graph = config.output_graph
+  out = str(tmp_path / 'm.tflite')
+
+  def error(**kwargs):
+    kwargs = {'graph_def_file': graph, 'output_file': out, **kwargs}
+    return _error(tflite.convert_graph_file, tflite.ConvertConfig(**kwargs))
+
+  assert error(input_array='input') == (
+      f"--input_array: no operation 'input' in {graph}; its inputs are: "
+      'Placeholder float32 [?,32,32,3].')
+  assert error(output_array='final_layer') == (
+      f"--output_array: no operation 'final_layer' in {graph}; its outputs "
+      'are: final_result float32 [?,3] (Softmax).')
+  text = tmp_path / 'labels.pb'
+  text.write_text('red\ngreen\n')
+  assert error(graph_def_file=str(text)).startswith(
+      f'--graph_def_file {text} is not a frozen GraphDef')
+  assert error(graph_def_file=config.output_tflite) == (
+      f'--graph_def_file {config.output_tflite} is already a TensorFlow '
+      'Lite model, not a frozen GraphDef; pass --graph_def_file the .pb file '
+      'that retrain.py wrote (--output_graph).')
+  assert error(quantization='int8').startswith(
+      '--quantization int8 calibrates on photos; pass --image_dir')
+  assert error(quantization='int8', image_dir=str(tmp_path)).startswith(
+      f'--image_dir {tmp_path} holds no images')
+  assert error(output_file=str(tmp_path)).startswith(
+      f'--output_file {tmp_path} is a folder')
+  assert not os.path.exists(out)
+
+
+def test_int8_with_photos_that_do_not_decode_says_so(exported, tmp_path):
+  (tmp_path / 'photos').mkdir()
+  for i in range(3):
+    (tmp_path / 'photos' / f'{i}.jpg').write_bytes(b'not a photo')
+  assert _error(tflite.convert_graph_file, tflite.ConvertConfig(
+      graph_def_file=exported['none'].output_graph,
+      output_file=str(tmp_path / 'm.tflite'), quantization='int8',
+      image_dir=str(tmp_path / 'photos'))) == (
+          'int8 needs calibration photos, but none of the 3 given could be '
+          'decoded; pass photos like the ones the model will label.')
+
+
+def test_retrain_tflite_flags_are_checked_before_any_work(exported,
+                                                          tmp_path):
+  config = exported['none'].replace(bottleneck_dir=str(tmp_path / 'b'))
+  assert _error(pipeline.run, config.replace(
+      output_tflite='', tflite_quantization='int8')).startswith(
+          '--tflite_quantization int8 needs --output_tflite')
+  assert _error(pipeline.run, config.replace(
+      output_tflite=str(tmp_path))).startswith(
+          f'--output_tflite {tmp_path} is a folder')
+  assert _error(pipeline.run, config.replace(
+      output_tflite=config.output_graph)).startswith(
+          f'--output_tflite {config.output_graph} is also --output_graph')
+  assert _error(pipeline.run, config.replace(
+      tflite_quantization='float16')) == (
+          '--tflite_quantization=float16 is not one of none, dynamic, int8.')
+  assert not os.path.exists(tmp_path / 'b')
+
+
+def test_damaged_tflite_models_are_one_line(exported, tmp_path):
+  config = exported['int8']
+  with open(config.output_tflite, 'rb') as f:
+    data = f.read()
+  truncated = tmp_path / 'truncated.tflite'
+  truncated.write_bytes(data[:len(data) // 2])
+  photo = _photos(config)[:1]
+
+  def error(graph, **kwargs):
+    return _error(labeling.label_images, labeling.LabelConfig(
+        graph=str(graph), labels=config.output_labels, images=photo,
+        **kwargs))
+
+  assert error(truncated) == (
+      f'--graph {truncated} is a damaged TensorFlow Lite model (The model is '
+      'not a valid Flatbuffer buffer); convert the graph again (retrain.py '
+      '--output_tflite, or tflite_convert.py) and pass the new file as '
+      '--graph.')
+  not_a_model = tmp_path / 'notes.tflite'
+  not_a_model.write_text('a shopping list, not a model')
+  assert error(not_a_model) == tflite_model.not_tflite_message(
+      str(not_a_model), '--graph')
+  assert error(config.output_tflite, input_layer='input').startswith(
+      f"--input_layer: no tensor 'input' in {config.output_tflite}; its "
+      'inputs are: Placeholder int8 [?,32,32,3] (scale ')
+  assert 'drop --input_height' in error(config.output_tflite,
+                                        input_height=224)
+  wrong_labels = tmp_path / 'labels.txt'
+  wrong_labels.write_text('a\nb\n')
+  assert _error(labeling.label_images, labeling.LabelConfig(
+      graph=config.output_tflite, labels=str(wrong_labels),
+      images=photo)).startswith(f'--labels {wrong_labels} has 2 labels but')
+
+
+def _script(name, *args):
+  return subprocess.run([sys.executable, name, *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300,
+                        check=False)
+
+
+def test_label_image_with_a_truncated_tflite_is_one_line(exported, tmp_path):
+  config = exported['none']
+  truncated = tmp_path / 'model.tflite'
+  with open(config.output_tflite, 'rb') as f:
+    truncated.write_bytes(f.read()[:1000])
+  done = _script('label_image.py', f'--graph={truncated}',
+                 f'--labels={config.output_labels}',
+                 f'--image={_photos(config)[0]}')
+  assert done.returncode == 1 and done.stdout == ''
+  assert 'Traceback' not in done.stderr
+  assert done.stderr.splitlines()[-1] == (
+      f'ERROR: --graph {truncated} is a damaged TensorFlow Lite model (The '
+      'model is not a valid Flatbuffer buffer); convert the graph again '
+      '(retrain.py --output_tflite, or tflite_convert.py) and pass the new '
+      'file as --graph.')
+
+
+@pytest.mark.slow
+def test_scripts_convert_then_label_without_noise(exported, tmp_path):
+  """The README's commands: tflite_convert.py on retrain's graph, then
+  label_image.py on the .tflite, JSON out, and nothing from LiteRT on
+  stderr (no deprecation notice, no XNNPACK line)."""
+  config = exported['none']
+  output = tmp_path / 'optimized_graph.tflite'
+  done = _script('tflite_convert.py', f'--graph_def_file={config.output_graph}',
+                 f'--output_file={output}', '--input_array=Placeholder',
+                 '--output_array=final_result', '--quantization=int8',
+                 f'--image_dir={config.image_dir}')
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.startswith(f'Wrote {output} (')
+  assert 'Using experimental converter' not in done.stderr
+  photos = _photos(config)[::20]
+  done = _script('label_image.py', f'--graph={output}',
+                 f'--labels={config.output_labels}', '--output_format=json',
+                 '--top_k=1', *[f'--image={p}' for p in photos])
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert [item['predictions'][0]['label'] for item in json.loads(
+      done.stdout)] == COLOURS
+  for noise in ('XNNPACK', 'deprecat', 'Traceback'):
+    assert noise not in done.stderr

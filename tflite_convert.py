@@ -1,0 +1,101 @@
+r"""Converts a frozen graph to TensorFlow Lite: the codelab's tflite_convert.
+
+"TensorFlow for Poets 2" converted the retrained graph for a phone after
+training, with
+
+  tflite_convert --graph_def_file=tf_files/retrained_graph.pb \
+      --output_file=tf_files/optimized_graph.lite \
+      --input_array=input --output_array=final_result ...
+
+This script takes the same flags for the graph and its layer names, and picks
+the storage with one more, --quantization:
+
+  python tflite_convert.py --graph_def_file=tf_files/retrained_graph.pb \
+      --output_file=tf_files/optimized_graph.tflite \
+      --input_array=Placeholder --output_array=final_result \
+      --quantization=int8 --image_dir=tf_files/flower_photos
+
+none keeps float32, dynamic stores the weights as int8, int8 quantizes
+everything and calibrates on a few hundred photos from --image_dir, decoded
+and resized as retrain.py does, then scaled by --input_mean/--input_std (the
+defaults fit this project's graphs; the codelab's MobileNet graphs take
+--input_mean=128 --input_std=128). retrain.py --output_tflite does the same
+at the end of training. Label photos with the result through
+`label_image.py --graph tf_files/optimized_graph.tflite`.
+"""
+
+import sys
+
+from poets import startup
+
+startup.import_tensorflow()  # Before anything else imports TensorFlow.
+startup.plain_log_lines()
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from poets import cli  # noqa: E402
+from poets import tflite  # noqa: E402
+from poets.errors import PoetsError  # noqa: E402
+
+_D = tflite.ConvertConfig()
+
+flags.DEFINE_string('graph_def_file', _D.graph_def_file,
+                    'The frozen graph (.pb) to convert.')
+flags.DEFINE_string('output_file', _D.output_file,
+                    'Where to write the TensorFlow Lite model.')
+flags.DEFINE_string('input_array', _D.input_array,
+                    'Name of the input layer: Placeholder for this project, '
+                    "input (MobileNet) for the codelab's graphs.")
+flags.DEFINE_string('output_array', _D.output_array,
+                    'Name of the output layer.')
+flags.DEFINE_enum('quantization', _D.quantization, tflite.QUANTIZATIONS,
+                  'none (float32), dynamic (int8 weights, float arithmetic) '
+                  'or int8 (full-integer, calibrated on --image_dir).')
+flags.DEFINE_string('image_dir', _D.image_dir,
+                    'Photos to calibrate int8 on (searched recursively; '
+                    f'{tflite.CALIBRATION_IMAGES} evenly spread ones used).')
+flags.DEFINE_float('input_mean', _D.input_mean,
+                   'Subtracted from each calibration pixel (0-255).')
+flags.DEFINE_float('input_std', _D.input_std,
+                   'Each calibration pixel minus --input_mean is divided by '
+                   'this; the defaults give the [0, 1] retrain.py trains on.')
+
+for _name in ('graph_def_file', 'output_file', 'input_array', 'output_array'):
+  flags.register_validator(_name, cli.is_path,
+                           'must name a file or layer (not empty, no NUL)')
+flags.register_validator('image_dir', cli.is_optional_path,
+                         'must not hold NUL')
+flags.register_validator('input_mean', cli.is_finite,
+                         'must be a finite number')
+flags.register_validator('input_std',
+                         lambda std: cli.is_finite(std) and std > 0,
+                         'must be a positive finite number')
+flags.register_multi_flags_validator(
+    ['quantization', 'image_dir'],
+    lambda f: f['quantization'] != 'int8' or f['image_dir'],
+    'int8 calibrates on photos: pass --image_dir a folder of photos like the '
+    'ones the model will label')
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  cli.refuse_positional(argv, 'tflite_convert.py')
+  logging.set_verbosity(logging.INFO)
+  config = tflite.ConvertConfig(
+      graph_def_file=FLAGS.graph_def_file, output_file=FLAGS.output_file,
+      input_array=FLAGS.input_array, output_array=FLAGS.output_array,
+      quantization=FLAGS.quantization, image_dir=FLAGS.image_dir,
+      input_mean=FLAGS.input_mean, input_std=FLAGS.input_std)
+  try:
+    size = tflite.convert_graph_file(config)
+  except PoetsError as e:
+    sys.exit(f'ERROR: {e}')
+  print(f'Wrote {config.output_file} ({size / 1e6:.1f} MB, quantization '
+        f'{config.quantization}).')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags_or_exit)
