@@ -234,7 +234,8 @@ def fake_outcome(run, accuracy, status='ok', message='', test_images=58):
       ['a', 'b'], bottlenecks.CacheSummary(created=100),
       {'training': 80, 'validation': 10, 'testing': test_images},
       training.TrainingResult(500, False, test, [(0, 0.5), (499, accuracy)]),
-      bottleneck_seconds=14.2, training_seconds=0.7, export_seconds=0.5)
+      listing_seconds=0.1, bottleneck_seconds=14.2, training_seconds=0.7,
+      export_seconds=0.5)
   return experiments.Outcome(run, 'ok', '', result, seconds=21.0)
 
 
