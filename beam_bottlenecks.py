@@ -46,32 +46,12 @@ flags.DEFINE_string('image_dir', _DEFAULT.image_dir,
                     'Folder with one sub-folder of labeled images per class.')
 flags.DEFINE_string('bottleneck_dir', _DEFAULT.bottleneck_dir,
                     'Where retrain.py will look for the cached bottlenecks.')
-flags.DEFINE_string('architecture', _DEFAULT.architecture,
-                    'The network, as retrain.py --architecture (default '
-                    f'{modules.DEFAULT_ARCHITECTURE}).')
-flags.DEFINE_string('tfhub_module', _DEFAULT.tfhub_module,
-                    'An image feature-vector module instead, as retrain.py '
-                    '--tfhub_module.')
-flags.DEFINE_string('model_dir', _DEFAULT.model_dir,
-                    'Where modules are built, found or downloaded, as for '
-                    'retrain.py.')
-flags.DEFINE_integer('input_height', _DEFAULT.input_height,
-                     'Image height for a module that fixes none.',
-                     lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
-flags.DEFINE_integer('input_width', _DEFAULT.input_width,
-                     'Image width for a module that fixes none.',
-                     lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
-for _name in ('image_dir', 'bottleneck_dir', 'model_dir'):
+cli.define_module_flags(_DEFAULT)
+for _name in cli.MODULE_FLAGS:
+  flags.declare_key_flag(_name)
+for _name in ('image_dir', 'bottleneck_dir'):
   flags.register_validator(_name, cli.is_path,
                            'must name a folder (not empty, no NUL)')
-flags.register_multi_flags_validator(
-    ['input_height', 'input_width'],
-    lambda f: bool(f['input_height']) == bool(f['input_width']),
-    'pass both or neither')
-flags.register_multi_flags_validator(
-    ['architecture', 'tfhub_module'],
-    lambda f: not (f['architecture'] and f['tfhub_module']),
-    'pass either --architecture or --tfhub_module, not both')
 FLAGS = flags.FLAGS
 
 

@@ -92,7 +92,8 @@ def main(argv):
   verbosity = FLAGS.logging_verbosity.lower().replace('warn', 'warning')
   logging.set_verbosity(verbosity)
   summaries_root = FLAGS.summaries_dir or experiments.DEFAULT_SUMMARIES_ROOT
-  flag_names = [flag.name for flag in FLAGS.get_flags_for_module(retrain)]
+  flag_names = [flag.name
+                for flag in FLAGS.get_key_flags_for_module(retrain)]
   try:
     sweeps = [experiments.parse_sweep(text, flag_names) for text in FLAGS.sweep]
     experiment = experiments.plan(sweeps, config_for, FLAGS.experiments_dir,

@@ -121,30 +121,9 @@ flags.DEFINE_integer('random_brightness', _DEFAULT.random_brightness,
                      'A percentage determining how much to randomly multiply '
                      'the training image input pixels up or down by.',
                      lower_bound=0, upper_bound=100)
-flags.DEFINE_string('architecture', _DEFAULT.architecture,
-                    'Which network to use: efficientnet_lite0 (default, '
-                    'offline), efficientnet_lite1, efficientnet_lite2, or '
-                    "the codelab's frozen graphs "
-                    'mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128>'
-                    '[_quantized] and inception_v3 (their archive from '
-                    '--model_dir, downloaded once if missing; '
-                    'mobilenet_0.25_224 ships). Any letter case.')
-flags.DEFINE_string('tfhub_module', _DEFAULT.tfhub_module,
-                    'Which image feature-vector module to use instead of '
-                    '--architecture: a TF Hub URL, a .tar.gz URL or a local '
-                    'directory (TF2 SavedModel or TF1 Hub format).')
-flags.DEFINE_string('model_dir', _DEFAULT.model_dir,
-                    "Where the embedded modules are built, the codelab's "
-                    'network archives are found or downloaded, and TF Hub '
-                    'modules are cached.')
-flags.DEFINE_integer('input_height', _DEFAULT.input_height,
-                     'Image height for a module whose signature does not fix '
-                     'one; 0 = take it from the module.',
-                     lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
-flags.DEFINE_integer('input_width', _DEFAULT.input_width,
-                     'Image width for a module whose signature does not fix '
-                     'one; 0 = take it from the module.',
-                     lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
+cli.define_module_flags(_DEFAULT)
+for _name in cli.MODULE_FLAGS:
+  flags.declare_key_flag(_name)
 flags.DEFINE_string('saved_model_dir', _DEFAULT.saved_model_dir,
                     'Where to save the exported graph as a SavedModel with a '
                     'serving signature image -> prediction; empty = none.')
@@ -168,12 +147,10 @@ flags.DEFINE_integer('random_seed', _DEFAULT.random_seed,
                      lower_bound=0, upper_bound=settings.MAX_RANDOM_SEED)
 
 for _name in ('image_dir', 'output_graph', 'output_labels', 'bottleneck_dir',
-              'checkpoint_path', 'model_dir',
-              'intermediate_output_graphs_dir'):
+              'checkpoint_path', 'intermediate_output_graphs_dir'):
   flags.register_validator(_name, cli.is_path,
                            'must name a file or folder (not empty, no NUL)')
-for _name in ('summaries_dir', 'saved_model_dir', 'tfhub_module',
-              'architecture', 'output_tflite'):
+for _name in ('summaries_dir', 'saved_model_dir', 'output_tflite'):
   flags.register_validator(_name, cli.is_optional_path, 'must not hold NUL')
 for _name in ('learning_rate', 'testing_percentage', 'validation_percentage'):
   flags.register_validator(_name, cli.is_finite, 'must be a finite number')
@@ -190,14 +167,6 @@ flags.register_multi_flags_validator(
     ['testing_percentage', 'validation_percentage'],
     lambda f: f['testing_percentage'] + f['validation_percentage'] < 100,
     'together must stay below 100, or no image is left for training')
-flags.register_multi_flags_validator(
-    ['input_height', 'input_width'],
-    lambda f: bool(f['input_height']) == bool(f['input_width']),
-    'pass both or neither')
-flags.register_multi_flags_validator(
-    ['architecture', 'tfhub_module'],
-    lambda f: not (f['architecture'] and f['tfhub_module']),
-    'pass either --architecture or --tfhub_module, not both')
 flags.register_multi_flags_validator(
     ['tflite_quantization', 'output_tflite'],
     lambda f: f['tflite_quantization'] == 'none' or f['output_tflite'],

@@ -12,6 +12,8 @@ import sys
 
 from absl import flags
 
+from poets import settings
+
 USAGE_ERROR = 2
 
 
@@ -54,3 +56,51 @@ def is_optional_path(value):
 def batch_size_or_all(value):
   """-1 means the whole set, as in the original; 0 and below -1 mean nothing."""
   return value == -1 or value >= 1
+
+
+MODULE_FLAGS = ('architecture', 'tfhub_module', 'model_dir', 'input_height',
+                'input_width')
+
+
+def define_module_flags(defaults):
+  """The flags that pick and load the feature extractor, with their checks:
+  retrain.py's, and beam_bottlenecks.py's, which must make the same cache.
+  `defaults` is a RetrainSettings. The calling script declares them its key
+  flags (absl ties a declaration to the module that makes it), so that its
+  --help lists them."""
+  flags.DEFINE_string('architecture', defaults.architecture,
+                      'Which network to use: efficientnet_lite0 (default, '
+                      'offline), efficientnet_lite1, efficientnet_lite2, or '
+                      "the codelab's frozen graphs "
+                      'mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128>'
+                      '[_quantized] and inception_v3 (their archive from '
+                      '--model_dir, downloaded once if missing; '
+                      'mobilenet_0.25_224 ships). Any letter case.')
+  flags.DEFINE_string('tfhub_module', defaults.tfhub_module,
+                      'Which image feature-vector module to use instead of '
+                      '--architecture: a TF Hub URL, a .tar.gz URL or a local '
+                      'directory (TF2 SavedModel or TF1 Hub format).')
+  flags.DEFINE_string('model_dir', defaults.model_dir,
+                      "Where the embedded modules are built, the codelab's "
+                      'network archives are found or downloaded, and TF Hub '
+                      'modules are cached.')
+  flags.DEFINE_integer('input_height', defaults.input_height,
+                       'Image height for a module whose signature does not fix '
+                       'one; 0 = take it from the module.',
+                       lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
+  flags.DEFINE_integer('input_width', defaults.input_width,
+                       'Image width for a module whose signature does not fix '
+                       'one; 0 = take it from the module.',
+                       lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
+  flags.register_validator('model_dir', is_path,
+                           'must name a folder (not empty, no NUL)')
+  for name in ('architecture', 'tfhub_module'):
+    flags.register_validator(name, is_optional_path, 'must not hold NUL')
+  flags.register_multi_flags_validator(
+      ['input_height', 'input_width'],
+      lambda f: bool(f['input_height']) == bool(f['input_width']),
+      'pass both or neither')
+  flags.register_multi_flags_validator(
+      ['architecture', 'tfhub_module'],
+      lambda f: not (f['architecture'] and f['tfhub_module']),
+      'pass either --architecture or --tfhub_module, not both')
