@@ -120,6 +120,13 @@ def make_image_dir(root, per_class=20, colours=None, fmt='JPEG',
   return str(root)
 
 
+@pytest.fixture(autouse=True)
+def info_logging():
+  """INFO lines on for every test: tests that parse flags in-process reset
+  absl's --verbosity flag, and with it the log level, to WARNING."""
+  logging.set_verbosity(logging.INFO)
+
+
 @pytest.fixture(scope='session')
 def tf2_module(tmp_path_factory):
   return make_tf2_module(tmp_path_factory.mktemp('modules') / 'tiny_tf2')
