@@ -6,10 +6,12 @@ bottleneck is a fixed projection of each image's mean and spread of R, G and
 B, so solid-colour classes are separable and training can be checked.
 """
 
+import collections
 import functools
 import http.server
 import io
 import os
+import subprocess
 import threading
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -118,6 +120,48 @@ def make_image_dir(root, per_class=20, colours=None, fmt='JPEG',
                 'wb') as f:
         f.write(encode(solid_image(colour, seed=index * 1000 + i), fmt))
   return str(root)
+
+
+# Processes started, by the test that started them: the suite's cost is
+# mostly TensorFlow start-ups, so the summary names how many tests pay one.
+_processes_by_test = collections.Counter()
+_current_test = None
+_popen_init = subprocess.Popen.__init__
+_fork = os.fork
+
+
+def _counted_popen_init(self, *args, **kwargs):
+  _processes_by_test[_current_test] += 1
+  _popen_init(self, *args, **kwargs)
+
+
+def _counted_fork():
+  pid = _fork()
+  if pid:
+    _processes_by_test[_current_test] += 1
+  return pid
+
+
+subprocess.Popen.__init__ = _counted_popen_init
+os.fork = _counted_fork
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item):
+  global _current_test
+  _current_test = item.nodeid
+  yield
+  _current_test = None
+
+
+def pytest_terminal_summary(terminalreporter):
+  tests = [name for name in _processes_by_test if name]
+  terminalreporter.write_line(
+      f'{len(tests)} tests started {sum(_processes_by_test.values())} '
+      f'processes (POETS_LIST_PROCESSES=1 lists them)')
+  if os.environ.get('POETS_LIST_PROCESSES'):
+    for name, count in _processes_by_test.most_common():
+      terminalreporter.write_line(f'  {count:3d}  {name}')
 
 
 @pytest.fixture(autouse=True)
