@@ -7,6 +7,7 @@ B, so solid-colour classes are separable and training can be checked.
 """
 
 import collections
+import contextlib
 import functools
 import http.server
 import io
@@ -17,6 +18,7 @@ import threading
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import logging  # noqa: E402
+import logging as std_logging  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 import pytest  # noqa: E402
@@ -157,8 +159,10 @@ def pytest_runtest_protocol(item):
 def pytest_terminal_summary(terminalreporter):
   tests = [name for name in _processes_by_test if name]
   terminalreporter.write_line(
-      f'{len(tests)} tests started {sum(_processes_by_test.values())} '
-      f'processes (POETS_LIST_PROCESSES=1 lists them)')
+      f'{len(tests)} tests started '
+      f'{sum(_processes_by_test[name] for name in tests)} '
+      f'processes, {_processes_by_test[None]} started outside any test '
+      '(POETS_LIST_PROCESSES=1 lists them)')
   if os.environ.get('POETS_LIST_PROCESSES'):
     for name, count in _processes_by_test.most_common():
       terminalreporter.write_line(f'  {count:3d}  {name}')
@@ -169,6 +173,29 @@ def info_logging():
   """INFO lines on for every test: tests that parse flags in-process reset
   absl's --verbosity flag, and with it the log level, to WARNING."""
   logging.set_verbosity(logging.INFO)
+
+
+class _CtrlCAfter(std_logging.Handler):
+
+  def __init__(self, text):
+    super().__init__()
+    self.text = text
+
+  def emit(self, record):
+    if self.text in record.getMessage():
+      raise KeyboardInterrupt  # What Python's SIGINT handler raises.
+
+
+@contextlib.contextmanager
+def ctrl_c_when_logged(text):
+  """Ctrl-C as a user presses it: as soon as a log line holding `text` is
+  written (the line is not shown), wherever the code then is."""
+  handler = _CtrlCAfter(text)
+  std_logging.getLogger().addHandler(handler)
+  try:
+    yield
+  finally:
+    std_logging.getLogger().removeHandler(handler)
 
 
 @pytest.fixture(scope='session')
