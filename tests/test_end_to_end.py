@@ -45,7 +45,9 @@ def test_flower_sample_offline_with_no_module_flags(tmp_path):
        os.path.abspath(FLOWERS), '--random_seed', '0'],
       cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert process.returncode == 0, process.stderr[-3000:]
-  accuracy = float(re.search(r'Final test accuracy = ([\d.]+)%',
-                             process.stderr).group(1))
-  assert accuracy >= 85
+  printed = re.findall(r'^INFO: Final test accuracy = ([\d.]+)% \(N=(\d+)\)$',
+                       process.stderr, re.M)
+  assert len(printed) == 1, process.stderr[-3000:]
+  (accuracy, count), = printed
+  assert float(accuracy) >= 85 and int(count) >= 50  # 10% of 600 photos.
   assert (tmp_path / 'tf_files' / 'retrained_graph.pb').exists()

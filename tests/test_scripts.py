@@ -61,6 +61,13 @@ def test_module_spelling_shows_the_scripts_manual_and_flags(name):
   script = run(f'{name}.py', '--help', check=False)
   module = run('-m', f'scripts.{name}', '--help', check=False)
   assert 'Try --helpfull' in script.stdout
+  if name == 'retrain':
+    assert 'Retrains the last layer' in script.stdout
+    for flag in ('--image_dir', '--how_many_training_steps', '--tfhub_module',
+                 '--architecture', '--random_crop', '--saved_model_dir',
+                 '--random_seed', '--input_height', '--output_tflite',
+                 '--tflite_quantization'):
+      assert flag in script.stdout
   assert module.returncode == script.returncode
   # absl heads the flags with the script's path as it was given.
   assert module.stdout.replace(os.path.join(ROOT, f'{name}.py:'),
