@@ -16,14 +16,14 @@ FLOWERS = os.path.join(ROOT, '..', 'shared', 'data', 'flower_photos_sample')
 
 
 @pytest.mark.slow
-def test_default_module_retrains_and_exports(tmp_path):
+def test_default_module_retrains_and_exports(tmp_path, lite0_dir):
   config = settings.RetrainSettings(
       image_dir=make_image_dir(tmp_path / 'photos', per_class=20),
       testing_percentage=25, validation_percentage=10,
       output_graph=str(tmp_path / 'g.pb'),
       output_labels=str(tmp_path / 'labels.txt'),
       bottleneck_dir=str(tmp_path / 'bottlenecks'),
-      model_dir=str(tmp_path / 'models'),
+      model_dir=os.path.dirname(lite0_dir),  # Built on first use: README.
       how_many_training_steps=200, eval_step_interval=100,
       summaries_dir=str(tmp_path / 's'),
       checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=0)

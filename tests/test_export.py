@@ -268,8 +268,10 @@ def test_tensorboard_graph_is_one_module_scope_without_weights(retrained):
 
 
 @pytest.mark.slow
-def test_default_network_graph_event_is_small_and_shows_its_layers(tmp_path):
-  spec = modules.resolve_module('efficientnet_lite0', '', str(tmp_path))
+def test_default_network_graph_event_is_small_and_shows_its_layers(tmp_path,
+                                                                    lite0_dir):
+  spec = modules.resolve_module('efficientnet_lite0', '',
+                                os.path.dirname(lite0_dir))
   frozen = _frozen_with_module(spec)
   export.write_graph_summary(frozen, str(tmp_path / 'summaries'), spec.name)
   (event,) = (tmp_path / 'summaries' / 'retrained_graph').iterdir()

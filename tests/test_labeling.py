@@ -337,13 +337,14 @@ def test_script_labels_the_others_then_fails_for_a_missing_image(retrained):
       'red', 'green']
 
 
-def test_imagenet_graph_labels_a_photo_before_any_retraining(tmp_path):
+def test_imagenet_graph_labels_a_photo_before_any_retraining(tmp_path,
+                                                             lite0_dir):
   data = pytest.importorskip('skimage.data')
   photo = tmp_path / 'chelsea.jpg'
   photo.write_bytes(tf.io.encode_jpeg(data.chelsea(), quality=95).numpy())
   graph, labels = str(tmp_path / 'imagenet.pb'), str(tmp_path / 'labels.txt')
   labeling.export_imagenet_graph(graph, labels,
-                                 model_dir=str(tmp_path / 'models'))
+                                 model_dir=os.path.dirname(lite0_dir))
   assert labeling.list_layers(graph).startswith(
       'Inputs (--input_layer):\n  Placeholder float32 [?,224,224,3]\n')
   run = labeling.label_images(labeling.LabelConfig(
