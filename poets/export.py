@@ -111,8 +111,9 @@ class FrozenGraphs:
     values by name), frozen and pruned."""
     if self._session is None:
       self._build()
-    for variable in self._variables:
-      variable.load(layer[variable.op.name], self._session)
+    with self._session.graph.as_default():  # Variable.load needs it.
+      for variable in self._variables:
+        variable.load(layer[variable.op.name], self._session)
     return freeze(self._session, self._output)
 
   def __enter__(self):
