@@ -34,6 +34,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from poets import cli  # noqa: E402
+from poets import export  # noqa: E402
+from poets import label_output  # noqa: E402
 from poets import labeling  # noqa: E402
 from poets import settings  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
@@ -74,7 +76,7 @@ flags.DEFINE_integer('top_k', _D.top_k, 'How many labels to show per image.',
 flags.DEFINE_integer('batch_size', _D.batch_size,
                      'Images per run of the graph.', lower_bound=1,
                      upper_bound=MAX_BATCH_SIZE)
-flags.DEFINE_enum('output_format', 'text', labeling.OUTPUT_FORMATS,
+flags.DEFINE_enum('output_format', 'text', label_output.OUTPUT_FORMATS,
                   'text as the codelab printed it, json or csv for scripts.')
 flags.DEFINE_bool('list_layers', False,
                   "Print the graph's candidate input and output layers and "
@@ -82,7 +84,7 @@ flags.DEFINE_bool('list_layers', False,
 flags.DEFINE_bool('imagenet', False,
                   "Label with the embedded module's ImageNet classifier "
                   f'instead of --graph and --labels (written once to '
-                  f'{labeling.IMAGENET_GRAPH} and {labeling.IMAGENET_LABELS}).')
+                  f'{export.IMAGENET_GRAPH} and {export.IMAGENET_LABELS}).')
 
 for _name in ('graph', 'labels'):
   flags.register_validator(_name, cli.is_path,
@@ -126,10 +128,10 @@ def config_from_flags(extra_images):
 
 def _use_imagenet(config):
   """The config with the ImageNet graph, which is built on first use."""
-  graph, labels = labeling.IMAGENET_GRAPH, labeling.IMAGENET_LABELS
+  graph, labels = export.IMAGENET_GRAPH, export.IMAGENET_LABELS
   if not (os.path.exists(graph) and os.path.exists(labels)):
     print(f'Writing {graph} and {labels} (once)...', file=sys.stderr)
-    labeling.export_imagenet_graph(graph, labels)
+    export.export_imagenet_graph(graph, labels)
   return labeling.LabelConfig(**{**vars(config), 'graph': graph,
                                  'labels': labels})
 
@@ -153,7 +155,7 @@ def main(argv):
     sys.exit(f'ERROR: {e}')
   for warning in run.warnings:
     print(f'WARNING: {warning}', file=sys.stderr)
-  sys.stdout.write(labeling.format_run(run, FLAGS.output_format))
+  sys.stdout.write(label_output.format_run(run, FLAGS.output_format))
   errors = [r.error for r in run.results if r.error]
   for error in errors:
     print(f'ERROR: {error}', file=sys.stderr)
