@@ -12,6 +12,7 @@ import sys
 
 from absl import flags
 
+from poets import modules
 from poets import settings
 
 USAGE_ERROR = 2
@@ -94,8 +95,11 @@ def define_module_flags(defaults):
                        lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
   flags.register_validator('model_dir', is_path,
                            'must name a folder (not empty, no NUL)')
-  for name in ('architecture', 'tfhub_module'):
-    flags.register_validator(name, is_optional_path, 'must not hold NUL')
+  flags.register_validator(
+      'architecture', modules.is_architecture,
+      f'must be one of {modules.architecture_choices()} (any letter case)')
+  flags.register_validator('tfhub_module', is_optional_path,
+                           'must not hold NUL')
   flags.register_multi_flags_validator(
       ['input_height', 'input_width'],
       lambda f: bool(f['input_height']) == bool(f['input_width']),

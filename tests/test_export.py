@@ -1,4 +1,4 @@
-"""Tests for poets/export.py: frozen graph, labels, SavedModel, ImageNet graph."""
+"""Tests for poets/export.py: frozen graph, labels, SavedModel, ImageNet."""
 
 import os
 

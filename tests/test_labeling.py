@@ -189,8 +189,8 @@ def test_mul_graph_agrees_with_its_own_decoding(retrained, codelab_graphs):
       graph=codelab_graphs['Mul'], labels=codelab_graphs['labels'],
       images=[path], input_layer='import/Mul:0', input_mean=128,
       input_std=128))
-  graph = frozen_graphs.import_graph(
-      frozen_graphs.load_graph_def(codelab_graphs['Mul']), codelab_graphs['Mul'])
+  mul = codelab_graphs['Mul']
+  graph = frozen_graphs.import_graph(frozen_graphs.load_graph_def(mul), mul)
   with tf.compat.v1.Session(graph=graph) as session, open(path, 'rb') as f:
     own = session.run('import/final_result:0',
                       {f'import/{codelab_graphs["contents"]}': f.read()})[0]
