@@ -150,16 +150,16 @@ class _DecodeImages(beam.DoFn):
   def setup(self):
     graph = tf.Graph()
     with graph.as_default():
-      self._contents = tf.compat.v1.placeholder(tf.string)
-      self._decoded = self._decode(self._contents)
+      self._decoder = images.FileDecoder.build(self._decode)
     self._session = tf.compat.v1.Session(graph=graph)
 
   def process(self, image):
-    pixels, reason = bottlenecks.decode_file(self._session, self._contents,
-                                             self._decoded, image.image_path)
-    if reason:
+    pixels, failure = self._decoder.decode_file(self._session,
+                                                image.image_path)
+    if failure:
       Metrics.counter(NAMESPACE, 'failed').inc()
-      yield beam.pvalue.TaggedOutput('skipped', (image.image_path, reason))
+      yield beam.pvalue.TaggedOutput('skipped',
+                                     (image.image_path, failure.reason))
     else:
       yield image.cache_path, pixels
 
