@@ -46,8 +46,6 @@ cli.define_flags(DEFAULTS, {
     'bottleneck_dir': 'Where retrain.py will look for the cached bottlenecks.',
 })
 cli.define_module_flags(DEFAULTS)
-for _name in cli.MODULE_FLAGS:
-  flags.declare_key_flag(_name)
 for _name in ('image_dir', 'bottleneck_dir'):
   flags.register_validator(_name, cli.is_path,
                            'must name a folder (not empty, no NUL)')

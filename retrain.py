@@ -119,8 +119,6 @@ cli.define_flags(DEFAULTS, {
     'random_seed': (0, settings.MAX_RANDOM_SEED),
 })
 cli.define_module_flags(DEFAULTS)
-for _name in cli.MODULE_FLAGS:
-  flags.declare_key_flag(_name)
 flags.DEFINE_enum('tflite_quantization', DEFAULTS.tflite_quantization,
                   tflite.QUANTIZATIONS,
                   'How --output_tflite is stored: none (float32), dynamic '

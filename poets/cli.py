@@ -18,6 +18,9 @@ from poets import modules
 from poets import settings
 
 USAGE_ERROR = 2
+# The flags defined below belong to the script that asks for them, so its
+# --help lists them and experiments.py can adopt retrain.py's.
+flags.disclaim_key_flags()
 
 
 def parse_flags_or_exit(argv, known_only=False):
@@ -79,16 +82,10 @@ def define_flags(defaults, helps, bounds=None):
     define[kind](name, getattr(defaults, name), help_text, **limits)
 
 
-MODULE_FLAGS = ('architecture', 'tfhub_module', 'model_dir', 'input_height',
-                'input_width')
-
-
 def define_module_flags(defaults):
   """The flags that pick and load the feature extractor, with their checks:
   retrain.py's, and beam_bottlenecks.py's, which must make the same cache.
-  `defaults` is a RetrainSettings. The calling script declares them its key
-  flags (absl ties a declaration to the module that makes it), so that its
-  --help lists them."""
+  `defaults` is a RetrainSettings."""
   define_flags(defaults, {
       'architecture': (
           'Which network to use: efficientnet_lite0 (default, offline), '
