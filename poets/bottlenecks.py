@@ -249,8 +249,8 @@ def _compute(entries, todo, module_spec, summary):
 def cache_bottlenecks(image_lists, module, bottleneck_dir):
   """Makes sure every image has a cached bottleneck and loads them all.
 
-  `module` is a LoadedModule (its spec and sizes are used; the computation
-  loads the module again in a graph of its own). Returns ({split:
+  `module` is a ModuleInfo (its spec and sizes are used; the computation
+  loads the module in a graph of its own). Returns ({split:
   SplitBottlenecks}, CacheSummary). Images that cannot be decoded are left out
   of the splits and listed in the summary.
   """
