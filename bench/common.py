@@ -113,6 +113,13 @@ def run_child(command, log_path):
           child.returncode)
 
 
+def timed(run):
+  """Wall and CPU (all threads) seconds of run()."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  run()
+  return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def load():
   """The 1-minute load average, to read the figures beside."""
   return f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores'

@@ -23,7 +23,6 @@ read at >= 20,000 files a second; peak memory at 100,000 images under 2 GB.
 import os
 import sys
 import tempfile
-import time
 
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,12 +141,6 @@ def _point(module_name, module_flags, count, work, steps, read_sample=0):
   return rows
 
 
-def _timed(work):
-  wall, cpu = time.perf_counter(), time.process_time()
-  work()
-  return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def _compare_readers(image_dir, bottleneck_dir, module_name, sample):
   """The cache reader against the one it replaced, on the same warm files.
 
@@ -170,7 +163,7 @@ def _compare_readers(image_dir, bottleneck_dir, module_name, sample):
 
   for name, reader in (('one file at a time (before)', one_at_a_time),
                        (f'chunks on {os.cpu_count()} threads (now)', ours)):
-    wall, cpu = _timed(reader)
+    wall, cpu = common.timed(reader)
     print(f'  cache read, {len(entries)} warm files, {name}: '
           f'{len(entries) / wall:7.0f} files/s, '
           f'{len(entries) / cpu:7.0f} files per CPU-second')

@@ -56,11 +56,17 @@ def test_module_spelling_retrains_and_labels_exactly_as_the_scripts(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['retrain', 'label_image', 'experiments'])
-def test_module_spelling_shows_the_scripts_manual_and_flags(name):
+@pytest.mark.parametrize('name, flags', [
+    ('retrain', ['--how_many_training_steps', '--architecture']),
+    ('label_image', ['--graph', '--input_layer', '--output_format']),
+    ('experiments', ['--sweep', '--learning_rate', '--tfhub_module'])])
+def test_module_spelling_shows_the_scripts_manual_and_flags(name, flags):
   script = run(f'{name}.py', '--help', check=False)
   module = run('-m', f'scripts.{name}', '--help', check=False)
   assert 'Try --helpfull' in script.stdout
+  # Flags defined through poets.cli are listed as the script's own.
+  for flag in flags:
+    assert f'  {flag}:' in script.stdout, flag
   assert module.returncode == script.returncode
   # absl heads the flags with the script's path as it was given.
   assert module.stdout.replace(os.path.join(ROOT, f'{name}.py:'),
