@@ -32,7 +32,7 @@ def _values(text):
 def _cache_files(bottleneck_dir):
   return sorted(os.path.relpath(os.path.join(root, name), bottleneck_dir)
                 for root, _, names in os.walk(bottleneck_dir)
-                for name in names)
+                for name in names if name.endswith('.txt'))
 
 
 def test_files_are_named_and_formatted_as_the_original(image_dir, tf2_module,

@@ -125,8 +125,7 @@ def test_sampling_is_uniform_over_classes_and_seeded():
       tf.compat.v1.set_random_seed(seed)
       batches = training._CachedBatches(split, 3, 3000, seed)
     with tf.compat.v1.Session(graph=graph) as session:
-      batches.initialize(session)
-      return session.run(batches.ground_truth)
+      return session.run(batches.ground_truth, batches.feed)
 
   truth = draw(5)
   counts = np.bincount(truth, minlength=3) / len(truth)
