@@ -144,6 +144,12 @@ def _entries(image_lists, bottleneck_dir, module_name):
                                      image_name, module_name))
 
 
+def _index_names(entries, bottleneck_dir):
+  """The cache files' paths as the index names them: relative, as bytes."""
+  prefix = os.path.join(bottleneck_dir, '')
+  return [os.fsencode(e.cache_path[len(prefix):]) for e in entries]
+
+
 def _existing(paths):
   """Which of `paths` exist: one listing per folder, not one stat per file."""
   listed = {}
@@ -338,8 +344,7 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir):
   of the splits and listed in the summary.
   """
   entries = list(_entries(image_lists, bottleneck_dir, module.spec.name))
-  prefix = os.path.join(bottleneck_dir, '')
-  names = [os.fsencode(e.cache_path[len(prefix):]) for e in entries]
+  names = _index_names(entries, bottleneck_dir)
   summary = CacheSummary()
   # Rows are only touched (and take memory) as they are filled.
   values = feedable_empty([len(entries), module.bottleneck_size])
