@@ -350,9 +350,9 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir):
   values = feedable_empty([len(entries), module.bottleneck_size])
   identities = np.zeros(len(entries), cache_index.IDENTITY)
   index_path = cache_index.index_path(bottleneck_dir, module.spec.name)
+  start = time.perf_counter()
   index = cache_index.load(index_path, module.bottleneck_size)
   try:
-    start = time.perf_counter()
     have = _read_cache(entries, names, values, identities, index,
                        bottleneck_dir, summary)
     summary.read_seconds = time.perf_counter() - start
