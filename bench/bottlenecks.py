@@ -100,7 +100,7 @@ def main(argv):
 def _measure(image_dir, work):
   """Takes turns at (c), (a) and (b) and prints each one's best round."""
   spec = common.module_spec()
-  module = common.module_info(spec)
+  module = modules.module_info(spec)
   image_lists = images.create_image_lists(image_dir, 10, 10)
   # (class folder, image name, image path) of every photo, in cache order.
   photos = [(c.dir, name, image_lists.image_path(i, name))

@@ -97,12 +97,6 @@ def module_spec():
   return modules.resolve_module(ARCHITECTURE, '', FLAGS.model_dir)
 
 
-def module_info(spec):
-  """The module's sizes, loaded in a scratch graph as pipeline.run does."""
-  with tf.Graph().as_default():
-    return modules.load_module(spec)
-
-
 def run_child(command, log_path):
   """Runs `command` with output to `log_path`; returns (seconds, peak MiB, rc).
 

@@ -27,6 +27,7 @@ from absl import flags  # noqa: E402
 from bench import common  # noqa: E402
 from poets import bottlenecks  # noqa: E402
 from poets import images  # noqa: E402
+from poets import modules  # noqa: E402
 
 flags.DEFINE_list('sizes', ['24', '120'],
                   'Photos per class of the smaller and the larger folder.')
@@ -40,7 +41,7 @@ def _make_bottlenecks():
   """The child's work: what retrain.py does up to the bottleneck cache."""
   spec = common.module_spec()
   image_lists = images.create_image_lists(FLAGS.image_dir, 10, 10)
-  bottlenecks.cache_bottlenecks(image_lists, common.module_info(spec),
+  bottlenecks.cache_bottlenecks(image_lists, modules.module_info(spec),
                                 FLAGS.bottleneck_dir)
 
 

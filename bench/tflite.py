@@ -33,6 +33,7 @@ from bench import common  # noqa: E402
 from poets import export  # noqa: E402
 from poets import images  # noqa: E402
 from poets import labeling  # noqa: E402
+from poets import modules  # noqa: E402
 from poets import pipeline  # noqa: E402
 from poets import settings  # noqa: E402
 from poets import tflite  # noqa: E402
@@ -136,7 +137,7 @@ def main(argv):
   common.start()
   steps = common.by_mode(FLAGS.steps, 200, 4000)
   rounds = common.by_mode(FLAGS.rounds, 1, 3)
-  module = common.module_info(common.module_spec())  # built before timing
+  module = modules.module_info(common.module_spec())  # built before timing
   with tempfile.TemporaryDirectory(prefix='bench_tflite_') as work:
     image_dir = common.photos(work)
     run_settings = _retrain(image_dir, work, steps)

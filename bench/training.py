@@ -30,6 +30,7 @@ import tensorflow as tf  # noqa: E402
 from bench import common  # noqa: E402
 from poets import bottlenecks  # noqa: E402
 from poets import images  # noqa: E402
+from poets import modules  # noqa: E402
 from poets import settings  # noqa: E402
 from poets import training  # noqa: E402
 
@@ -126,7 +127,7 @@ def main(argv):
   with tempfile.TemporaryDirectory(prefix='bench_training_') as work:
     image_dir = common.photos(work)
     spec = common.module_spec()
-    module = common.module_info(spec)
+    module = modules.module_info(spec)
     image_lists = images.create_image_lists(image_dir, 10, 10)
     bottleneck_dir = os.path.join(work, 'bottlenecks')
     splits, _ = bottlenecks.cache_bottlenecks(image_lists, module,

@@ -150,16 +150,16 @@ class _DecodeImages(beam.DoFn):
   def setup(self):
     graph = tf.Graph()
     with graph.as_default():
-      self._contents = tf.compat.v1.placeholder(tf.string)
-      self._decoded = self._decode(self._contents)
+      self._decoder = images.FileDecoder.build(self._decode)
     self._session = tf.compat.v1.Session(graph=graph)
 
   def process(self, image):
-    pixels, reason = bottlenecks.decode_file(self._session, self._contents,
-                                             self._decoded, image.image_path)
-    if reason:
+    pixels, failure = self._decoder.decode_file(self._session,
+                                                image.image_path)
+    if failure:
       Metrics.counter(NAMESPACE, 'failed').inc()
-      yield beam.pvalue.TaggedOutput('skipped', (image.image_path, reason))
+      yield beam.pvalue.TaggedOutput('skipped',
+                                     (image.image_path, failure.reason))
     else:
       yield image.cache_path, pixels
 
@@ -217,8 +217,8 @@ def _write_report(skipped, path):
 def build(root, image_dir, bottleneck_dir, spec, module):
   """Adds the cache-making transforms to the pipeline `root`.
 
-  `module` is the LoadedModule of `spec` (its sizes and decoding are used;
-  the workers load the module again themselves).
+  `module` is the ModuleInfo of `spec` (its sizes and decoding are used;
+  the workers load the module themselves).
   """
   checked = (
       root
@@ -269,8 +269,7 @@ def run(options, image_dir, bottleneck_dir, spec):
 
   Raises PoetsError for the folder and cache problems retrain.py refuses.
   """
-  with tf.Graph().as_default():
-    module = modules.load_module(spec)
+  module = modules.module_info(spec)
   files.check_writable(bottleneck_dir, '--bottleneck_dir')
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks; cache in %s',
                spec.name, module.image_size[0], module.image_size[1],

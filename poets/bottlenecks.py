@@ -263,83 +263,41 @@ def foreign_cache_message(bottleneck_dir, other_size, bottleneck_size):
           '(or move that folder away) and rerun.')
 
 
-def decode_file(session, contents_input, decoded, path):
-  """Reads and decodes one image alone: (image, None) or (None, why not).
-
-  The reason is TensorFlow's own line (`Unknown image file format...`) or the
-  operating system's (`No such file or directory`).
-  """
-  try:
-    with open(path, 'rb') as f:
-      return session.run(decoded, {contents_input: f.read()}), None
-  except OSError as e:
-    return None, e.strerror or str(e)
-  except tf.errors.OpError as e:
-    return None, images.decode_failure_reason(e)
-
-
 def _compute(entries, todo, module_spec, summary):
   """Runs the images at indices `todo` through the module, batch by batch.
 
   Yields (index, bottleneck) as results arrive; images that fail to read or
   decode are recorded in `summary.failed` and skipped.
   """
-  paths = [entries[i].image_path for i in todo]
   with tf.Graph().as_default() as graph:
     module = modules.load_module(module_spec)
-
-    def load(index, path):
-      return index, module.decode(tf.io.read_file(path))
-
-    # Autotuning's model thread held up closing the session in about half
-    # of our runs (4 s typical, 10 s seen, on 600 photos); without it
-    # AUTOTUNE still decodes one image per core at a time.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    # Bytes, not str: a file name need not be valid UTF-8 to exist.
-    dataset = (tf.data.Dataset.from_tensor_slices((np.array(todo, np.int64),
-                                                   [os.fsencode(p) for p in
-                                                    paths]))
-               .map(load, num_parallel_calls=tf.data.AUTOTUNE)
-               .ignore_errors()
-               .batch(BATCH_SIZE)
-               .prefetch(2)
-               .with_options(options))
-    indices, batch = tf.compat.v1.data.make_one_shot_iterator(
-        dataset).get_next()
-    bottlenecks = module.apply(batch)
-    contents_input = tf.compat.v1.placeholder(tf.string)
-    decoded = module.decode(contents_input)
+    decoded = images.decode_in_batches([entries[i].image_path for i in todo],
+                                       module.decode, BATCH_SIZE)
+    bottlenecks = module.apply(decoded.images)
     init = tf.compat.v1.global_variables_initializer()
-  done = set()
+  done = []
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
     with progress.progress(len(todo), 'Bottlenecks', 'img') as bar:
-      while True:
-        try:
-          batch_indices, values = session.run([indices, bottlenecks])
-        except tf.errors.OutOfRangeError:
-          break
-        for index, value in zip(batch_indices, values):
-          done.add(int(index))
-          yield int(index), value
-        bar.update(len(batch_indices))
-      for index in todo:
-        if index not in done:
-          path = entries[index].image_path
-          # Rerun alone, to get the reason the batch pipeline dropped it.
-          _, reason = decode_file(session, contents_input, decoded, path)
-          reason = reason or 'could not be read'
-          logging.warning('Skipping %s: %s', path, reason)
-          summary.failed.append((path, reason))
-          bar.update(1)
+      for positions, values in images.each_batch(
+          session, [decoded.indices, bottlenecks]):
+        for position, value in zip(positions, values):
+          done.append(int(position))
+          yield todo[position], value
+        bar.update(len(positions))
+      for position, failure in decoded.failures(session, done):
+        path = entries[todo[position]].image_path
+        reason = failure.reason if failure else 'could not be read'
+        logging.warning('Skipping %s: %s', path, reason)
+        summary.failed.append((path, reason))
+        bar.update(1)
 
 
 def cache_bottlenecks(image_lists, module, bottleneck_dir):
   """Makes sure every image has a cached bottleneck and loads them all.
 
-  `module` is a LoadedModule (its spec and sizes are used; the computation
-  loads the module again in a graph of its own). Returns ({split:
+  `module` is a ModuleInfo (its spec and sizes are used; the computation
+  loads the module in a graph of its own). Returns ({split:
   SplitBottlenecks}, CacheSummary). Images that cannot be decoded are left out
   of the splits and listed in the summary.
   """

@@ -2,9 +2,11 @@
 TensorBoard shows.
 
 The fifth stage. The frozen `.pb` is built from an evaluation graph (the
-module and the new layer, no training ops): the module is loaded afresh, the
-layer set to the values training ended with, variables turned into
-constants, and everything `final_result` does not need pruned, functions included. Its
+module and the new layer, no training ops), built once per run for its
+intermediate graphs and its final one: the layer set to the values of the
+moment, variables turned into constants, and everything `final_result` does
+not need pruned, functions included. The SavedModel and the .tflite are made
+from the frozen graph, so the module is loaded for none of them. Its
 input is `Placeholder` (float32 [None, H, W, 3] in [0, 1]) and its output the
 `--final_tensor_name` softmax, as in the original hub-based retrain.py.
 TensorBoard gets the same graph with the module's function call opened up
@@ -71,27 +73,55 @@ def freeze(session, output_name):
   return prune_functions(graph_def)
 
 
-def frozen_graph_def(module_spec, class_count, final_tensor_name, layer):
-  """The evaluation graph with the trained layer, frozen and pruned.
+class FrozenGraphs:
+  """Frozen graphs of the module with a trained layer on top, all from one
+  evaluation graph (the module and the new layer, no training ops).
 
-  `layer` holds the layer's variable values by name (TrainingResult.layer).
+  The graph is built and the module loaded on the first `freeze`; every
+  later one (the run's intermediate graphs, then its final one) only sets
+  the layer's values. Use it in a `with` block, which closes its session.
   """
-  graph = tf.Graph()
-  with graph.as_default():
-    module = modules.load_module(module_spec)
-    height, width = module.image_size
-    resized_input = tf.compat.v1.placeholder(
-        tf.float32, [None, height, width, 3], name=INPUT_NAME)
-    if resized_input.op.name != INPUT_NAME:
-      raise AssertionError(f'input placeholder became {resized_input.name}')
-    final_layer = training.add_final_retrain_ops(
-        class_count, final_tensor_name, module.apply(resized_input))
-    init = tf.compat.v1.global_variables_initializer()
-  with tf.compat.v1.Session(graph=graph) as session:
-    session.run(init)
-    for variable in training.layer_variables_of(graph):
-      variable.load(layer[variable.op.name], session)
-    return freeze(session, final_layer.final_tensor.op.name)
+
+  def __init__(self, module_spec, class_count, final_tensor_name):
+    self._module_spec = module_spec
+    self._class_count = class_count
+    self._final_tensor_name = final_tensor_name
+    self._session = None
+
+  def _build(self):
+    graph = tf.Graph()
+    with graph.as_default():
+      module = modules.load_module(self._module_spec)
+      height, width = module.image_size
+      resized_input = tf.compat.v1.placeholder(
+          tf.float32, [None, height, width, 3], name=INPUT_NAME)
+      if resized_input.op.name != INPUT_NAME:
+        raise AssertionError(f'input placeholder became {resized_input.name}')
+      final_layer = training.add_final_retrain_ops(
+          self._class_count, self._final_tensor_name,
+          module.apply(resized_input))
+      init = tf.compat.v1.global_variables_initializer()
+    self._session = tf.compat.v1.Session(graph=graph)
+    self._session.run(init)
+    self._variables = training.layer_variables_of(graph)
+    self._output = final_layer.final_tensor.op.name
+
+  def freeze(self, layer):
+    """The graph with `layer` (TrainingResult.layer: the layer's variable
+    values by name), frozen and pruned."""
+    if self._session is None:
+      self._build()
+    with self._session.graph.as_default():  # Variable.load needs it.
+      for variable in self._variables:
+        variable.load(layer[variable.op.name], self._session)
+    return freeze(self._session, self._output)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    if self._session is not None:
+      self._session.close()
 
 
 def save_graph(graph_def, path):

@@ -382,42 +382,7 @@ def convention_warnings(config):
   return warnings
 
 
-@dataclasses.dataclass
-class _Pipeline:
-  """The graph that reads, decodes and normalizes images for the network."""
-  graph: tf.Graph
-  indices: tf.Tensor  # Which images a batch holds: failed ones are skipped.
-  batch: tf.Tensor
-  contents: tf.Tensor  # Redoes one image alone, to learn why it failed.
-  decoded: tf.Tensor
-
-
-def _pipeline(paths, height, width, mean, std, batch_size):
-  """Images decoded in parallel and batched, as for retrain's bottlenecks.
-
-  Only regular files go in: reading a pipe or a device could wait forever.
-  """
-  graph = tf.Graph()
-  with graph.as_default():
-
-    def load(index, path):
-      return index, normalize(tf.io.read_file(path), height, width, mean, std)
-
-    files = [(index, os.fsencode(path)) for index, path in enumerate(paths)
-             if os.path.isfile(path)]
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (np.array([index for index, _ in files], np.int64),
-         np.array([path for _, path in files], object)))
-    dataset = (dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-               .ignore_errors().batch(batch_size).prefetch(2))
-    indices, batch = tf.compat.v1.data.make_one_shot_iterator(
-        dataset).get_next()
-    contents = tf.compat.v1.placeholder(tf.string)
-    decoded = normalize(contents, height, width, mean, std)
-  return _Pipeline(graph, indices, batch, contents, decoded)
-
-
-def _read_error(session, data, path):
+def _read_error(path, failure):
   """Why an image was dropped from the pipeline, as one line."""
   if not os.path.exists(path):
     return f'{path}: not found; check the path.'
@@ -425,17 +390,11 @@ def _read_error(session, data, path):
     return f'{path}: is a folder; pass it with --image_dir.'
   if not os.path.isfile(path):
     return f'{path}: not a regular file (a pipe or a device); pass a photo.'
-  try:
-    with open(path, 'rb') as f:
-      contents = f.read()
-  except OSError as e:
-    return f'{path}: cannot read it ({e.strerror}).'
-  try:
-    session.run(data.decoded, {data.contents: contents})
-  except tf.errors.OpError as e:
-    return (f'{path}: cannot decode it as an image '
-            f'({images.decode_failure_reason(e)})')
-  return f'{path}: could not be decoded.'
+  if failure is None:
+    return f'{path}: could not be decoded.'
+  if failure.unreadable:
+    return f'{path}: cannot read it ({failure.reason}).'
+  return f'{path}: cannot decode it as an image ({failure.reason})'
 
 
 def _top(scores, labels, top_k):
@@ -505,18 +464,18 @@ def _label(paths, classifier, config):
   if classifier.classes is not None:
     _check_labels(labels, classifier.classes, config)
   fixed_batch = classifier.fixed_batch
-  data = _pipeline(paths, classifier.height, classifier.width,
-                   config.input_mean, config.input_std,
-                   fixed_batch or config.batch_size)
+  graph = tf.Graph()
+  with graph.as_default():
+    data = images.decode_in_batches(
+        paths, lambda contents: normalize(
+            contents, classifier.height, classifier.width, config.input_mean,
+            config.input_std), fixed_batch or config.batch_size)
   results = [None] * len(paths)
   seconds = 0.0
   batches = 0
-  with tf.compat.v1.Session(graph=data.graph) as data_session:
-    while True:
-      try:
-        batch_indices, pixels = data_session.run([data.indices, data.batch])
-      except tf.errors.OutOfRangeError:
-        break
+  with tf.compat.v1.Session(graph=graph) as data_session:
+    for batch_indices, pixels in images.each_batch(
+        data_session, [data.indices, data.images]):
       count = len(batch_indices)
       if fixed_batch and count < fixed_batch:
         pixels = np.concatenate([pixels, np.zeros(
@@ -530,10 +489,10 @@ def _label(paths, classifier, config):
       for index, image_scores in zip(batch_indices, scores):
         results[index] = ImageResult(
             paths[index], _top(image_scores, labels, config.top_k))
-    for index, path in enumerate(paths):
-      if results[index] is None:
-        results[index] = ImageResult(
-            path, [], _read_error(data_session, data, path))
+    labelled = [index for index, result in enumerate(results) if result]
+    for index, failure in data.failures(data_session, labelled):
+      results[index] = ImageResult(paths[index], [],
+                                   _read_error(paths[index], failure))
   return LabelRun(results, seconds, batches, convention_warnings(config))
 
 

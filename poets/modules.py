@@ -1,25 +1,37 @@
-"""Modules: resolve a feature extractor and load it into the current graph.
+"""Modules: resolve a feature extractor, read its sizes, load it into a graph.
 
 The second stage. `resolve_module` turns `--architecture` or `--tfhub_module`
 into a handle and the name that bottleneck files and summaries carry;
-`load_module` loads it inside the tf.compat.v1 graph being built. A module is
-one of three kinds: the embedded EfficientNet-Lite builds and any
-`--tfhub_module` load with `hub.load`, their image and bottleneck sizes read
-from the module's own signature (TF2 SavedModel, or the legacy TF1 Hub format
-through its `image_feature_vector` or `default` signature); the codelab's
-MobileNet and Inception names are frozen graphs (poets.codelab_networks),
-imported with the original's preprocessing.
+`module_info` reads the module's image and bottleneck sizes from its files;
+`load_module` loads it inside the tf.compat.v1 graph being built, once per
+graph that runs it. A module is one of three kinds: the embedded
+EfficientNet-Lite builds and any `--tfhub_module` load with `hub.load`, their
+sizes read from the module's own signature in saved_model.pb (TF2
+SavedModel, or the legacy TF1 Hub format through its `image_feature_vector`
+or `default` signature); the codelab's MobileNet and Inception names are
+frozen graphs (poets.codelab_networks), imported with the original's
+preprocessing.
+
+A module URL is downloaded and unpacked here, into --model_dir, and
+`hub.load` gets the local folder: importing this module changes nothing in
+TF Hub or the environment.
 """
 
 import dataclasses
 import functools
+import hashlib
 import os
+import shutil
+import tarfile
+import tempfile
+import urllib.parse
 import urllib.request
+import zlib
 
+from absl import logging
+from google.protobuf import message
 import tensorflow_hub as hub
-from tensorflow_hub import compressed_module_resolver
-from tensorflow_hub import registry
-from tensorflow_hub import resolver
+from tensorflow.python.saved_model import loader_impl
 
 from poets import codelab_networks
 from poets import efficientnet_lite
@@ -32,6 +44,10 @@ DEFAULT_ARCHITECTURE = 'efficientnet_lite0'
 OFFLINE_ALTERNATIVES = (
     '--architecture efficientnet_lite0 (the default, built from an installed '
     'package), or --tfhub_module with a local module directory')
+
+# A TF1 Hub module's signatures that give an image feature vector, in the
+# order they are looked for.
+_TF1_SIGNATURES = ('image_feature_vector', 'default')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +62,20 @@ class ModuleSpec:
 
 
 @dataclasses.dataclass
-class LoadedModule:
-  """A module loaded into the current graph, ready to apply to images."""
+class ModuleInfo:
+  """A module's sizes and image decoding, known without loading it."""
   spec: ModuleSpec
   image_size: tuple[int, int]
   bottleneck_size: int
-  apply: object  # images float32 [N, H, W, 3] in [0, 1] -> [N, bottleneck_size]
   # File bytes -> float32 [H, W, 3] in [0, 1], decoded and resized as this
   # module's bottlenecks are made.
   decode: object
+
+
+@dataclasses.dataclass
+class LoadedModule(ModuleInfo):
+  """A module loaded into the current graph, ready to apply to images."""
+  apply: object  # images float32 [N, H, W, 3] in [0, 1] -> [N, bottleneck_size]
 
 
 def architecture_choices():
@@ -98,118 +119,208 @@ def resolve_module(architecture, tfhub_module, model_dir, input_size=None):
       f'{architecture_choices()}, or pass --tfhub_module.')
 
 
-class _CheckedArchiveResolver(
-    compressed_module_resolver.HttpCompressedFileResolver):
-  """TF Hub's download-and-cache for archive URLs, with a checked unpack."""
-
-  def __call__(self, handle):
-    def download(handle, temp_dir):
-      request = urllib.request.Request(
-          self._append_compressed_format_query(handle))
-      files.extract_checked(handle, self._call_urlopen(request), temp_dir)
-
-    return resolver.atomic_download(
-        handle, download, compressed_module_resolver._module_dir(handle),  # pylint: disable=protected-access
-        self._lock_file_timeout_sec())
+def _cache_dir(model_dir):
+  """Where downloads go: --model_dir, else TF Hub's default cache folder."""
+  return model_dir or os.path.join(tempfile.gettempdir(), 'tfhub_modules')
 
 
-registry.resolver.add_implementation(_CheckedArchiveResolver())
+def _download(handle, model_dir):
+  """The local folder of the module archive at URL `handle`, downloaded and
+  unpacked (checked) on first use.
+
+  The folder is named as TF Hub names its cache entries (the SHA-1 of the
+  URL), so a module TF Hub cached in --model_dir is used as it is. The
+  archive is unpacked in a temporary folder and renamed into place: a killed
+  run leaves no half module, and of two runs downloading at once the second
+  to finish uses the first one's folder.
+  """
+  folder = os.path.join(_cache_dir(model_dir),
+                        hashlib.sha1(handle.encode('utf8')).hexdigest())
+  if os.path.isdir(folder) and os.listdir(folder):
+    return folder
+  # tfhub.dev serves the archive only when asked for this format.
+  parsed = urllib.parse.urlparse(handle)
+  query = urllib.parse.urlencode(urllib.parse.parse_qsl(parsed.query) +
+                                 [('tf-hub-format', 'compressed')])
+  logging.info('Downloading the module %s into %s (once).', handle, folder)
+  unpacked = files.temporary_sibling(folder)
+  try:
+    with urllib.request.urlopen(parsed._replace(query=query).geturl(),
+                                timeout=60) as response:
+      files.extract_checked(handle, response, unpacked)
+    os.rename(unpacked, folder)
+  except OSError as e:
+    if not (os.path.isdir(folder) and os.listdir(folder)):
+      raise _download_error(handle, e) from e
+  except (tarfile.TarError, EOFError, zlib.error) as e:
+    raise _download_error(handle, e) from e
+  finally:
+    shutil.rmtree(unpacked, ignore_errors=True)
+  return folder
+
+
+def _download_error(handle, error):
+  return PoetsError(f'Could not download the module {handle} '
+                    f'({_first_line(error)}). Without network use '
+                    f'{OFFLINE_ALTERNATIVES}.')
+
+
+def _first_line(error):
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _is_url(handle):
   return handle.startswith(('http://', 'https://'))
 
 
-def _hub_load(handle, model_dir):
-  """hub.load with the download cache in model_dir and one-line errors."""
-  if model_dir:
-    os.environ['TFHUB_CACHE_DIR'] = os.path.abspath(model_dir)
-  if not _is_url(handle) and not os.path.isdir(handle):
-    raise PoetsError(f"Module directory '{handle}' not found; pass "
+def _module_dir(spec):
+  """The local folder of a SavedModel or TF1 Hub module, downloaded first
+  if `spec.handle` is a URL."""
+  if _is_url(spec.handle):
+    return _download(spec.handle, spec.model_dir)
+  if not os.path.isdir(spec.handle):
+    raise PoetsError(f"Module directory '{spec.handle}' not found; pass "
                      '--tfhub_module a module directory or URL, or use '
                      f'{OFFLINE_ALTERNATIVES}.')
+  return spec.handle
+
+
+def _not_a_module(spec, error):
+  return PoetsError(f"Could not load the module in '{spec.handle}' "
+                    f'({_first_line(error)}); is it a SavedModel or TF1 Hub '
+                    'module?')
+
+
+def _no_feature_vector(spec):
+  return PoetsError(
+      f"The module in '{spec.handle}' has no image feature vector to call "
+      '(no __call__ and no image_feature_vector or default signature).')
+
+
+def _is_tf1_hub_module(path):
+  # TF Hub's own test for its legacy format (hub.load goes by it too).
+  return os.path.isfile(os.path.join(path, 'tfhub_module.pb'))
+
+
+def _dims(shape):
+  """A TensorShapeProto's sizes, None where unknown; None if no rank."""
+  if shape.unknown_rank:
+    return None
+  return [dim.size if dim.size >= 0 else None for dim in shape.dim]
+
+
+def _tf1_signature_shapes(meta_graphs):
+  """(input, output) sizes of the image_feature_vector or default signature
+  of the graph for tags [], the one hub.load loads."""
+  graphs = [m for m in meta_graphs if not m.meta_info_def.tags] or meta_graphs
+  signatures = graphs[0].signature_def
+  name = next((name for name in _TF1_SIGNATURES if name in signatures), None)
+  if name is None or 'default' not in signatures[name].outputs:
+    return None
+  image = next(iter(signatures[name].inputs.values()))
+  return (_dims(image.tensor_shape),
+          _dims(signatures[name].outputs['default'].tensor_shape))
+
+
+def _call_shapes(object_graph):
+  """(input, output) sizes of the root object's `__call__`, as its first
+  concrete function was traced (the one hub.load's object calls first)."""
+  calls = [object_graph.nodes[child.node_id].function
+           for child in object_graph.nodes[0].children
+           if child.local_name == '__call__']
+  if not calls or not calls[0].concrete_functions:
+    return None
+  function = object_graph.concrete_functions[calls[0].concrete_functions[0]]
+  # (args, kwargs); the images are the first positional argument.
+  args = function.canonicalized_input_signature.tuple_value.values
+  positional = args[0].tuple_value.values if args else []
+  if not positional or not positional[0].HasField('tensor_spec_value') or (
+      not function.output_signature.HasField('tensor_spec_value')):
+    return None
+  return (_dims(positional[0].tensor_spec_value.shape),
+          _dims(function.output_signature.tensor_spec_value.shape))
+
+
+def _signature_shapes(spec, path):
+  """The image input's and the feature vector's sizes, from saved_model.pb
+  alone: nothing is loaded and no variable is read."""
   try:
-    return hub.load(handle)
-  except PoetsError:
-    raise
-  except Exception as e:  # hub and urllib raise many types; all mean the same.
-    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    if _is_url(handle):
-      raise PoetsError(
-          f'Could not download the module {handle} ({first_line}). Without '
-          f'network use {OFFLINE_ALTERNATIVES}.') from e
-    raise PoetsError(f"Could not load the module in '{handle}' "
-                     f'({first_line}); is it a SavedModel or TF1 Hub module?'
-                     ) from e
+    saved_model = loader_impl.parse_saved_model(path)
+  except (OSError, message.DecodeError) as e:
+    raise _not_a_module(spec, e) from e
+  if _is_tf1_hub_module(path):
+    shapes = _tf1_signature_shapes(saved_model.meta_graphs)
+  else:
+    shapes = _call_shapes(saved_model.meta_graphs[0].object_graph_def)
+  if shapes is None:
+    raise _no_feature_vector(spec)
+  return shapes
 
 
-def _static_dim(dim):
-  return dim if isinstance(dim, int) else None
-
-
-def _tf1_signature(obj):
-  signatures = getattr(obj, 'signatures', {}) or {}
-  for name in ('image_feature_vector', 'default'):
-    if name in signatures:
-      return signatures[name]
-  return None
-
-
-def load_module(spec):
-  """Loads the module into the current default graph.
+def module_info(spec):
+  """The module's image and bottleneck sizes, read from its files.
 
   Image size comes from the module's input signature, else the spec's
   `input_size` (height, width), else an error; the bottleneck size from its
-  output. The codelab's networks have both fixed, as the original did.
+  output. The codelab's networks have both fixed, as the original did (their
+  graph is read and checked here, so a wrong one is named before any work).
+  Nothing is loaded into a graph; a URL is downloaded into `model_dir`.
   """
   if spec.network:
-    return _load_codelab_network(spec)
-  obj = _hub_load(spec.handle, spec.model_dir)
-  signature = _tf1_signature(obj) if getattr(
-      obj, '_is_hub_module_v1', False) else None
-  if signature is not None:
-    input_spec = next(iter(signature.structured_input_signature[1].values()))
-    input_key = next(iter(signature.structured_input_signature[1]))
-    output_spec = signature.structured_outputs['default']
-
-    def apply(images):
-      return signature(**{input_key: images})['default']
-  elif callable(obj) and hasattr(obj.__call__, 'concrete_functions') and (
-      obj.__call__.concrete_functions):
-    function = obj.__call__.concrete_functions[0]
-    input_spec = function.structured_input_signature[0][0]
-    output_spec = function.structured_outputs
-
-    def apply(images):
-      return obj(images)
-  else:
-    raise PoetsError(
-        f"The module in '{spec.handle}' has no image feature vector to call "
-        '(no __call__ and no image_feature_vector or default signature).')
-  shape = input_spec.shape
-  height, width = _static_dim(shape[1]), _static_dim(shape[2])
+    codelab_networks.read_graph(spec.network, spec.handle)
+    return _codelab_info(spec)
+  image_shape, output_shape = _signature_shapes(spec, _module_dir(spec))
+  height, width = (image_shape[1:3] if image_shape and len(image_shape) == 4
+                   else (None, None))
   if height is None or width is None:
     if not spec.input_size:
       raise PoetsError(
           f"The module '{spec.name}' does not fix its image size; pass "
           '--input_height and --input_width.')
     height, width = spec.input_size
-  bottleneck_size = _static_dim(output_spec.shape[-1])
+  bottleneck_size = output_shape[-1] if output_shape else None
   if bottleneck_size is None:
     raise PoetsError(f"The module '{spec.name}' does not fix the size of its "
                      'output, so it cannot serve as a feature vector.')
-  return LoadedModule(spec=spec, image_size=(height, width),
-                      bottleneck_size=bottleneck_size, apply=apply,
-                      decode=functools.partial(images.decode_and_resize,
-                                               height=height, width=width))
+  return ModuleInfo(spec=spec, image_size=(height, width),
+                    bottleneck_size=bottleneck_size,
+                    decode=functools.partial(images.decode_and_resize,
+                                             height=height, width=width))
 
 
-def _load_codelab_network(spec):
+def _codelab_info(spec):
   network = spec.network
-  graph_def = codelab_networks.read_graph(network, spec.handle)
-  return LoadedModule(
+  return ModuleInfo(
       spec=spec, image_size=(network.image_size, network.image_size),
       bottleneck_size=network.bottleneck_size,
-      apply=functools.partial(codelab_networks.bottlenecks, network,
-                              graph_def),
       decode=functools.partial(codelab_networks.decode_and_resize, network))
+
+
+def load_module(spec):
+  """Loads the module into the current default graph: call it once per
+  graph that runs the module (each call loads it again)."""
+  if spec.network:
+    info = _codelab_info(spec)
+    apply = functools.partial(
+        codelab_networks.bottlenecks, spec.network,
+        codelab_networks.read_graph(spec.network, spec.handle))
+  else:
+    info = module_info(spec)
+    apply = _hub_apply(spec, _module_dir(spec))
+  return LoadedModule(spec=spec, image_size=info.image_size,
+                      bottleneck_size=info.bottleneck_size,
+                      decode=info.decode, apply=apply)
+
+
+def _hub_apply(spec, path):
+  """hub.load of the local folder `path`; returns images -> features."""
+  try:
+    obj = hub.load(path)
+  except Exception as e:  # TensorFlow raises many types; all mean the same.
+    raise _not_a_module(spec, e) from e
+  if _is_tf1_hub_module(path):
+    signature = next(obj.signatures[name] for name in _TF1_SIGNATURES
+                     if name in obj.signatures)
+    input_key = next(iter(signature.structured_input_signature[1]))
+    return lambda images: signature(**{input_key: images})['default']
+  return lambda images: obj(images)

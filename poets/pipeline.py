@@ -11,7 +11,6 @@ import os
 import time
 
 from absl import logging
-import tensorflow as tf
 
 from poets import bottlenecks
 from poets import export
@@ -169,12 +168,6 @@ def _claim_summaries(summaries_dir):
   return lock
 
 
-def _module_info(spec):
-  """Loads the module once in a scratch graph to learn its sizes."""
-  with tf.Graph().as_default():
-    return modules.load_module(spec)
-
-
 def _check_usable(splits, labels):
   trained = set(splits['training'].ground_truth.tolist())
   if len(trained) < 2:
@@ -202,7 +195,7 @@ def run(settings):
     settings = settings.replace(summaries_dir=default_summaries_dir(spec.name))
   _check_outputs(settings)
   labels = image_lists.labels
-  module = _module_info(spec)
+  module = modules.module_info(spec)
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks', spec.name,
                module.image_size[0], module.image_size[1],
                module.bottleneck_size)
@@ -220,24 +213,22 @@ def run(settings):
                len(cache.failed))
   _check_usable(splits, labels)
 
-  def freeze(layer):
-    return export.frozen_graph_def(spec, len(labels),
-                                   settings.final_tensor_name, layer)
+  with _claim_summaries(settings.summaries_dir), export.FrozenGraphs(
+      spec, len(labels), settings.final_tensor_name) as frozen_graphs:
 
-  def save_intermediate(step, layer):
-    path = os.path.join(settings.intermediate_output_graphs_dir,
-                        f'intermediate_{step}.pb')
-    logging.info('Save intermediate result to : %s', path)
-    export.save_graph(freeze(layer), path)
+    def save_intermediate(step, layer):
+      path = os.path.join(settings.intermediate_output_graphs_dir,
+                          f'intermediate_{step}.pb')
+      logging.info('Save intermediate result to : %s', path)
+      export.save_graph(frozen_graphs.freeze(layer), path)
 
-  with _claim_summaries(settings.summaries_dir):
     start = time.perf_counter()
     result = training.train(settings, splits, labels, spec,
                             save_intermediate)
     training_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    graph_def = freeze(result.layer)
+    graph_def = frozen_graphs.freeze(result.layer)
     export.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   outputs = [settings.output_graph, settings.output_labels,
              settings.saved_model_dir, settings.output_tflite]

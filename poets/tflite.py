@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from poets import export
 from poets import files
+from poets import images
 from poets import labeling
 from poets import tflite_model
 from poets.errors import PoetsError
@@ -55,12 +56,11 @@ class _Calibration:
   def __init__(self, paths, height, width, input_mean, input_std):
     self.paths = paths
     self.used = 0
-    self._dataset = (
-        tf.data.Dataset.from_tensor_slices(paths)
-        .map(lambda path: labeling.normalize(tf.io.read_file(path), height,
-                                             width, input_mean, input_std),
-             num_parallel_calls=tf.data.AUTOTUNE)
-        .ignore_errors().batch(1).prefetch(4))
+    self._dataset = images.in_parallel_batches(
+        tf.data.Dataset.from_tensor_slices(images.file_names(paths)),
+        lambda path: labeling.normalize(tf.io.read_file(path), height, width,
+                                        input_mean, input_std),
+        1, skip_failures=True)
 
   def __call__(self):
     for batch in self._dataset:

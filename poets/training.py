@@ -240,7 +240,7 @@ class _DistortedBatches:
                seed):
     offsets, counts = _class_ranges(split.ground_truth, class_count)
     height, width = module.image_size
-    filenames = tf.constant([os.fsencode(f) for f in split.filenames])
+    filenames = tf.constant(images.file_names(split.filenames))
 
     def sample(random):
       # Each element's own stateless seed picks its image and distortion, so
@@ -253,9 +253,8 @@ class _DistortedBatches:
       return (images.decode_and_distort(contents, height, width, distortions,
                                         seeds[1]), label[0])
 
-    dataset = (tf.data.Dataset.random(seed=seed)
-               .map(sample, num_parallel_calls=tf.data.AUTOTUNE)
-               .batch(batch_size).prefetch(1))
+    dataset = images.in_parallel_batches(tf.data.Dataset.random(seed=seed),
+                                         sample, batch_size)
     distorted, self.ground_truth = tf.compat.v1.data.make_one_shot_iterator(
         dataset).get_next()
     self.bottlenecks = module.apply(distorted)

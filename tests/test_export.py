@@ -81,10 +81,25 @@ def test_labels_file_one_per_line_in_class_order(retrained):
     assert f.read() == 'blue\ngreen\nred\n'
 
 
-def test_intermediate_graphs_are_written(retrained):
+def _final_weights(path):
+  node, = [n for n in _load_graph_def(path).node
+           if n.name == 'final_retrain_ops/weights/final_weights']
+  return tf.make_ndarray(node.attr['value'].tensor)
+
+
+def test_intermediate_graphs_hold_the_layer_of_their_step(retrained):
+  """All come from one evaluation graph, each with its step's values."""
   config, _ = retrained
-  assert sorted(os.listdir(config.intermediate_output_graphs_dir)) == [
-      'intermediate_100.pb', 'intermediate_200.pb']
+  folder = config.intermediate_output_graphs_dir
+  assert sorted(os.listdir(folder)) == ['intermediate_100.pb',
+                                        'intermediate_200.pb']
+  at_100, at_200 = [_final_weights(os.path.join(folder, name)) for name in
+                    ('intermediate_100.pb', 'intermediate_200.pb')]
+  final = _final_weights(config.output_graph)
+  np.testing.assert_array_equal(final, tf.train.load_checkpoint(
+      config.checkpoint_path).get_tensor(
+          'final_retrain_ops/weights/final_weights'))
+  assert not np.allclose(at_100, at_200) and not np.allclose(at_200, final)
 
 
 def test_saved_model_serves_image_to_prediction(retrained):
@@ -164,16 +179,24 @@ def test_an_interrupted_saved_model_export_leaves_nothing_behind(
 
 
 def test_final_tensor_name_is_honoured_in_graph_and_saved_model(
-    retrained, tmp_path):
+    retrained, tmp_path, monkeypatch):
   config, _ = retrained
   renamed = config.replace(
       output_graph=str(tmp_path / 'g.pb'),
       output_labels=str(tmp_path / 'labels.txt'),
-      saved_model_dir=str(tmp_path / 'sm'), intermediate_store_frequency=0,
+      saved_model_dir=str(tmp_path / 'sm'), intermediate_store_frequency=5,
+      intermediate_output_graphs_dir=str(tmp_path / 'i'),
       final_tensor_name='flower_scores', how_many_training_steps=20,
       summaries_dir=str(tmp_path / 's'),
       checkpoint_path=str(tmp_path / 'c' / 'x'))
+  loads = []
+  load = modules.hub.load
+  monkeypatch.setattr(modules.hub, 'load',
+                      lambda path: loads.append(path) or load(path))
   pipeline.run(renamed)
+  # Bottlenecks cached: one load makes 3 intermediate graphs, the final one
+  # and the SavedModel (the module once per graph, one graph for export).
+  assert len(os.listdir(tmp_path / 'i')) == 3 and len(loads) == 1
   names = {node.name for node in _load_graph_def(renamed.output_graph).node}
   assert 'flower_scores' in names and 'final_result' not in names
   serve = tf.saved_model.load(renamed.saved_model_dir).signatures[

@@ -190,3 +190,37 @@ def test_distortions_keep_the_size_and_vary():
   assert first.shape == (16, 16, 3)
   np.testing.assert_array_equal(first, again)
   assert not np.allclose(first, other)
+
+
+def test_decode_in_batches_keeps_the_good_images_and_says_why_not_the_rest(
+    tmp_path):
+  folder = os.fsencode(tmp_path)
+  red = solid_image((250, 10, 10), 0, size=8)
+  blue = solid_image((10, 10, 250), 0, size=8)
+  (tmp_path / 'red.png').write_bytes(encode(red, 'PNG'))
+  with open(os.path.join(folder, b'bl\xffue.png'), 'wb') as f:  # Not UTF-8.
+    f.write(encode(blue, 'PNG'))
+  (tmp_path / 'damaged.jpg').write_bytes(b'not an image at all')
+  paths = [str(tmp_path / 'red.png'), str(tmp_path / 'missing.jpg'),
+           os.fsdecode(os.path.join(folder, b'bl\xffue.png')),
+           str(tmp_path / 'damaged.jpg')]
+  graph = tf.Graph()
+  with graph.as_default():
+    decoded = images.decode_in_batches(
+        paths, lambda contents: images.decode_and_resize(contents, 8, 8),
+        batch_size=1)
+  with tf.compat.v1.Session(graph=graph) as session:
+    batches = list(images.each_batch(session,
+                                     [decoded.indices, decoded.images]))
+    positions = [int(i) for indices, _ in batches for i in indices]
+    failures = dict(decoded.failures(session, positions))
+  assert positions == [0, 2]  # In order, one per batch of 1.
+  np.testing.assert_allclose(batches[0][1][0], red / 255.0,
+                             atol=1e-6)
+  np.testing.assert_allclose(batches[1][1][0], blue / 255.0,
+                             atol=1e-6)
+  assert failures.keys() == {1, 3}
+  assert failures[1] == images.Failure('No such file or directory',
+                                       unreadable=True)
+  assert not failures[3].unreadable
+  assert failures[3].reason.startswith('Unknown image file format.')

@@ -1,15 +1,24 @@
-"""Tests for poets/modules.py: resolving handles and loading in graph mode."""
+"""Tests for poets/modules.py: resolving handles, reading sizes, and
+loading in graph mode."""
 
+import contextlib
 import dataclasses
+import hashlib
+import importlib
 import io
 import os
+import shutil
 import tarfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tensorflow_hub import registry
+
 from conftest import TINY_BOTTLENECK, TINY_SIZE
+from conftest import make_tf1_hub_module, make_tf2_module
+from poets import codelab_networks
 from poets import modules
 from poets.errors import PoetsError
 
@@ -73,6 +82,54 @@ def test_both_formats_load_in_graph_mode_with_sizes_from_the_signature(
                              rtol=1e-5)
 
 
+@contextlib.contextmanager
+def _nothing_loaded(monkeypatch):
+  """Fails if a module is loaded, or anything added to the default graph."""
+  def refuse(*args, **kwargs):
+    raise AssertionError('the module was loaded')
+
+  with monkeypatch.context() as patch:
+    patch.setattr(modules.hub, 'load', refuse)
+    patch.setattr(tf.compat.v1, 'import_graph_def', refuse)
+    graph = tf.Graph()
+    with graph.as_default():
+      yield
+  assert not graph.get_operations()
+
+
+@pytest.mark.parametrize('make', [make_tf2_module, make_tf1_hub_module])
+@pytest.mark.parametrize('size', [TINY_SIZE, 24])
+def test_sizes_are_read_from_the_files_without_loading(make, size, tmp_path,
+                                                       monkeypatch):
+  path = make(tmp_path / 'module', size=size)
+  with _nothing_loaded(monkeypatch):
+    info = modules.module_info(modules.ModuleSpec(path, 'tiny'))
+  assert info.image_size == (size, size)
+  assert info.bottleneck_size == TINY_BOTTLENECK
+
+
+def _codelab_stand_in(path, node_names):
+  """A GraphDef file holding only nodes of these names: all the sizes need."""
+  graph_def = tf.compat.v1.GraphDef()
+  for name in node_names:
+    graph_def.node.add(name=name, op='NoOp')
+  path.write_bytes(graph_def.SerializeToString())
+  return str(path)
+
+
+def test_codelab_sizes_come_from_the_name_and_a_wrong_graph_is_named_early(
+    tmp_path, monkeypatch):
+  network = codelab_networks.find('mobilenet_0.50_160')
+  good = _codelab_stand_in(tmp_path / 'good.pb', [
+      'input', 'MobilenetV1/Predictions/Reshape'])
+  wrong = _codelab_stand_in(tmp_path / 'wrong.pb', ['input'])
+  with _nothing_loaded(monkeypatch):
+    info = modules.module_info(modules.ModuleSpec(good, 'm', network=network))
+    with pytest.raises(PoetsError, match='has no tensor MobilenetV1'):
+      modules.module_info(modules.ModuleSpec(wrong, 'm', network=network))
+  assert info.image_size == (160, 160) and info.bottleneck_size == 1001
+
+
 def test_unfixed_image_size_needs_the_override(tmp_path):
   class Flexible(tf.Module):
 
@@ -108,15 +165,37 @@ def _tar_gz(directory):
   return buffer.getvalue()
 
 
-def test_tar_gz_url_is_downloaded_into_model_dir_and_used(
+def test_tar_gz_url_is_downloaded_once_into_model_dir_and_used(
     http_server, tf2_module, tmp_path):
   served, url = http_server
   (served / 'tiny.tar.gz').write_bytes(_tar_gz(tf2_module))
   model_dir = tmp_path / 'models'
+  environment = dict(os.environ)
   spec = modules.resolve_module('', f'{url}/tiny.tar.gz', str(model_dir))
   module, features = _features(spec, np.ones([1, TINY_SIZE, TINY_SIZE, 3],
                                              np.float32))
   assert features.shape == (1, TINY_BOTTLENECK)
-  cached = [d for d in os.listdir(model_dir)
-            if os.path.exists(model_dir / d / 'saved_model.pb')]
-  assert len(cached) == 1
+  assert dict(os.environ) == environment  # No TFHUB_CACHE_DIR left behind.
+  assert os.listdir(model_dir) == [
+      hashlib.sha1(f'{url}/tiny.tar.gz'.encode()).hexdigest()]
+  (served / 'tiny.tar.gz').unlink()  # The second time comes from the cache.
+  assert modules.module_info(spec).bottleneck_size == TINY_BOTTLENECK
+
+
+def test_a_module_tf_hub_cached_in_model_dir_is_used_offline(tf2_module,
+                                                              tmp_path):
+  url = 'http://127.0.0.1:9/module.tar.gz'
+  # TF Hub names its cache folders by the URL's SHA-1.
+  shutil.copytree(tf2_module, tmp_path / hashlib.sha1(url.encode()).hexdigest())
+  spec = modules.resolve_module('', url, str(tmp_path))
+  _, features = _features(spec, np.ones([1, TINY_SIZE, TINY_SIZE, 3],
+                                        np.float32))
+  assert features.shape == (1, TINY_BOTTLENECK)
+
+
+def test_importing_modules_changes_nothing_process_wide():
+  resolvers = list(registry.resolver._impls)  # pylint: disable=protected-access
+  environment = dict(os.environ)
+  importlib.reload(modules)
+  assert registry.resolver._impls == resolvers  # pylint: disable=protected-access
+  assert dict(os.environ) == environment
