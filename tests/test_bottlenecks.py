@@ -287,3 +287,22 @@ def test_index_that_cannot_be_written_costs_a_warning(image_dir, tf2_module,
   assert summary.created == 60 and not os.path.exists(_index(tmp_path / 'b'))
   assert ('Could not write the bottleneck index '
           f'{_index(tmp_path / "b")} (No space left on device)') in caplog.text
+
+
+def test_index_replaced_by_another_run_meanwhile_is_read_whole(
+    image_dir, tf2_module, tmp_path, monkeypatch):
+  module = _module(tf2_module)
+  _, first, _ = _warm(image_dir, module, tmp_path / 'b')
+  real_take = cache_index.take
+
+  def take_after_a_replacement(index, *args):
+    # Another run's atomic replace, between this run's opening and reading.
+    files.atomic_write(_index(tmp_path / 'b'), b'another run\'s index')
+    return real_take(index, *args)
+
+  monkeypatch.setattr(cache_index, 'take', take_after_a_replacement)
+  _, second, summary = _cache(image_dir, module, tmp_path / 'b')
+  assert summary.indexed == 60
+  for split in images.SPLITS:
+    np.testing.assert_array_equal(first[split].bottlenecks,
+                                  second[split].bottlenecks)
