@@ -36,7 +36,8 @@ def index_path(bottleneck_dir, module_name):
 
 
 def identity_of(path):
-  """The identity that changes whenever the file's content is replaced."""
+  """What changes when the file does: an edit in place changes its mtime (and
+  mostly its size), an atomic rewrite gives it a new inode."""
   stat = os.stat(path)
   return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
@@ -55,10 +56,11 @@ class Index:
   bottleneck_size: int
   rows: np.ndarray  # path (relative, bytes) and IDENTITY fields per row
   positions: dict  # path -> row
-  written_ns: int  # the index file's mtime
+  written_ns: int  # the index file's mtime; files changed since are parsed
 
   def values(self, rows):
-    """Rows of the values, memory-mapped only over their span."""
+    """A copy of rows of the values (sorted), mapped only over their span
+    and unmapped on return, so mapped pages never add up in memory."""
     first = int(rows[0])
     span = np.memmap(self.file, np.float32, 'r', self.values_offset +
                      first * self.bottleneck_size * 4,
