@@ -147,6 +147,7 @@ with open(sys.argv[1], 'w') as f:
              'export': result.export_seconds,
              'pipeline': time.perf_counter() - imported,
              'created': result.cache.created, 'reused': result.cache.reused,
+             'indexed': result.cache.indexed,
              'accuracy': test and test.accuracy,
              'test_images': test and test.count}, f)
 """
