@@ -28,8 +28,7 @@ import sys
 
 from poets import startup
 
-startup.import_tensorflow()  # Before anything else imports TensorFlow.
-startup.plain_log_lines()
+startup.begin_script()  # Before anything else imports TensorFlow.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -40,15 +39,13 @@ from poets import modules  # noqa: E402
 from poets import settings  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
 
-_DEFAULT = settings.RetrainSettings()
+DEFAULTS = settings.RetrainSettings()
 
-flags.DEFINE_string('image_dir', _DEFAULT.image_dir,
-                    'Folder with one sub-folder of labeled images per class.')
-flags.DEFINE_string('bottleneck_dir', _DEFAULT.bottleneck_dir,
-                    'Where retrain.py will look for the cached bottlenecks.')
-cli.define_module_flags(_DEFAULT)
-for _name in cli.MODULE_FLAGS:
-  flags.declare_key_flag(_name)
+cli.define_flags(DEFAULTS, {
+    'image_dir': 'Folder with one sub-folder of labeled images per class.',
+    'bottleneck_dir': 'Where retrain.py will look for the cached bottlenecks.',
+})
+cli.define_module_flags(DEFAULTS)
 for _name in ('image_dir', 'bottleneck_dir'):
   flags.register_validator(_name, cli.is_path,
                            'must name a folder (not empty, no NUL)')

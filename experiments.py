@@ -45,8 +45,7 @@ import sys
 
 from poets import startup
 
-startup.import_tensorflow()  # Before anything else imports TensorFlow.
-startup.plain_log_lines()
+startup.begin_script()  # Before anything else imports TensorFlow.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -54,6 +53,7 @@ from absl import logging  # noqa: E402
 
 import retrain  # noqa: E402  Defines the retrain flags: the base of every run.
 from poets import cli  # noqa: E402
+from poets import experiment_reports  # noqa: E402
 from poets import experiments  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
 
@@ -104,7 +104,7 @@ def main(argv):
     # From here on Ctrl-C and SIGTERM stop the sweep, never the table.
     with experiments.stop_requests() as stop:
       outcomes = experiments.run_all(experiment.runs, verbosity, stop)
-      report = experiments.write_report(outcomes, experiment)
+      report = experiment_reports.write_report(outcomes, experiment)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
   except KeyboardInterrupt:

@@ -27,54 +27,45 @@ import sys
 
 from poets import startup
 
-startup.import_tensorflow()  # Before anything else imports TensorFlow.
-startup.plain_log_lines()
+startup.begin_script()  # Before anything else imports TensorFlow.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from poets import cli  # noqa: E402
+from poets import export  # noqa: E402
+from poets import label_output  # noqa: E402
 from poets import labeling  # noqa: E402
 from poets import settings  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
 
-_D = labeling.LabelConfig()
+DEFAULTS = labeling.LabelConfig()
 # Decoded images of one batch sit in memory together.
 MAX_BATCH_SIZE = 4096
 
-flags.DEFINE_string('graph', _D.graph,
-                    'The frozen graph (.pb) or TensorFlow Lite model '
-                    '(.tflite, told apart by content) to run.')
-flags.DEFINE_string('labels', _D.labels,
-                    "The graph's labels file, one label per output.")
+cli.define_flags(DEFAULTS, {
+    'graph': ('The frozen graph (.pb) or TensorFlow Lite model (.tflite, '
+              'told apart by content) to run.'),
+    'labels': "The graph's labels file, one label per output.",
+    'image_dir': 'A folder whose images (searched recursively) to label.',
+    'input_layer': ('Name of the input layer: Placeholder for this project, '
+                    'input (MobileNet) or Mul (Inception v3) for the '
+                    "codelab's graphs; see --list_layers."),
+    'output_layer': 'Name of the output layer.',
+    'input_height': "Image height; default: the input layer's, else 224.",
+    'input_width': "Image width; default: the input layer's, else 224.",
+    'input_mean': 'Subtracted from each pixel (0-255) before --input_std.',
+    'input_std': ('Each pixel minus --input_mean is divided by this; the '
+                  'defaults give the [0, 1] that retrain.py trained on.'),
+    'top_k': 'How many labels to show per image.',
+    'batch_size': 'Images per run of the graph.',
+}, bounds={'input_height': (1, settings.MAX_IMAGE_SIZE),
+           'input_width': (1, settings.MAX_IMAGE_SIZE),
+           'top_k': (1, None), 'batch_size': (1, MAX_BATCH_SIZE)})
 flags.DEFINE_multi_string('image', [],
                           'Image(s) to label; repeat the flag, list them '
                           'after it or separate them with commas.')
-flags.DEFINE_string('image_dir', '',
-                    'A folder whose images (searched recursively) to label.')
-flags.DEFINE_string('input_layer', _D.input_layer,
-                    'Name of the input layer: Placeholder for this project, '
-                    'input (MobileNet) or Mul (Inception v3) for the '
-                    "codelab's graphs; see --list_layers.")
-flags.DEFINE_string('output_layer', _D.output_layer,
-                    'Name of the output layer.')
-flags.DEFINE_integer('input_height', None,
-                     "Image height; default: the input layer's, else 224.",
-                     lower_bound=1, upper_bound=settings.MAX_IMAGE_SIZE)
-flags.DEFINE_integer('input_width', None,
-                     "Image width; default: the input layer's, else 224.",
-                     lower_bound=1, upper_bound=settings.MAX_IMAGE_SIZE)
-flags.DEFINE_float('input_mean', _D.input_mean,
-                   'Subtracted from each pixel (0-255) before --input_std.')
-flags.DEFINE_float('input_std', _D.input_std,
-                   'Each pixel minus --input_mean is divided by this; the '
-                   'defaults give the [0, 1] that retrain.py trained on.')
-flags.DEFINE_integer('top_k', _D.top_k, 'How many labels to show per image.',
-                     lower_bound=1)
-flags.DEFINE_integer('batch_size', _D.batch_size,
-                     'Images per run of the graph.', lower_bound=1,
-                     upper_bound=MAX_BATCH_SIZE)
-flags.DEFINE_enum('output_format', 'text', labeling.OUTPUT_FORMATS,
+flags.DEFINE_enum('output_format', 'text', label_output.OUTPUT_FORMATS,
                   'text as the codelab printed it, json or csv for scripts.')
 flags.DEFINE_bool('list_layers', False,
                   "Print the graph's candidate input and output layers and "
@@ -82,7 +73,7 @@ flags.DEFINE_bool('list_layers', False,
 flags.DEFINE_bool('imagenet', False,
                   "Label with the embedded module's ImageNet classifier "
                   f'instead of --graph and --labels (written once to '
-                  f'{labeling.IMAGENET_GRAPH} and {labeling.IMAGENET_LABELS}).')
+                  f'{export.IMAGENET_GRAPH} and {export.IMAGENET_LABELS}).')
 
 for _name in ('graph', 'labels'):
   flags.register_validator(_name, cli.is_path,
@@ -126,10 +117,10 @@ def config_from_flags(extra_images):
 
 def _use_imagenet(config):
   """The config with the ImageNet graph, which is built on first use."""
-  graph, labels = labeling.IMAGENET_GRAPH, labeling.IMAGENET_LABELS
+  graph, labels = export.IMAGENET_GRAPH, export.IMAGENET_LABELS
   if not (os.path.exists(graph) and os.path.exists(labels)):
     print(f'Writing {graph} and {labels} (once)...', file=sys.stderr)
-    labeling.export_imagenet_graph(graph, labels)
+    export.export_imagenet_graph(graph, labels)
   return labeling.LabelConfig(**{**vars(config), 'graph': graph,
                                  'labels': labels})
 
@@ -153,7 +144,7 @@ def main(argv):
     sys.exit(f'ERROR: {e}')
   for warning in run.warnings:
     print(f'WARNING: {warning}', file=sys.stderr)
-  sys.stdout.write(labeling.format_run(run, FLAGS.output_format))
+  sys.stdout.write(label_output.format_run(run, FLAGS.output_format))
   errors = [r.error for r in run.results if r.error]
   for error in errors:
     print(f'ERROR: {error}', file=sys.stderr)

@@ -36,8 +36,7 @@ import sys
 
 from poets import startup
 
-startup.import_tensorflow()  # Before anything else imports TensorFlow.
-startup.plain_log_lines()
+startup.begin_script()  # Before anything else imports TensorFlow.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -50,101 +49,84 @@ from poets import settings  # noqa: E402
 from poets import tflite  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
 
-_DEFAULT = settings.RetrainSettings()
+DEFAULTS = settings.RetrainSettings()
 # Batches are sampled with replacement into memory; more than this many
 # bottlenecks at once is a typo, not a setting.
 MAX_BATCH_SIZE = 100_000
 
-flags.DEFINE_string('image_dir', _DEFAULT.image_dir,
-                    'Folder with one sub-folder of labeled images per class.')
-flags.DEFINE_string('output_graph', _DEFAULT.output_graph,
-                    'Where to save the trained frozen graph.')
-flags.DEFINE_string('intermediate_output_graphs_dir',
-                    _DEFAULT.intermediate_output_graphs_dir,
-                    'Where to save the intermediate graphs.')
-flags.DEFINE_integer('intermediate_store_frequency',
-                     _DEFAULT.intermediate_store_frequency,
-                     'How many steps between intermediate graphs; 0 = none.',
-                     lower_bound=0)
-flags.DEFINE_string('output_labels', _DEFAULT.output_labels,
-                    "Where to save the trained graph's labels.")
-flags.DEFINE_string('summaries_dir', _DEFAULT.summaries_dir,
-                    'Where to save summary logs for TensorBoard (default: '
-                    'tf_files/training_summaries/<architecture or module '
-                    'name>). Event files of an earlier run there are moved '
-                    'to ~previous_runs/<date>, never deleted.')
-flags.DEFINE_integer('how_many_training_steps',
-                     _DEFAULT.how_many_training_steps,
-                     'How many training steps to run before ending.',
-                     lower_bound=0)
-flags.DEFINE_float('learning_rate', _DEFAULT.learning_rate,
-                   'How large a learning rate to use when training.',
-                   lower_bound=0)
-flags.DEFINE_float('testing_percentage', _DEFAULT.testing_percentage,
-                   'What percentage of images to use as a test set.',
-                   lower_bound=0, upper_bound=100)
-flags.DEFINE_float('validation_percentage', _DEFAULT.validation_percentage,
-                   'What percentage of images to use as a validation set.',
-                   lower_bound=0, upper_bound=100)
-flags.DEFINE_integer('eval_step_interval', _DEFAULT.eval_step_interval,
-                     'How often to evaluate the training results.',
-                     lower_bound=1)
-flags.DEFINE_integer('train_batch_size', _DEFAULT.train_batch_size,
-                     'How many images to train on at a time.',
-                     lower_bound=1, upper_bound=MAX_BATCH_SIZE)
-flags.DEFINE_integer('test_batch_size', _DEFAULT.test_batch_size,
-                     'How many images to test on; -1 = the whole test set.')
-flags.DEFINE_integer('validation_batch_size', _DEFAULT.validation_batch_size,
-                     'How many images to use in an evaluation batch; -1 = '
-                     'the whole validation set.')
-flags.DEFINE_bool('print_misclassified_test_images',
-                  _DEFAULT.print_misclassified_test_images,
-                  'Whether to print out a list of all misclassified test '
-                  'images.')
-flags.DEFINE_string('bottleneck_dir', _DEFAULT.bottleneck_dir,
-                    'Path to cache bottleneck layer values as files.')
-flags.DEFINE_string('final_tensor_name', _DEFAULT.final_tensor_name,
-                    'The name of the output classification layer in the '
-                    'retrained graph.')
-flags.DEFINE_bool('flip_left_right', _DEFAULT.flip_left_right,
-                  'Whether to randomly flip half of the training images '
-                  'horizontally.')
-flags.DEFINE_integer('random_crop', _DEFAULT.random_crop,
-                     'A percentage determining how much of a margin to '
-                     'randomly crop off the training images.',
-                     lower_bound=0, upper_bound=100)
-flags.DEFINE_integer('random_scale', _DEFAULT.random_scale,
-                     'A percentage determining how much to randomly scale up '
-                     'the size of the training images by.',
-                     lower_bound=0, upper_bound=100)
-flags.DEFINE_integer('random_brightness', _DEFAULT.random_brightness,
-                     'A percentage determining how much to randomly multiply '
-                     'the training image input pixels up or down by.',
-                     lower_bound=0, upper_bound=100)
-cli.define_module_flags(_DEFAULT)
-for _name in cli.MODULE_FLAGS:
-  flags.declare_key_flag(_name)
-flags.DEFINE_string('saved_model_dir', _DEFAULT.saved_model_dir,
-                    'Where to save the exported graph as a SavedModel with a '
-                    'serving signature image -> prediction; empty = none.')
-flags.DEFINE_string('output_tflite', _DEFAULT.output_tflite,
-                    'Where to save the retrained model as TensorFlow Lite '
-                    '(.tflite, for phones); empty = none. It uses the same '
-                    'labels file.')
-flags.DEFINE_enum('tflite_quantization', _DEFAULT.tflite_quantization,
+cli.define_flags(DEFAULTS, {
+    'image_dir': 'Folder with one sub-folder of labeled images per class.',
+    'output_graph': 'Where to save the trained frozen graph.',
+    'intermediate_output_graphs_dir': 'Where to save the intermediate graphs.',
+    'intermediate_store_frequency': (
+        'How many steps between intermediate graphs; 0 = none.'),
+    'output_labels': "Where to save the trained graph's labels.",
+    'summaries_dir': (
+        'Where to save summary logs for TensorBoard (default: '
+        'tf_files/training_summaries/<architecture or module name>). Event '
+        'files of an earlier run there are moved to ~previous_runs/<date>, '
+        'never deleted.'),
+    'how_many_training_steps': 'How many training steps to run before ending.',
+    'learning_rate': 'How large a learning rate to use when training.',
+    'testing_percentage': 'What percentage of images to use as a test set.',
+    'validation_percentage': (
+        'What percentage of images to use as a validation set.'),
+    'eval_step_interval': 'How often to evaluate the training results.',
+    'train_batch_size': 'How many images to train on at a time.',
+    'test_batch_size': (
+        'How many images to test on; -1 = the whole test set.'),
+    'validation_batch_size': (
+        'How many images to use in an evaluation batch; -1 = the whole '
+        'validation set.'),
+    'print_misclassified_test_images': (
+        'Whether to print out a list of all misclassified test images.'),
+    'bottleneck_dir': 'Path to cache bottleneck layer values as files.',
+    'final_tensor_name': (
+        'The name of the output classification layer in the retrained '
+        'graph.'),
+    'flip_left_right': (
+        'Whether to randomly flip half of the training images horizontally.'),
+    'random_crop': (
+        'A percentage determining how much of a margin to randomly crop off '
+        'the training images.'),
+    'random_scale': (
+        'A percentage determining how much to randomly scale up the size of '
+        'the training images by.'),
+    'random_brightness': (
+        'A percentage determining how much to randomly multiply the training '
+        'image input pixels up or down by.'),
+    'saved_model_dir': (
+        'Where to save the exported graph as a SavedModel with a serving '
+        'signature image -> prediction; empty = none.'),
+    'output_tflite': (
+        'Where to save the retrained model as TensorFlow Lite (.tflite, for '
+        'phones); empty = none. It uses the same labels file.'),
+    'checkpoint_path': 'Where to save the checkpoint of the trained layer.',
+    'random_seed': (
+        'Seed for sampling batches and initialising the layer, for '
+        'reproducible runs; unset = a new sequence each run.'),
+}, bounds={
+    'intermediate_store_frequency': (0, None),
+    'how_many_training_steps': (0, None),
+    'learning_rate': (0, None),
+    'testing_percentage': (0, 100),
+    'validation_percentage': (0, 100),
+    'eval_step_interval': (1, None),
+    'train_batch_size': (1, MAX_BATCH_SIZE),
+    'random_crop': (0, 100),
+    'random_scale': (0, 100),
+    'random_brightness': (0, 100),
+    'random_seed': (0, settings.MAX_RANDOM_SEED),
+})
+cli.define_module_flags(DEFAULTS)
+flags.DEFINE_enum('tflite_quantization', DEFAULTS.tflite_quantization,
                   tflite.QUANTIZATIONS,
                   'How --output_tflite is stored: none (float32), dynamic '
                   '(int8 weights, float arithmetic) or int8 (full-integer, '
                   'calibrated on a few hundred of the training images).')
-flags.DEFINE_string('checkpoint_path', _DEFAULT.checkpoint_path,
-                    'Where to save the checkpoint of the trained layer.')
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much logging output should be produced.')
-flags.DEFINE_integer('random_seed', _DEFAULT.random_seed,
-                     'Seed for sampling batches and initialising the layer, '
-                     'for reproducible runs; unset = a new sequence each run.',
-                     lower_bound=0, upper_bound=settings.MAX_RANDOM_SEED)
 
 for _name in ('image_dir', 'output_graph', 'output_labels', 'bottleneck_dir',
               'checkpoint_path', 'intermediate_output_graphs_dir'):

@@ -28,8 +28,7 @@ import sys
 
 from poets import startup
 
-startup.import_tensorflow()  # Before anything else imports TensorFlow.
-startup.plain_log_lines()
+startup.begin_script()  # Before anything else imports TensorFlow.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -39,28 +38,23 @@ from poets import cli  # noqa: E402
 from poets import tflite  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
 
-_D = tflite.ConvertConfig()
+DEFAULTS = tflite.ConvertConfig()
 
-flags.DEFINE_string('graph_def_file', _D.graph_def_file,
-                    'The frozen graph (.pb) to convert.')
-flags.DEFINE_string('output_file', _D.output_file,
-                    'Where to write the TensorFlow Lite model.')
-flags.DEFINE_string('input_array', _D.input_array,
-                    'Name of the input layer: Placeholder for this project, '
-                    "input (MobileNet) for the codelab's graphs.")
-flags.DEFINE_string('output_array', _D.output_array,
-                    'Name of the output layer.')
-flags.DEFINE_enum('quantization', _D.quantization, tflite.QUANTIZATIONS,
+cli.define_flags(DEFAULTS, {
+    'graph_def_file': 'The frozen graph (.pb) to convert.',
+    'output_file': 'Where to write the TensorFlow Lite model.',
+    'input_array': ('Name of the input layer: Placeholder for this project, '
+                    "input (MobileNet) for the codelab's graphs."),
+    'output_array': 'Name of the output layer.',
+    'image_dir': ('Photos to calibrate int8 on (searched recursively; '
+                  f'{tflite.CALIBRATION_IMAGES} evenly spread ones used).'),
+    'input_mean': 'Subtracted from each calibration pixel (0-255).',
+    'input_std': ('Each calibration pixel minus --input_mean is divided by '
+                  'this; the defaults give the [0, 1] retrain.py trains on.'),
+})
+flags.DEFINE_enum('quantization', DEFAULTS.quantization, tflite.QUANTIZATIONS,
                   'none (float32), dynamic (int8 weights, float arithmetic) '
                   'or int8 (full-integer, calibrated on --image_dir).')
-flags.DEFINE_string('image_dir', _D.image_dir,
-                    'Photos to calibrate int8 on (searched recursively; '
-                    f'{tflite.CALIBRATION_IMAGES} evenly spread ones used).')
-flags.DEFINE_float('input_mean', _D.input_mean,
-                   'Subtracted from each calibration pixel (0-255).')
-flags.DEFINE_float('input_std', _D.input_std,
-                   'Each calibration pixel minus --input_mean is divided by '
-                   'this; the defaults give the [0, 1] retrain.py trains on.')
 
 for _name in ('graph_def_file', 'output_file', 'input_array', 'output_array'):
   flags.register_validator(_name, cli.is_path,

@@ -23,7 +23,6 @@ import dataclasses
 import os
 import sys
 import tempfile
-import time
 
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,13 +82,6 @@ def _decoded(image_paths, height, width):
   return next(iter(dataset)).numpy()
 
 
-def _timed(run):
-  """Wall and CPU (all threads) seconds of run()."""
-  wall, cpu = time.perf_counter(), time.process_time()
-  run()
-  return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def main(argv):
   del argv
   common.start()
@@ -137,12 +129,12 @@ def _measure(image_dir, work):
   original(os.path.join(work, 'warm_up'))
   times = {'a': [], 'b': [], 'c': [], 'start-up': []}
   for i in range(common.by_mode(FLAGS.rounds, 1, 3)):
-    times['c'].append(_timed(limit))
-    times['a'].append(_timed(
+    times['c'].append(common.timed(limit))
+    times['a'].append(common.timed(
         lambda: original(os.path.join(work, f'original_{i}'))))
-    times['b'].append(_timed(
+    times['b'].append(common.timed(
         lambda: ours(image_lists, os.path.join(work, f'ours_{i}'))))
-    times['start-up'].append(_timed(
+    times['start-up'].append(common.timed(
         lambda: ours(one_photo, os.path.join(work, f'one_{i}'))))
   session.close()
   best = {k: min(wall for wall, _ in v) for k, v in times.items()}

@@ -113,6 +113,13 @@ def run_child(command, log_path):
           child.returncode)
 
 
+def timed(run):
+  """Wall and CPU (all threads) seconds of run()."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  run()
+  return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def load():
   """The 1-minute load average, to read the figures beside."""
   return f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores'
@@ -140,6 +147,7 @@ with open(sys.argv[1], 'w') as f:
              'export': result.export_seconds,
              'pipeline': time.perf_counter() - imported,
              'created': result.cache.created, 'reused': result.cache.reused,
+             'indexed': result.cache.indexed,
              'accuracy': test and test.accuracy,
              'test_images': test and test.count}, f)
 """

@@ -2,13 +2,15 @@ r"""Scale: how each stage of retrain.py grows with the folder.
 
 retrain.py on folders of 1,000, 10,000 and 100,000 generated photos (32x32
 noisy solid-colour JPEGs in five classes, made once into --data_dir), each
-run twice in a fresh child process: with an empty bottleneck folder (cold),
-then on the cache that run left (warm). The module is a tiny one built like
-the tests' (a fixed projection of each image's colour statistics) but with
-the default module's 1,280-value bottleneck, so the cache files, the memory
-for bottlenecks and the training data are those of a real run while the
-network costs nothing and the pipeline's own costs show. One more point runs
-the default module (efficientnet_lite0) on --default_module_images photos.
+run three times in a fresh child process: with an empty bottleneck folder
+(cold), on the cache that run left with its index deleted (warm, text: every
+file parsed), then with the index that run wrote (warm, index). The module
+is a tiny one built like the tests' (a fixed projection of each image's
+colour statistics) but with the default module's 1,280-value bottleneck, so
+the cache files, the memory for bottlenecks and the training data are those
+of a real run while the network costs nothing and the pipeline's own costs
+show. One more point runs the default module (efficientnet_lite0) on
+--default_module_images photos.
 
 Seconds per stage come from the pipeline's own RunResult: listing and
 splitting the folder, reading the cache, computing the missing bottlenecks
@@ -16,6 +18,8 @@ splitting the folder, reading the cache, computing the missing bottlenecks
 child's own (os.wait4). Printed as a table, drawn as a log-log plot (--plot).
 Targets: every stage grows at most linearly with the images; a warm cache is
 read at >= 20,000 files a second; peak memory at 100,000 images under 2 GB.
+At the largest size the readers are also compared in this process, where
+CPU seconds can be read beside wall seconds.
 
   python bench/scale.py [--quick] [--sizes 1000,10000,100000] [--steps 1000]
 """
@@ -23,7 +27,6 @@ read at >= 20,000 files a second; peak memory at 100,000 images under 2 GB.
 import os
 import sys
 import tempfile
-import time
 
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,6 +40,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
 from poets import bottlenecks  # noqa: E402
+from poets import cache_index  # noqa: E402
 from poets import images  # noqa: E402
 from poets import modules  # noqa: E402
 
@@ -119,8 +123,12 @@ def _point(module_name, module_flags, count, work, steps, read_sample=0):
   """Cold and warm runs on `count` photos; returns a row per run."""
   image_dir = _photos(count)
   bottleneck_dir = os.path.join(work, f'bottlenecks_{module_name}_{count}')
+  spec_name = modules.resolve_module('', module_flags[1], work).name
+  index = cache_index.index_path(bottleneck_dir, spec_name)
   rows = []
-  for cache in ('cold', 'warm'):
+  for cache in ('cold', 'text', 'index'):
+    if cache == 'text':
+      os.remove(index)
     name = f'{module_name}_{count}_{cache}'
     seconds, peak, measured = common.retrain_in_child(
         ['--image_dir', image_dir, '--bottleneck_dir', bottleneck_dir,
@@ -129,6 +137,7 @@ def _point(module_name, module_flags, count, work, steps, read_sample=0):
     row = {'module': module_name, 'images': count, 'cache': cache,
            'seconds': seconds, 'peak MiB': peak,
            'reused': measured['reused'], 'created': measured['created'],
+           'indexed': measured['indexed'],
            'listing': measured['listing'],
            'cache read': measured['cache read'],
            'computing': measured['bottlenecks'] - measured['cache read'],
@@ -137,43 +146,50 @@ def _point(module_name, module_flags, count, work, steps, read_sample=0):
     rows.append(row)
     print(_format(row), flush=True)
   if read_sample:
-    _compare_readers(image_dir, bottleneck_dir, modules.resolve_module(
-        '', module_flags[1], work).name, read_sample)
+    _compare_readers(image_dir, bottleneck_dir, spec_name, read_sample)
   return rows
 
 
-def _timed(work):
-  wall, cpu = time.perf_counter(), time.process_time()
-  work()
-  return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def _compare_readers(image_dir, bottleneck_dir, module_name, sample):
-  """The cache reader against the one it replaced, on the same warm files.
+  """The cache readers on the same warm files: one file at a time (before),
+  chunks parsed on threads, the index.
 
   In this process, so CPU seconds (all threads) can be read beside wall
   seconds: the CPU rate moves much less with other work on the machine.
   """
-  entries = list(bottlenecks._entries(  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  entries = list(bottlenecks._entries(
       images.create_image_lists(image_dir, 10, 10), bottleneck_dir,
       module_name))[:sample]
+  names = bottlenecks._index_names(entries, bottleneck_dir)
 
-  def ours():
-    values = np.empty([len(entries), FLAGS.width], np.float32)
-    bottlenecks._read_cache(  # pylint: disable=protected-access
-        entries, values, bottleneck_dir, bottlenecks.CacheSummary())
+  def read(index):
+    values = bottlenecks.feedable_empty([len(entries), FLAGS.width])
+    summary = bottlenecks.CacheSummary()
+    bottlenecks._read_cache(entries, names, values, np.zeros(
+        len(entries), cache_index.IDENTITY), index, bottleneck_dir, summary)
+    assert summary.indexed == (len(entries) if index else 0)
 
   def one_at_a_time():  # The reader before: a stat and a parse per file.
     for entry in entries:
       if os.path.exists(entry.cache_path):
         bottlenecks.read_bottleneck(entry.cache_path)
 
-  for name, reader in (('one file at a time (before)', one_at_a_time),
-                       (f'chunks on {os.cpu_count()} threads (now)', ours)):
-    wall, cpu = _timed(reader)
+  def from_index():
+    index = cache_index.load(cache_index.index_path(bottleneck_dir,
+                                                    module_name), FLAGS.width)
+    read(index)
+    index.file.close()
+
+  for name, reader in (
+      ('one file at a time (before)', one_at_a_time),
+      (f'text, chunks on {os.cpu_count()} threads', lambda: read(None)),
+      ('index', from_index)):
+    wall, cpu = common.timed(reader)
     print(f'  cache read, {len(entries)} warm files, {name}: '
-          f'{len(entries) / wall:7.0f} files/s, '
-          f'{len(entries) / cpu:7.0f} files per CPU-second')
+          f'{len(entries) / wall:7.0f} files/s '
+          f'({len(entries) / wall / TARGET_FILES_PER_SECOND:.2f}x the '
+          f'target), {len(entries) / cpu:7.0f} files per CPU-second')
 
 
 _HEADER = (f'{"module":<18} {"images":>7} {"cache":<5} {"listing":>8} '
@@ -209,7 +225,7 @@ def _growth(rows, stage):
 def _verdicts(rows):
   """One line per target, from the tiny-module rows."""
   lines = []
-  for cache in ('cold', 'warm'):
+  for cache in ('cold', 'text', 'index'):
     chosen = [r for r in rows if r['cache'] == cache]
     growths = ', '.join(f'{stage} {_growth(chosen, stage):.2f}'
                         for stage in STAGES
@@ -218,11 +234,13 @@ def _verdicts(rows):
                  f'folders, k = {growths} (target: k <= 1 for every stage; '
                  'stages under 0.05 s left out)')
   largest = max(r['images'] for r in rows)
-  warm = [r for r in rows if r['cache'] == 'warm' and r['images'] == largest]
+  warm = [r for r in rows if r['cache'] != 'cold' and r['images'] == largest]
   for row in warm:
-    lines.append(f'warm cache read at {largest} images: '
-                 f'{_files_per_second(row):.0f} files/s (target >= '
-                 f'{TARGET_FILES_PER_SECOND})')
+    rate = _files_per_second(row)
+    lines.append(f'warm cache read at {largest} images, {row["cache"]}: '
+                 f'{rate:.0f} files/s, {row["indexed"]} of {row["reused"]} '
+                 f'from the index ({rate / TARGET_FILES_PER_SECOND:.2f}x the '
+                 f'target {TARGET_FILES_PER_SECOND:,} files/s)')
   peak = max(r['peak MiB'] for r in rows if r['images'] == largest)
   lines.append(f'peak memory at {largest} images: {peak:.0f} MiB (target < '
                f'{TARGET_PEAK_MIB})')
@@ -234,7 +252,7 @@ def _plot(rows, path):
   tiny = [r for r in rows if r['module'] != common.ARCHITECTURE]
   sizes = sorted({r['images'] for r in tiny})
   for stage, colour in zip(STAGES, pyplot.cm.tab10.colors):
-    for cache, style in (('cold', '-'), ('warm', '--')):
+    for cache, style in (('cold', '-'), ('text', '--'), ('index', '-.')):
       chosen = sorted((r['images'], r[stage]) for r in tiny
                       if r['cache'] == cache and r[stage] > 0)
       if chosen:
@@ -250,10 +268,10 @@ def _plot(rows, path):
             ylabel='seconds', title='Seconds per stage (*: computing with '
             f'{common.ARCHITECTURE}, cold)')
   times.legend(fontsize=7, ncol=2)
-  for cache, style in (('cold', '-'), ('warm', '--')):
+  for cache, style in (('cold', '-'), ('text', '--'), ('index', '-.')):
     chosen = sorted((r['images'], r['peak MiB']) for r in tiny
                     if r['cache'] == cache)
-    memory.plot(*zip(*chosen), style, marker='o', label=f'{cache} cache')
+    memory.plot(*zip(*chosen), style, marker='o', label=cache)
   memory.axhline(TARGET_PEAK_MIB, color='red', linestyle=':',
                  label='target')
   memory.set(xscale='log', xlabel='images', ylabel='peak resident MiB',

@@ -32,6 +32,7 @@ import tensorflow as tf  # noqa: E402
 from bench import common  # noqa: E402
 from poets import export  # noqa: E402
 from poets import images  # noqa: E402
+from poets import frozen_graphs  # noqa: E402
 from poets import labeling  # noqa: E402
 from poets import modules  # noqa: E402
 from poets import pipeline  # noqa: E402
@@ -142,7 +143,7 @@ def main(argv):
     image_dir = common.photos(work)
     run_settings = _retrain(image_dir, work, steps)
     image_lists = images.create_image_lists(image_dir, 10, 10)
-    graph_def = labeling.load_graph_def(run_settings.output_graph)
+    graph_def = frozen_graphs.load_graph_def(run_settings.output_graph)
     converted = _convert(graph_def, image_lists, work)
     held_back = _held_back(image_lists, module.image_size)
     classifiers = {'.pb': _pb_classifier(graph_def)}

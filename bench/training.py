@@ -34,9 +34,9 @@ from poets import modules  # noqa: E402
 from poets import settings  # noqa: E402
 from poets import training  # noqa: E402
 
-_T = settings.RetrainSettings()
+DEFAULTS = settings.RetrainSettings()
 flags.DEFINE_integer('steps', None, 'Training steps of each (default '
-                     f'{_T.how_many_training_steps}; --quick: 200).')
+                     f'{DEFAULTS.how_many_training_steps}; --quick: 200).')
 flags.DEFINE_integer('original_steps', None,
                      'Steps to time (a) on, extrapolated to --steps when '
                      'fewer (default 500; --quick: 50).')
@@ -122,7 +122,7 @@ def _original_training(image_lists, bottleneck_dir, module, steps, work):
 def main(argv):
   del argv
   common.start()
-  steps = common.by_mode(FLAGS.steps, 200, _T.how_many_training_steps)
+  steps = common.by_mode(FLAGS.steps, 200, DEFAULTS.how_many_training_steps)
   original_steps = min(steps, common.by_mode(FLAGS.original_steps, 50, 500))
   with tempfile.TemporaryDirectory(prefix='bench_training_') as work:
     image_dir = common.photos(work)
@@ -134,8 +134,8 @@ def main(argv):
                                               bottleneck_dir)
     print(f'{sum(len(s.ground_truth) for s in splits.values())} cached '
           f'bottlenecks ({len(splits["training"].ground_truth)} training); '
-          f'{steps} steps, batch {_T.train_batch_size}, evaluation every '
-          f'{_T.eval_step_interval}; {common.load()}')
+          f'{steps} steps, batch {DEFAULTS.train_batch_size}, evaluation every '
+          f'{DEFAULTS.eval_step_interval}; {common.load()}')
 
     start = time.perf_counter()
     original_accuracy = _original_training(

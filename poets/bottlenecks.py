@@ -11,9 +11,11 @@ computed by a tf.data pipeline that reads and decodes images in parallel and
 feeds the module batches of them. Each file is written to a temporary name and
 renamed, so a killed run leaves no half-written file and a rerun resumes.
 
-At scale the cache is read by threads, each parsing a chunk of files with one
-TensorFlow call, straight into one array that holds every bottleneck of the
-run; the splits are slices of it, so memory is one copy of the bottlenecks.
+Every bottleneck of the run goes into one array; the splits are slices of
+it, so memory is one copy of the bottlenecks. A warm run copies the rows of
+unchanged files from the cache's binary index (poets/cache_index.py) and
+parses only the rest, by threads, each a chunk of files with one TensorFlow
+call; then it brings the index up to date.
 """
 
 import collections
@@ -26,6 +28,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from poets import cache_index
 from poets import images
 from poets.files import NAME_MAX, atomic_write, fitted_name
 from poets import modules
@@ -41,6 +44,9 @@ READ_CHUNK = 256
 # Files computed but not yet written: the writer can fall behind a fast
 # module, and a queue of 100,000 of them would hold memory for nothing.
 MAX_PENDING_WRITES = 4 * BATCH_SIZE
+# TensorFlow takes a fed NumPy array without copying it only when its data
+# starts on a 64-byte boundary (Eigen's alignment); NumPy's are 16-byte.
+FEED_ALIGNMENT = 64
 
 
 @dataclasses.dataclass
@@ -55,6 +61,7 @@ class SplitBottlenecks:
 class CacheSummary:
   created: int = 0
   reused: int = 0
+  indexed: int = 0  # of the reused, those copied from the index unparsed
   recomputed: int = 0  # cache files that were unreadable and made again
   failed: list = dataclasses.field(default_factory=list)  # (path, reason)
   read_seconds: float = 0.0  # reading and checking the cached files
@@ -68,6 +75,18 @@ def bottleneck_path(bottleneck_dir, class_dir, image_name, module_name):
   return os.path.join(bottleneck_dir, class_dir, folder, f'{cache_name}.txt')
 
 
+def feedable_empty(shape):
+  """An uninitialised float32 array TensorFlow can be fed without a copy.
+
+  Training feeds all training bottlenecks at every step; a copy would cost
+  their size in memory and time at each one.
+  """
+  size = int(np.prod(shape)) * 4
+  raw = np.empty(size + FEED_ALIGNMENT, np.uint8)
+  start = -raw.ctypes.data % FEED_ALIGNMENT
+  return raw[start:start + size].view(np.float32).reshape(shape)
+
+
 def format_bottleneck(values):
   """The original's text: str() of each float32, comma-separated."""
   return ','.join(str(v) for v in np.asarray(values, np.float32))
@@ -75,6 +94,12 @@ def format_bottleneck(values):
 
 def write_bottleneck(path, values):
   atomic_write(path, format_bottleneck(values))
+
+
+def _write_for_index(path, values):
+  """Writes a cache file; returns its identity, for the index."""
+  write_bottleneck(path, values)
+  return cache_index.identity_of(path)
 
 
 def read_bottleneck(path):
@@ -119,6 +144,12 @@ def _entries(image_lists, bottleneck_dir, module_name):
                                      image_name, module_name))
 
 
+def _index_names(entries, bottleneck_dir):
+  """The cache files' paths as the index names them: relative, as bytes."""
+  prefix = os.path.join(bottleneck_dir, '')
+  return [os.fsencode(e.cache_path[len(prefix):]) for e in entries]
+
+
 def _existing(paths):
   """Which of `paths` exist: one listing per folder, not one stat per file."""
   listed = {}
@@ -161,14 +192,31 @@ def _parse_together(paths, bottleneck_size):
   return values.reshape(len(paths), bottleneck_size)
 
 
-def _read_cache(entries, values, bottleneck_dir, summary):
+def _read_cache(entries, names, values, identities, index, bottleneck_dir,
+                summary):
   """Fills rows of `values` from the sound cache files; returns which.
 
-  Threads each read a chunk of READ_CHUNK files; a chunk with a damaged file
-  is read again one file at a time to find it and say why.
+  Rows come from `index` where it holds the file unchanged; the rest are
+  parsed by threads, each a chunk of READ_CHUNK files; a chunk with a damaged
+  file is read again one file at a time to find it and say why. Records each
+  file's identity as it was before reading it.
   """
   bottleneck_size = values.shape[1]
-  cached = np.flatnonzero(_existing([e.cache_path for e in entries]))
+  cached = []
+  for row in np.flatnonzero(_existing([e.cache_path for e in entries])):
+    try:
+      identities[row] = cache_index.identity_of(entries[row].cache_path)
+      cached.append(row)
+    except OSError:  # Gone since the listing: made again.
+      pass
+  cached = np.array(cached, np.int64)
+  found = np.zeros(len(entries), bool)
+  if index is not None and len(cached):
+    indexed = cache_index.take(index, [names[row] for row in cached],
+                               identities[cached], values, cached)
+    found[cached[indexed]] = True
+    summary.indexed = int(indexed.sum())
+    cached = cached[~indexed]
   chunks = [cached[i:i + READ_CHUNK] for i in range(0, len(cached),
                                                      READ_CHUNK)]
 
@@ -191,7 +239,6 @@ def _read_cache(entries, values, bottleneck_dir, summary):
         sound.append(row)
     return sound, problems
 
-  found = np.zeros(len(entries), bool)
   wrong_sizes = []
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
     for sound, problems in pool.map(read, chunks):
@@ -255,41 +302,69 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir):
   of the splits and listed in the summary.
   """
   entries = list(_entries(image_lists, bottleneck_dir, module.spec.name))
+  names = _index_names(entries, bottleneck_dir)
   summary = CacheSummary()
   # Rows are only touched (and take memory) as they are filled.
-  values = np.empty([len(entries), module.bottleneck_size], np.float32)
+  values = feedable_empty([len(entries), module.bottleneck_size])
+  identities = np.zeros(len(entries), cache_index.IDENTITY)
+  index_path = cache_index.index_path(bottleneck_dir, module.spec.name)
   start = time.perf_counter()
-  have = _read_cache(entries, values, bottleneck_dir, summary)
-  summary.read_seconds = time.perf_counter() - start
-  summary.reused = int(have.sum())
-  todo = np.flatnonzero(~have).tolist()
-  if todo:
-    logging.info('Creating %d bottleneck files in %s (%d already cached)',
-                 len(todo), bottleneck_dir, summary.reused)
-    # One writer thread formats and writes while the module runs the next
-    # batch; on the way out (even Ctrl-C) it finishes what was computed.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
-      pending = collections.deque()
-      for index, bottleneck in _compute(entries, todo, module.spec,
-                                        summary):
-        # The value as the file holds it, so cold and warm runs agree.
-        values[index] = bottleneck
-        have[index] = True
-        summary.created += 1
-        # The writer gets the row of `values`, not the batch, so no batch is
-        # kept alive while it catches up.
-        pending.append(writer.submit(write_bottleneck,
-                                     entries[index].cache_path,
-                                     values[index]))
-        while pending and (pending[0].done() or
-                           len(pending) > MAX_PENDING_WRITES):
-          pending.popleft().result()  # A failed write stops the run now.
-      for write in pending:
-        write.result()
+  index = cache_index.load(index_path, module.bottleneck_size)
+  try:
+    have = _read_cache(entries, names, values, identities, index,
+                       bottleneck_dir, summary)
+    summary.read_seconds = time.perf_counter() - start
+    summary.reused = int(have.sum())
+    if summary.indexed:
+      logging.info('%d bottlenecks from the index %s, %d parsed',
+                   summary.indexed, index_path,
+                   summary.reused - summary.indexed)
+    _create_missing(entries, values, identities, have, module.spec, summary,
+                    bottleneck_dir)
+    kept = np.flatnonzero(have)
+    if summary.indexed < len(kept):  # Anything parsed or made: news.
+      cache_index.write(index_path, values, kept, [names[i] for i in kept],
+                        identities[kept], index, bottleneck_dir)
+  finally:
+    if index is not None:
+      index.file.close()
   logging.info('Bottlenecks: %d created (%d replacing bad cache files), %d '
                'reused, %d failed', summary.created, summary.recomputed,
                summary.reused, len(summary.failed))
   return _by_split(entries, values, have), summary
+
+
+def _create_missing(entries, values, identities, have, module_spec, summary,
+                    bottleneck_dir):
+  """Computes and writes the bottlenecks `have` lacks, filling their rows."""
+  todo = np.flatnonzero(~have).tolist()
+  if not todo:
+    return
+  logging.info('Creating %d bottleneck files in %s (%d already cached)',
+               len(todo), bottleneck_dir, summary.reused)
+  # One writer thread formats and writes while the module runs the next
+  # batch; on the way out (even Ctrl-C) it finishes what was computed.
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+    pending = collections.deque()
+    for index, bottleneck in _compute(entries, todo, module_spec, summary):
+      # The value as the file holds it, so cold and warm runs agree.
+      values[index] = bottleneck
+      have[index] = True
+      summary.created += 1
+      # The writer gets the row of `values`, not the batch, so no batch is
+      # kept alive while it catches up.
+      pending.append((index, writer.submit(
+          _write_for_index, entries[index].cache_path, values[index])))
+      while pending and (pending[0][1].done() or
+                         len(pending) > MAX_PENDING_WRITES):
+        _finish_write(pending.popleft(), identities)
+    while pending:
+      _finish_write(pending.popleft(), identities)
+
+
+def _finish_write(pending, identities):
+  index, write = pending
+  identities[index] = write.result()  # A failed write stops the run now.
 
 
 def _by_split(entries, values, have):

@@ -7,14 +7,20 @@ for a usage error). The checks themselves are absl's own: bounds on numeric
 flags, enums, and validators registered next to the flags.
 """
 
+import dataclasses
 import math
 import sys
+import typing
 
 from absl import flags
 
+from poets import modules
 from poets import settings
 
 USAGE_ERROR = 2
+# The flags defined below belong to the script that asks for them, so its
+# --help lists them and experiments.py can adopt retrain.py's.
+flags.disclaim_key_flags()
 
 
 def parse_flags_or_exit(argv, known_only=False):
@@ -58,44 +64,56 @@ def batch_size_or_all(value):
   return value == -1 or value >= 1
 
 
-MODULE_FLAGS = ('architecture', 'tfhub_module', 'model_dir', 'input_height',
-                'input_width')
+def define_flags(defaults, helps, bounds=None):
+  """Defines a flag for each `helps` entry (flag name -> help text), typed
+  and with the default of the `defaults` field of the same name, so a flag
+  and the setting it fills cannot disagree. `bounds` maps a number flag to
+  its (lower, upper) bound, None for no bound."""
+  define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+            float: flags.DEFINE_float, str: flags.DEFINE_string}
+  kinds = {field.name: field.type for field in dataclasses.fields(defaults)}
+  for name, help_text in helps.items():
+    # `int | None` (no default value) is an integer flag.
+    kind = next((k for k in typing.get_args(kinds[name])
+                 if k is not type(None)), kinds[name])
+    lower, upper = (bounds or {}).get(name, (None, None))
+    limits = ({'lower_bound': lower, 'upper_bound': upper}
+              if kind in (int, float) else {})
+    define[kind](name, getattr(defaults, name), help_text, **limits)
 
 
 def define_module_flags(defaults):
   """The flags that pick and load the feature extractor, with their checks:
   retrain.py's, and beam_bottlenecks.py's, which must make the same cache.
-  `defaults` is a RetrainSettings. The calling script declares them its key
-  flags (absl ties a declaration to the module that makes it), so that its
-  --help lists them."""
-  flags.DEFINE_string('architecture', defaults.architecture,
-                      'Which network to use: efficientnet_lite0 (default, '
-                      'offline), efficientnet_lite1, efficientnet_lite2, or '
-                      "the codelab's frozen graphs "
-                      'mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128>'
-                      '[_quantized] and inception_v3 (their archive from '
-                      '--model_dir, downloaded once if missing; '
-                      'mobilenet_0.25_224 ships). Any letter case.')
-  flags.DEFINE_string('tfhub_module', defaults.tfhub_module,
-                      'Which image feature-vector module to use instead of '
-                      '--architecture: a TF Hub URL, a .tar.gz URL or a local '
-                      'directory (TF2 SavedModel or TF1 Hub format).')
-  flags.DEFINE_string('model_dir', defaults.model_dir,
-                      "Where the embedded modules are built, the codelab's "
-                      'network archives are found or downloaded, and TF Hub '
-                      'modules are cached.')
-  flags.DEFINE_integer('input_height', defaults.input_height,
-                       'Image height for a module whose signature does not fix '
-                       'one; 0 = take it from the module.',
-                       lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
-  flags.DEFINE_integer('input_width', defaults.input_width,
-                       'Image width for a module whose signature does not fix '
-                       'one; 0 = take it from the module.',
-                       lower_bound=0, upper_bound=settings.MAX_IMAGE_SIZE)
+  `defaults` is a RetrainSettings."""
+  define_flags(defaults, {
+      'architecture': (
+          'Which network to use: efficientnet_lite0 (default, offline), '
+          "efficientnet_lite1, efficientnet_lite2, or the codelab's frozen "
+          'graphs mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128>'
+          '[_quantized] and inception_v3 (their archive from --model_dir, '
+          'downloaded once if missing; mobilenet_0.25_224 ships). Any letter '
+          'case.'),
+      'tfhub_module': (
+          'Which image feature-vector module to use instead of '
+          '--architecture: a TF Hub URL, a .tar.gz URL or a local directory '
+          '(TF2 SavedModel or TF1 Hub format).'),
+      'model_dir': (
+          "Where the embedded modules are built, the codelab's network "
+          'archives are found or downloaded, and TF Hub modules are cached.'),
+      'input_height': ('Image height for a module whose signature does not '
+                       'fix one; 0 = take it from the module.'),
+      'input_width': ('Image width for a module whose signature does not fix '
+                      'one; 0 = take it from the module.'),
+  }, bounds={'input_height': (0, settings.MAX_IMAGE_SIZE),
+             'input_width': (0, settings.MAX_IMAGE_SIZE)})
   flags.register_validator('model_dir', is_path,
                            'must name a folder (not empty, no NUL)')
-  for name in ('architecture', 'tfhub_module'):
-    flags.register_validator(name, is_optional_path, 'must not hold NUL')
+  flags.register_validator(
+      'architecture', modules.is_architecture,
+      f'must be one of {modules.architecture_choices()} (any letter case)')
+  flags.register_validator('tfhub_module', is_optional_path,
+                           'must not hold NUL')
   flags.register_multi_flags_validator(
       ['input_height', 'input_width'],
       lambda f: bool(f['input_height']) == bool(f['input_width']),

@@ -21,8 +21,7 @@ CLI, to build a module ahead of time:
 
 if __name__ == '__main__':
   from poets import startup
-  startup.import_tensorflow()  # Before anything else imports TensorFlow.
-  startup.plain_log_lines()
+  startup.begin_script()  # Before anything else imports TensorFlow.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import dataclasses

@@ -10,7 +10,8 @@ from the frozen graph, so the module is loaded for none of them. Its
 input is `Placeholder` (float32 [None, H, W, 3] in [0, 1]) and its output the
 `--final_tensor_name` softmax, as in the original hub-based retrain.py.
 TensorBoard gets the same graph with the module's function call opened up
-into its layers and without the weights.
+into its layers and without the weights. label_image.py --imagenet's graph,
+the embedded module's own ImageNet classifier, is frozen here the same way.
 """
 
 import dataclasses
@@ -19,14 +20,19 @@ import re
 import shutil
 
 import tensorflow as tf
+import tensorflow_hub as hub
 from tensorflow.python.framework import function_def_to_graph
 
+from poets import efficientnet_lite
 from poets import files
 from poets import modules
 from poets import training
 from poets.errors import PoetsError
 
 INPUT_NAME = 'Placeholder'
+# label_image.py --imagenet: the embedded module's own classifier, frozen once.
+IMAGENET_GRAPH = 'tf_files/imagenet_graph.pb'
+IMAGENET_LABELS = 'tf_files/imagenet_labels.txt'
 
 
 def _used_functions(graph_def):
@@ -377,3 +383,26 @@ def export_saved_model(graph_def, saved_model_dir, final_tensor_name):
   except BaseException:
     shutil.rmtree(built, ignore_errors=True)
     raise
+
+
+def export_imagenet_graph(graph_path=IMAGENET_GRAPH,
+                          labels_path=IMAGENET_LABELS,
+                          architecture=modules.DEFAULT_ARCHITECTURE,
+                          model_dir='tf_files/models'):
+  """Freezes the embedded module's ImageNet classifier like a retrained graph
+  (input Placeholder in [0, 1], output final_result), so a newcomer can try
+  label_image on a photo before retraining anything."""
+  module_path = efficientnet_lite.ensure_module(architecture, model_dir)
+  size = efficientnet_lite.get_variant(architecture).image_size
+  graph = tf.Graph()
+  with graph.as_default():
+    image_input = tf.compat.v1.placeholder(
+        tf.float32, [None, size, size, 3], name=INPUT_NAME)
+    logits = hub.load(module_path).imagenet_logits(image_input)
+    probabilities = tf.nn.softmax(logits, name='final_result')
+    init = tf.compat.v1.global_variables_initializer()
+  with tf.compat.v1.Session(graph=graph) as session:
+    session.run(init)
+    graph_def = freeze(session, probabilities.op.name)
+  save_graph(graph_def, graph_path)
+  save_labels(efficientnet_lite.imagenet_labels(), labels_path)

@@ -6,6 +6,7 @@ folder and renamed into place; a rename is atomic, so readers see the old
 file or the new one, never a partial one.
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -61,22 +62,33 @@ def _umask():
   return mask
 
 
-def atomic_write(path, data):
-  """Writes `data` (str or bytes) to `path` via a temporary file and rename."""
+@contextlib.contextmanager
+def atomic_file(path, mode='wb'):
+  """A file to write that appears at `path`, whole, only when the block ends.
+
+  It is written under a temporary name in the same folder and renamed; if the
+  block fails, the temporary file is removed and `path` is left as it was.
+  """
   directory = os.path.dirname(path) or '.'
   os.makedirs(directory, exist_ok=True)
   fd, temp_path = tempfile.mkstemp(dir=directory,
                                    prefix=_temporary_prefix(path),
                                    suffix='.tmp')
   try:
-    with os.fdopen(fd, 'wb' if isinstance(data, bytes) else 'w') as f:
-      f.write(data)
+    with os.fdopen(fd, mode) as f:
+      yield f
     # mkstemp makes owner-only files; give the permissions open() would.
     os.chmod(temp_path, 0o666 & ~_umask())
     os.replace(temp_path, path)
   except BaseException:
     os.unlink(temp_path)
     raise
+
+
+def atomic_write(path, data):
+  """Writes `data` (str or bytes) to `path` via a temporary file and rename."""
+  with atomic_file(path, 'wb' if isinstance(data, bytes) else 'w') as f:
+    f.write(data)
 
 
 def temporary_sibling(path):

@@ -1,9 +1,7 @@
 """Labeling: run a frozen graph on photos and name the top classes.
 
-The last stage, what label_image.py does. The graph is imported under the
-`import/` prefix as the codelab's script did; its input and output layers are
-found by the names users know, with or without `import/` and `:0`, and a
-wrong name is answered with the names that are there. Images get the pixels
+The last stage, what label_image.py does. poets.frozen_graphs reads the
+graph and finds its layers by the names users know. Images get the pixels
 retrain.py gave them (poets.images' decode and bilinear resize) and then
 (pixel - input_mean) / input_std, so the defaults (0, 255) reproduce exactly
 the [0, 1] input of this project's graphs. A tf.data pipeline decodes the
@@ -14,32 +12,22 @@ same flags and gets the same pixels; poets.tflite_model runs it.
 """
 
 import contextlib
-import csv
 import dataclasses
-import io
-import json
 import os
 import time
 from typing import Callable
 
-from google.protobuf import message
 import numpy as np
 import tensorflow as tf
-import tensorflow_hub as hub
 
 from poets import bottlenecks
-from poets import efficientnet_lite
 from poets import export
+from poets import frozen_graphs
 from poets import images
-from poets import modules
 from poets import tflite_model
 from poets.errors import PoetsError
 
-PREFIX = 'import'
 DEFAULT_INPUT_SIZE = 224
-OUTPUT_FORMATS = ('text', 'json', 'csv')
-IMAGENET_GRAPH = 'tf_files/imagenet_graph.pb'
-IMAGENET_LABELS = 'tf_files/imagenet_labels.txt'
 
 
 @dataclasses.dataclass
@@ -84,19 +72,6 @@ CONVENTIONS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Layer:
-  """A candidate input or output, as --list_layers and errors show it."""
-  name: str  # Without the import/ prefix.
-  op_type: str
-  dtype: str
-  shape: str
-
-  def __str__(self):
-    kind = '' if self.op_type == 'Placeholder' else f' ({self.op_type})'
-    return f'{self.name} {self.dtype} {self.shape}{kind}'
-
-
 @dataclasses.dataclass
 class Prediction:
   label: str
@@ -123,160 +98,16 @@ class LabelRun:
     return [r for r in self.results if r.error is None]
 
 
-def _graph_fix(flag):
-  return f'pass {flag} the .pb file that retrain.py wrote (--output_graph)'
-
-
-def read_model_file(path, flag='--graph'):
-  """The bytes of a graph or model file, or PoetsError saying why not."""
-  fix = _graph_fix(flag)
-  if os.path.isdir(path):
-    raise PoetsError(f'{flag} {path} is a folder, not a frozen graph; {fix}.')
-  if not os.path.exists(path):
-    also = (', or try --imagenet to label with the 1000 ImageNet classes'
-            if flag == '--graph' else '')
-    raise PoetsError(f'{flag} {path} not found; {fix}{also}.')
-  try:
-    with open(path, 'rb') as f:
-      return f.read()
-  except OSError as e:
-    raise PoetsError(f'Cannot read {flag} {path} ({e.strerror}); {fix}.'
-                     ) from e
-
-
-def parse_graph_def(data, path, flag='--graph'):
-  """The GraphDef in `data` (read from `path`), or PoetsError saying what
-  the file is instead."""
-  fix = _graph_fix(flag)
-  if tflite_model.is_tflite(data):
-    raise PoetsError(f'{flag} {path} is already a TensorFlow Lite model, not '
-                     f'a frozen GraphDef; {fix}.')
-  graph_def = tf.compat.v1.GraphDef()
-  try:
-    graph_def.ParseFromString(data)
-  except message.DecodeError as e:
-    if path.lower().endswith(tflite_model.EXTENSIONS):
-      raise PoetsError(tflite_model.not_tflite_message(path, flag)) from e
-    raise PoetsError(f'{flag} {path} is not a frozen GraphDef ({e}); {fix}.'
-                     ) from e
-  if not graph_def.node:
-    raise PoetsError(f'{flag} {path} is not a frozen GraphDef (it holds no '
-                     f'operations); {fix}.')
-  return graph_def
-
-
-def load_graph_def(path, flag='--graph'):
-  """Reads a frozen GraphDef, or raises PoetsError saying what `path` is."""
-  return parse_graph_def(read_model_file(path, flag), path, flag)
-
-
-def import_graph(graph_def, path, flag='--graph'):
-  """A new graph holding `graph_def` under the import/ prefix."""
-  graph = tf.Graph()
-  with graph.as_default():
-    try:
-      tf.compat.v1.import_graph_def(graph_def, name=PREFIX)
-    except (ValueError, tf.errors.OpError) as e:
-      first_line = str(e).strip().splitlines()[0]
-      raise PoetsError(f'{flag} {path} cannot be loaded by this TensorFlow '
-                       f'({first_line}); re-export it with retrain.py.') from e
-  return graph
-
-
-def _shape(tensor):
-  if tensor.shape.rank is None:
-    return '<unknown>'
-  return '[' + ','.join('?' if d is None else str(d)
-                        for d in tensor.shape.as_list()) + ']'
-
-
-def _layer(op):
-  tensor = op.outputs[0]
-  return Layer(op.name[len(PREFIX) + 1:], op.type, tensor.dtype.name,
-               _shape(tensor))
-
-
-def _is_image(tensor):
-  shape = tensor.shape
-  return (tensor.dtype.is_floating and shape.rank == 4 and
-          shape[1] is not None and shape[2] is not None and shape[3] == 3)
-
-
-def input_candidates(graph):
-  """Placeholders, and, in a graph without a float image placeholder such as
-  the codelab's Inception one, the image tensors its decoding steps make."""
-  placeholders = [op for op in graph.get_operations()
-                  if op.type == 'Placeholder']
-  if any(_is_image(op.outputs[0]) for op in placeholders):
-    return [_layer(op) for op in placeholders]
-  image_ops = [op for op in graph.get_operations()
-               if op.outputs and op.type not in ('Placeholder', 'Const') and
-               _is_image(op.outputs[0])]
-  return [_layer(op) for op in placeholders + image_ops]
-
-
-def output_candidates(graph):
-  """Softmax ops, then the ops whose results nothing else uses."""
-  ignored = ('Const', 'NoOp', 'Placeholder', 'PlaceholderWithDefault')
-  softmax = [op for op in graph.get_operations() if op.type == 'Softmax']
-  terminal = [op for op in graph.get_operations()
-              if op.outputs and op.type not in ignored + ('Softmax',) and
-              not any(t.consumers() for t in op.outputs)]
-  return [_layer(op) for op in softmax + terminal]
-
-
-def describe_layers(graph):
-  """The --list_layers text: which names --input_layer and --output_layer
-  can take."""
-  lines = ['Inputs (--input_layer):']
-  lines += [f'  {l}' for l in input_candidates(graph)] or ['  (none)']
-  lines.append('Outputs (--output_layer):')
-  lines += [f'  {l}' for l in output_candidates(graph)] or ['  (none)']
-  return '\n'.join(lines) + '\n'
-
-
 def list_layers(graph_path):
   """The --list_layers answer for the graph or .tflite file at
   `graph_path`."""
-  data = read_model_file(graph_path)
+  data = frozen_graphs.read_model_file(graph_path)
   if tflite_model.is_tflite(data):
     return tflite_model.describe_layers(
         tflite_model.load_interpreter(data, graph_path))
-  return describe_layers(import_graph(parse_graph_def(data, graph_path),
-                                      graph_path))
-
-
-def _candidates_text(layers):
-  return ', '.join(str(l) for l in layers) or 'none'
-
-
-def find_tensor(graph, name, flag, graph_path):
-  """The tensor `name` names: `x`, `x:0`, `import/x` and `import/x:0` all
-  work. Raises PoetsError naming the candidates when there is none."""
-  op_name, _, index = name.strip().partition(':')
-  if not index.isdigit() and index:
-    raise PoetsError(f"{flag}={name} is not a layer name; pass a name such as "
-                     f"'final_result' or 'final_result:0'.")
-  names = [f'{PREFIX}/{op_name}']
-  if op_name.startswith(f'{PREFIX}/'):
-    names.append(op_name)
-  for full_name in names:
-    try:
-      op = graph.get_operation_by_name(full_name)
-    except KeyError:
-      continue
-    if int(index or 0) >= len(op.outputs):
-      raise PoetsError(f"{flag}={name}: '{op_name}' has {len(op.outputs)} "
-                       'outputs; drop the :N suffix.')
-    return op.outputs[int(index or 0)]
-  if flag.startswith('--input'):  # --input_layer, or tflite's --input_array
-    kind, layers = 'inputs', input_candidates(graph)
-  else:
-    kind, layers = 'outputs', output_candidates(graph)
-  bare = op_name[len(PREFIX) + 1:] if op_name.startswith(f'{PREFIX}/') else (
-      op_name)
-  raise PoetsError(f"{flag}: no operation '{bare}' in {graph_path}; its {kind} "
-                   f'are: {_candidates_text(layers)}.')
+  graph_def = frozen_graphs.parse_graph_def(data, graph_path)
+  return frozen_graphs.describe_layers(
+      frozen_graphs.import_graph(graph_def, graph_path))
 
 
 def read_labels(path):
@@ -329,20 +160,21 @@ def normalize(contents, height, width, mean, std):
 def _input_size(tensor, config):
   """Height and width: the flags, else the input's static shape, else 224."""
   name = config.input_layer
+  shape_text = frozen_graphs.shape_text(tensor)
+  pick = ('pick an image input: ' + frozen_graphs.candidates_text(
+      frozen_graphs.input_candidates(tensor.graph)))
   if not tensor.dtype.is_floating:
     raise PoetsError(
         f"--input_layer '{name}' is a {tensor.dtype.name} tensor, but "
-        'label_image feeds decoded float images; pick an image input: '
-        f'{_candidates_text(input_candidates(tensor.graph))}.')
+        f'label_image feeds decoded float images; {pick}.')
   shape = tensor.shape
   if shape.rank is not None and (shape.rank != 4 or shape[3] not in (None,
                                                                      3)):
     raise PoetsError(
-        f"--input_layer '{name}' has shape {_shape(tensor)}, not a batch of "
-        'RGB images [N,height,width,3]; pick an image input: '
-        f'{_candidates_text(input_candidates(tensor.graph))}.')
+        f"--input_layer '{name}' has shape {shape_text}, not a batch of "
+        f'RGB images [N,height,width,3]; {pick}.')
   static = shape.as_list() if shape.rank else [None] * 4
-  return _image_size(config, static[1], static[2], _shape(tensor))
+  return _image_size(config, static[1], static[2], shape_text)
 
 
 def _image_size(config, static_height, static_width, shape_text):
@@ -365,8 +197,9 @@ def convention_warnings(config):
   wrong normalization gives confident, wrong scores and no error."""
   low = (0.0 - config.input_mean) / config.input_std
   high = (255.0 - config.input_mean) / config.input_std
-  input_name = config.input_layer.split(':')[0].removeprefix(f'{PREFIX}/')
-  output_name = config.output_layer.split(':')[0].removeprefix(f'{PREFIX}/')
+  prefix = f'{frozen_graphs.PREFIX}/'
+  input_name = config.input_layer.split(':')[0].removeprefix(prefix)
+  output_name = config.output_layer.split(':')[0].removeprefix(prefix)
   warnings = []
   for c in CONVENTIONS:
     if c.input_layer != input_name or c.output_layer not in (None,
@@ -414,11 +247,12 @@ class _Classifier:
 
 @contextlib.contextmanager
 def _graph_classifier(data, config):
-  graph = import_graph(parse_graph_def(data, config.graph), config.graph)
-  input_tensor = find_tensor(graph, config.input_layer, '--input_layer',
-                             config.graph)
-  output_tensor = find_tensor(graph, config.output_layer, '--output_layer',
-                              config.graph)
+  graph = frozen_graphs.import_graph(
+      frozen_graphs.parse_graph_def(data, config.graph), config.graph)
+  input_tensor = frozen_graphs.find_tensor(graph, config.input_layer,
+                                           '--input_layer', config.graph)
+  output_tensor = frozen_graphs.find_tensor(graph, config.output_layer,
+                                            '--output_layer', config.graph)
   height, width = _input_size(input_tensor, config)
   known = output_tensor.shape.rank and output_tensor.shape[-1] is not None
   with tf.compat.v1.Session(graph=graph) as session:
@@ -453,7 +287,7 @@ def label_images(config):
   if config.top_k < 1 or config.batch_size < 1:
     raise PoetsError('--top_k and --batch_size must be at least 1.')
   paths = find_images(config.images, config.image_dir)
-  data = read_model_file(config.graph)
+  data = frozen_graphs.read_model_file(config.graph)
   with (_tflite_classifier if tflite_model.is_tflite(data) else
         _graph_classifier)(data, config) as classifier:
     return _label(paths, classifier, config)
@@ -494,77 +328,3 @@ def _label(paths, classifier, config):
       results[index] = ImageResult(paths[index], [],
                                    _read_error(paths[index], failure))
   return LabelRun(results, seconds, batches, convention_warnings(config))
-
-
-def format_text(run):
-  """The codelab's output: the evaluation time, then `label (score=0.99071)`
-  lines; with several images, each block starts with the image's path."""
-  labelled = run.labelled
-  if not labelled:
-    return ''
-  count = len(labelled)
-  if len(run.results) == 1:
-    lines = [f'Evaluation time (1-image): {run.seconds:.3f}s', '']
-  else:
-    images_text = '1 image' if count == 1 else f'{count} images'
-    batches = '1 batch' if run.batches == 1 else f'{run.batches} batches'
-    lines = [f'Evaluation time ({images_text} in {batches}): '
-             f'{run.seconds:.3f}s, {run.seconds / count:.4f}s per image', '']
-  for result in labelled:
-    if len(run.results) > 1:
-      lines.append(result.image)
-    lines += [f'{p.label} (score={p.score:0.5f})' for p in result.predictions]
-    lines.append('')
-  return '\n'.join(lines)
-
-
-def format_json(run):
-  """A list of {image, predictions: [{label, score}], error?}."""
-  items = []
-  for result in run.results:
-    item = {'image': result.image,
-            'predictions': [dataclasses.asdict(p)
-                            for p in result.predictions]}
-    if result.error:
-      item['error'] = result.error
-    items.append(item)
-  return json.dumps(items, indent=2) + '\n'
-
-
-def format_csv(run):
-  """image,rank,label,score rows; images that failed have none."""
-  out = io.StringIO()
-  writer = csv.writer(out, lineterminator='\n')
-  writer.writerow(['image', 'rank', 'label', 'score'])
-  for result in run.labelled:
-    for rank, p in enumerate(result.predictions, 1):
-      writer.writerow([result.image, rank, p.label, repr(p.score)])
-  return out.getvalue()
-
-
-def format_run(run, output_format):
-  return {'text': format_text, 'json': format_json,
-          'csv': format_csv}[output_format](run)
-
-
-def export_imagenet_graph(graph_path=IMAGENET_GRAPH,
-                          labels_path=IMAGENET_LABELS,
-                          architecture=modules.DEFAULT_ARCHITECTURE,
-                          model_dir='tf_files/models'):
-  """Freezes the embedded module's ImageNet classifier like a retrained graph
-  (input Placeholder in [0, 1], output final_result), so a newcomer can try
-  label_image on a photo before retraining anything."""
-  module_path = efficientnet_lite.ensure_module(architecture, model_dir)
-  size = efficientnet_lite.get_variant(architecture).image_size
-  graph = tf.Graph()
-  with graph.as_default():
-    image_input = tf.compat.v1.placeholder(
-        tf.float32, [None, size, size, 3], name=export.INPUT_NAME)
-    logits = hub.load(module_path).imagenet_logits(image_input)
-    probabilities = tf.nn.softmax(logits, name='final_result')
-    init = tf.compat.v1.global_variables_initializer()
-  with tf.compat.v1.Session(graph=graph) as session:
-    session.run(init)
-    graph_def = export.freeze(session, probabilities.op.name)
-  export.save_graph(graph_def, graph_path)
-  export.save_labels(efficientnet_lite.imagenet_labels(), labels_path)

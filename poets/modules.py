@@ -83,6 +83,13 @@ def architecture_choices():
   return ', '.join([*efficientnet_lite.VARIANTS, codelab_networks.CHOICES])
 
 
+def is_architecture(architecture):
+  """Whether resolve_module knows --architecture (any letter case; '' is the
+  default), so a typo is refused before any run starts."""
+  return (not architecture or architecture.lower() in efficientnet_lite.VARIANTS
+          or codelab_networks.find(architecture) is not None)
+
+
 def _sanitized(handle):
   """The original's module name for file names: separators become '~'."""
   for separator in ('://', '/', ':', '\\'):

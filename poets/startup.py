@@ -16,7 +16,8 @@ POETS_SHOW_TF_LOGS=1 leaves TensorFlow as it is, start-up lines and all.
 
 `plain_log_lines` makes absl's log lines read like the original scripts':
 `INFO: Looking for images in 'daisy'`, without absl's
-`I1125 15:26:22.211835 140688337791872 images.py:133] ` prefix.
+`I1125 15:26:22.211835 140688337791872 images.py:133] ` prefix. Every script
+starts with `begin_script`, which does both.
 """
 
 import contextlib
@@ -139,3 +140,10 @@ class PlainFormatter(std_logging.Formatter):
 def plain_log_lines():
   """absl's log lines without its prefix; call before the first log line."""
   logging.get_absl_handler().setFormatter(PlainFormatter())
+
+
+def begin_script():
+  """What every script does first, before anything imports TensorFlow:
+  TensorFlow loaded without its start-up lines, absl's lines made plain."""
+  import_tensorflow()
+  plain_log_lines()

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from poets import export
 from poets import files
+from poets import frozen_graphs
 from poets import images
 from poets import labeling
 from poets import tflite_model
@@ -175,10 +176,10 @@ def convert_graph_file(config):
     calibration_paths = calibration_images(
         labeling.find_images([], config.image_dir))
   path = config.graph_def_file
-  graph_def = labeling.load_graph_def(path, '--graph_def_file')
-  graph = labeling.import_graph(graph_def, path, '--graph_def_file')
-  names = [labeling.find_tensor(graph, name, flag, path).name
-           .removeprefix(f'{labeling.PREFIX}/')
+  graph_def = frozen_graphs.load_graph_def(path, '--graph_def_file')
+  graph = frozen_graphs.import_graph(graph_def, path, '--graph_def_file')
+  names = [frozen_graphs.find_tensor(graph, name, flag, path).name
+           .removeprefix(f'{frozen_graphs.PREFIX}/')
            for name, flag in ((config.input_array, '--input_array'),
                               (config.output_array, '--output_array'))]
   model = convert(graph_def, *names, config.quantization, calibration_paths,

@@ -20,6 +20,7 @@ import tensorflow as tf
 from conftest import encode, make_image_dir
 from poets import bottlenecks
 from poets import codelab_networks
+from poets import frozen_graphs
 from poets import images
 from poets import labeling
 from poets import modules
@@ -381,10 +382,10 @@ def test_exported_graph_labels_with_label_images_default_flags(
       eval_step_interval=100, summaries_dir=str(tmp_path / 's'),
       checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=0)
   pipeline.run(config)
-  graph = labeling.import_graph(labeling.load_graph_def(config.output_graph),
+  graph = frozen_graphs.import_graph(frozen_graphs.load_graph_def(config.output_graph),
                                 config.output_graph)
   size = 224 if architecture.startswith('mobilenet') else 299
-  assert [str(layer) for layer in labeling.input_candidates(graph)] == [
+  assert [str(layer) for layer in frozen_graphs.input_candidates(graph)] == [
       f'Placeholder float32 [?,{size},{size},3]']
   photos = [os.path.join(image_dir, colour, f'{colour}_{i:03d}.jpg')
             for colour in ('blue', 'green', 'red') for i in (0, 7)]

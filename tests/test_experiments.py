@@ -1,4 +1,4 @@
-"""Tests for experiments.py and poets/experiments.py: sweeps, table, plots."""
+"""Tests for experiments.py and poets/experiments.py: sweeps and their runs."""
 
 import csv
 import glob
@@ -9,22 +9,22 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+from absl import flags
 from PIL import Image
 import pytest
 
 from conftest import make_image_dir
-from poets import bottlenecks
+from test_experiment_reports import FLAG_NAMES, fake_outcome
+from poets import cli
+from poets import experiment_reports
 from poets import experiments
 from poets import images
-from poets import pipeline
 from poets import settings
-from poets import training
 from poets.errors import PoetsError
+import experiments as experiments_script
 
+FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAG_NAMES = ['learning_rate', 'how_many_training_steps', 'architecture',
-              'output_graph']
 
 
 def logged(run_dir, pattern):
@@ -76,7 +76,7 @@ def test_learning_rate_sweep_writes_runs_table_and_plots(tmp_path,
   assert [row['bottlenecks_created'] for row in rows] == ['60', '0']
   assert logged(out / 'learning_rate=1.0', r'0 created .* 60 reused')
 
-  for path in [out / experiments.CURVES_NAME,
+  for path in [out / experiment_reports.CURVES_NAME,
                out / 'accuracy_and_time_by_learning_rate.png']:
     with Image.open(path) as image:
       image.verify()
@@ -128,6 +128,28 @@ def test_bad_sweep_value_is_one_line_error(tmp_path, capsys):
   assert not (tmp_path / 'e').exists()
 
 
+def test_an_unknown_architecture_is_refused_before_any_run(tmp_path):
+  """Checked with the flags, like every other swept value: one ERROR line
+  before anything is written, not a failed run per typo later."""
+  FLAGS.unparse_flags()
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      cli.parse_flags_or_exit([
+          'experiments.py', f'--experiments_dir={tmp_path / "e"}',
+          f'--summaries_dir={tmp_path / "s"}',
+          '--sweep', 'architecture=efficientnet_lite0,MobileNet_0.25_224,'
+          'mobilenet_0.25_244'])
+      experiments_script.main(['experiments.py'])
+  finally:
+    FLAGS.unparse_flags()
+  error = exit_info.value.code
+  assert error.startswith('ERROR: --sweep: flag '
+                          '--architecture=mobilenet_0.25_244: must be one of '
+                          'efficientnet_lite0, ')
+  assert '\n' not in error and 'inception_v3' in error
+  assert not (tmp_path / 'e').exists() and not (tmp_path / 's').exists()
+
+
 @pytest.mark.slow
 def test_images_per_class_keeps_test_set_and_counts_training_images(
     tmp_path, tf2_module):
@@ -151,7 +173,7 @@ def test_images_per_class_keeps_test_set_and_counts_training_images(
   assert few_test.count == every_test.count > 0
   assert few_test.ground_truth.tolist() == every_test.ground_truth.tolist()
 
-  report = experiments.write_report(outcomes, experiment)
+  report = experiment_reports.write_report(outcomes, experiment)
   header, _, few_row, every_row = report.markdown.splitlines()
   column = header.split(' | ').index('training images')
   assert few_row.split(' | ')[column] == '9'
@@ -171,7 +193,7 @@ def test_without_a_gpu_device_sweep_says_so_once(tmp_path, monkeypatch):
       'learning_rate=0.1,device=cpu', 'learning_rate=1,device=cpu']
   assert experiment.notes == [experiments.NO_GPU_NOTE]
   outcomes = [fake_outcome(run, 0.9) for run in experiment.runs]
-  experiments.write_report(outcomes, experiment)
+  experiment_reports.write_report(outcomes, experiment)
   page = (tmp_path / 'out' / experiment.name / 'results.md').read_text()
   assert page.count('No GPU') == 1
   with pytest.raises(PoetsError, match='sees no GPU'):
@@ -228,88 +250,6 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
   # Listed before it runs; a killed experiment stays listed as unfinished.
   assert '2 planned, not finished' in (tmp_path / 'out' /
                                        'index.md').read_text()
-
-
-def fake_outcome(run, accuracy, status='ok', message='', test_images=58):
-  """The Outcome of a run that did not need TensorFlow to make."""
-  if status != 'ok':
-    return experiments.Outcome(run, status, message, seconds=4.0)
-  correct = round(accuracy * test_images)
-  confusion = np.array([[correct, test_images - correct], [0, 0]])
-  truth = np.zeros(test_images, np.int64)
-  test = training.Evaluation(correct / test_images, test_images,
-                             np.repeat([0, 1], confusion[0]), truth, confusion)
-  result = pipeline.RunResult(
-      ['a', 'b'], bottlenecks.CacheSummary(created=100),
-      {'training': 80, 'validation': 10, 'testing': test_images},
-      training.TrainingResult(500, False, test, [(0, 0.5), (499, accuracy)]),
-      listing_seconds=0.1, bottleneck_seconds=14.2, training_seconds=0.7,
-      export_seconds=0.5)
-  return experiments.Outcome(run, 'ok', '', result, seconds=21.0)
-
-
-def _experiment(tmp_path, sweep):
-  return experiments.plan([experiments.parse_sweep(sweep, FLAG_NAMES)],
-                          lambda overrides: settings.RetrainSettings(),
-                          str(tmp_path / 'out'), str(tmp_path / 'summaries'))
-
-
-def test_two_experiments_in_a_row_keep_both_tables(tmp_path):
-  first = _experiment(tmp_path, 'learning_rate=0.01,1.0')
-  experiments.write_report(
-      [fake_outcome(run, 1.0) for run in first.runs], first)
-  second = _experiment(tmp_path, 'learning_rate=0.01,1.0')
-  experiments.write_report(
-      [fake_outcome(run, 0.5) for run in second.runs], second)
-
-  # In the same second a suffix tells them apart.
-  assert first.name != second.name
-  out = tmp_path / 'out'
-  for experiment, accuracy in ((first, '100.0%'), (second, '50.0%')):
-    folder = out / experiment.name
-    assert f'| 0.01 | ok | {accuracy}' in (folder / 'results.md').read_text()
-    assert (folder / 'results.csv').exists()
-    assert (folder / 'accuracy_and_time_by_learning_rate.png').exists()
-  index = (out / 'index.md').read_text()
-  rows = [line for line in index.splitlines() if line.startswith('| 20')]
-  assert len(rows) == 2
-  assert f'({first.name}/results.md)' in rows[0] and '2 ok' in rows[0]
-  assert f'({second.name}/results.md)' in rows[1]
-  assert '50.0%–50.0%' in rows[1]
-
-
-def test_a_failed_run_is_a_short_cell_and_a_marked_point(tmp_path):
-  experiment = _experiment(tmp_path, 'architecture=a,b,c')
-  reason = ('Image directory x|y not found. ' + 'Download it with curl. ' * 20)
-  outcomes = [fake_outcome(experiment.runs[0], 0.9),
-              fake_outcome(experiment.runs[1], None, 'failed', reason),
-              fake_outcome(experiment.runs[2], 1.0)]
-  report = experiments.write_report(outcomes, experiment)
-
-  header, _, _, failed_row, _ = report.markdown.splitlines()
-  cells = [cell.strip() for cell in re.split(r'(?<!\\)\|', failed_row)]
-  assert len(cells) == header.count('|') + 1  # Still one row of the table.
-  assert cells[2].startswith(r'failed: Image directory x\|y not found.')
-  assert len(cells[2]) <= len('failed: ') + experiments.REASON_LENGTH + 1
-  with open(os.path.join(experiment.dir, 'results.csv')) as f:
-    assert list(csv.DictReader(f))[1]['message'] == reason
-
-  figure = experiments.by_key_figure(outcomes, ['architecture'],
-                                     'architecture')
-  accuracy_axes, time_axes = figure.axes
-  for axes in (accuracy_axes, time_axes):
-    assert [text.get_text() for text in axes.texts].count('failed') == 1
-  # A run at 100% and its interval are inside the axes, not on the edge.
-  assert accuracy_axes.get_ylim()[1] > 100
-  # Time is the whole run, split: the bars stack up to each run's seconds.
-  assert '21.0 s' in [text.get_text() for text in time_axes.texts]
-
-
-def test_wilson_interval_matches_the_textbook():
-  low, high = experiments.wilson_interval(9, 10)
-  assert (round(low, 3), round(high, 3)) == (0.596, 0.982)
-  low, high = experiments.wilson_interval(58, 58)
-  assert high == pytest.approx(1.0) and 0.93 < low < 0.94
 
 
 @pytest.mark.parametrize('text, message', [

@@ -1,4 +1,4 @@
-"""Tests for poets/export.py: frozen graph, labels, SavedModel."""
+"""Tests for poets/export.py: frozen graph, labels, SavedModel, ImageNet."""
 
 import os
 
@@ -10,6 +10,7 @@ from conftest import TINY_SIZE
 from poets import bottlenecks
 from poets import export
 from poets import images
+from poets import labeling
 from poets import modules
 from poets import pipeline
 from poets import training
@@ -306,3 +307,19 @@ def test_default_network_graph_event_is_small_and_shows_its_layers(tmp_path,
             if n.name.startswith('efficientnet_lite0/')}
   # EfficientNet-Lite0: a stem, 16 MBConv blocks, a head.
   assert {'stem', 'head'} | {f'block{i}' for i in range(16)} <= layers
+
+
+def test_imagenet_graph_labels_a_photo_before_any_retraining(tmp_path,
+                                                             lite0_dir):
+  data = pytest.importorskip('skimage.data')
+  photo = tmp_path / 'chelsea.jpg'
+  photo.write_bytes(tf.io.encode_jpeg(data.chelsea(), quality=95).numpy())
+  graph, labels = str(tmp_path / 'imagenet.pb'), str(tmp_path / 'labels.txt')
+  export.export_imagenet_graph(graph, labels,
+                               model_dir=os.path.dirname(lite0_dir))
+  assert labeling.list_layers(graph).startswith(
+      'Inputs (--input_layer):\n  Placeholder float32 [?,224,224,3]\n')
+  run = labeling.label_images(labeling.LabelConfig(
+      graph=graph, labels=labels, images=[str(photo)]))
+  assert run.results[0].predictions[0].label in (
+      'Egyptian cat', 'tabby', 'tiger cat')

@@ -193,6 +193,7 @@ def test_every_flag_reaches_the_setting_of_its_name():
     ('--image_dir=', '--image_dir='),
     ('--how_many_training_steps=many', '--how_many_training_steps=many'),
     ('--tflite_quantization=float16', '--tflite_quantization=float16'),
+    ('--architecture=mobilenet_2.0_224', '--architecture=mobilenet_2.0_224'),
 ])
 def test_a_bad_value_is_one_line_naming_flag_and_value(capsys, arg, named):
   line = refused(capsys, arg)

@@ -1,4 +1,5 @@
-"""label_image.py and poets.labeling: right scores, right flags, clear errors.
+"""label_image.py, poets.labeling and poets.label_output: right scores,
+right flags, clear errors.
 
 One tiny retrained graph is made once per module by the real pipeline; the
 codelab's MobileNet (`input`) and Inception (`Mul`) naming is mimicked by
@@ -20,7 +21,9 @@ import tensorflow as tf
 from conftest import ODD_FILE_NAMES, make_image_dir
 from conftest import make_tf2_module
 from poets import bottlenecks
+from poets import frozen_graphs
 from poets import images
+from poets import label_output
 from poets import labeling
 from poets import modules
 from poets import pipeline
@@ -186,8 +189,8 @@ def test_mul_graph_agrees_with_its_own_decoding(retrained, codelab_graphs):
       graph=codelab_graphs['Mul'], labels=codelab_graphs['labels'],
       images=[path], input_layer='import/Mul:0', input_mean=128,
       input_std=128))
-  graph = labeling.import_graph(
-      labeling.load_graph_def(codelab_graphs['Mul']), codelab_graphs['Mul'])
+  mul = codelab_graphs['Mul']
+  graph = frozen_graphs.import_graph(frozen_graphs.load_graph_def(mul), mul)
   with tf.compat.v1.Session(graph=graph) as session, open(path, 'rb') as f:
     own = session.run('import/final_result:0',
                       {f'import/{codelab_graphs["contents"]}': f.read()})[0]
@@ -229,9 +232,9 @@ def test_a_folder_is_labelled_in_batches(retrained):
   for result in run.results:
     assert result.predictions[0].label in result.image
     assert len(result.predictions) == 2
-  rows = labeling.format_csv(run).splitlines()
+  rows = label_output.format_csv(run).splitlines()
   assert rows[0] == 'image,rank,label,score' and len(rows) == 1 + 60 * 2
-  text = labeling.format_text(run)
+  text = label_output.format_text(run)
   assert text.startswith('Evaluation time (60 images in 4 batches): ')
 
 
@@ -247,7 +250,7 @@ def test_a_bad_image_does_not_stop_the_batch(retrained, tmp_path):
       f'{broken}: cannot decode it as an image (')
   assert run.results[2].error == (
       f'{tmp_path}: is a folder; pass it with --image_dir.')
-  (item, failed, _, _) = json.loads(labeling.format_json(run))
+  (item, failed, _, _) = json.loads(label_output.format_json(run))
   assert item['image'] == paths[0] and 'error' not in item
   assert item['predictions'][0]['label'] == 'red'
   assert failed == {'image': str(broken), 'predictions': [],
@@ -335,22 +338,6 @@ def test_script_labels_the_others_then_fails_for_a_missing_image(retrained):
   assert [item['image'] for item in items] == [red, missing, green]
   assert [p['label'] for item in items for p in item['predictions']] == [
       'red', 'green']
-
-
-def test_imagenet_graph_labels_a_photo_before_any_retraining(tmp_path,
-                                                             lite0_dir):
-  data = pytest.importorskip('skimage.data')
-  photo = tmp_path / 'chelsea.jpg'
-  photo.write_bytes(tf.io.encode_jpeg(data.chelsea(), quality=95).numpy())
-  graph, labels = str(tmp_path / 'imagenet.pb'), str(tmp_path / 'labels.txt')
-  labeling.export_imagenet_graph(graph, labels,
-                                 model_dir=os.path.dirname(lite0_dir))
-  assert labeling.list_layers(graph).startswith(
-      'Inputs (--input_layer):\n  Placeholder float32 [?,224,224,3]\n')
-  run = labeling.label_images(labeling.LabelConfig(
-      graph=graph, labels=labels, images=[str(photo)]))
-  assert run.results[0].predictions[0].label in (
-      'Egyptian cat', 'tabby', 'tiger cat')
 
 
 @pytest.mark.slow

@@ -135,3 +135,19 @@ def test_readme_commands_run_on_a_fresh_copy_offline(tmp_path):
   assert 'python retrain.py' in ran
   assert any(c.startswith('python label_image.py') for c in ran)
   assert (tmp_path / 'repo' / 'tf_files' / 'retrained_graph.pb').exists()
+
+
+def test_project_layout_names_every_file_and_only_files_that_exist():
+  """The README's "Project layout" table is a reader's map: every script and
+  package module has its row, and every row names something that is there."""
+  with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+    readme = f.read()
+  table = readme.split('## Project layout', 1)[1].split('\n## ', 1)[0]
+  listed = set(re.findall(r'^\| `([^`]+)`', table, re.MULTILINE))
+  listed |= set(re.findall(r'^\| `[^`]+`, `([^`]+)`', table, re.MULTILINE))
+  assert all(os.path.exists(os.path.join(ROOT, path)) for path in listed), (
+      sorted(p for p in listed if not os.path.exists(os.path.join(ROOT, p))))
+  files = {name for name in os.listdir(ROOT) if name.endswith('.py')}
+  files |= {f'poets/{name}' for name in os.listdir(os.path.join(ROOT, 'poets'))
+            if name.endswith(('.py', '.txt'))}
+  assert files <= listed, sorted(files - listed)

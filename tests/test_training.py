@@ -142,8 +142,7 @@ def test_sampling_is_uniform_over_classes_and_seeded():
       tf.compat.v1.set_random_seed(seed)
       batches = training._CachedBatches(split, 3, 3000, seed)
     with tf.compat.v1.Session(graph=graph) as session:
-      batches.initialize(session)
-      return session.run(batches.ground_truth)
+      return session.run(batches.ground_truth, batches.feed)
 
   truth = draw(5)
   counts = np.bincount(truth, minlength=3) / len(truth)
@@ -242,3 +241,21 @@ def test_intermediate_graphs_at_every_multiple_of_the_frequency(
   training.train(config, splits, ['a', 'b'], None,
                  lambda step, *_: saved.append(step))
   assert saved == expected
+
+
+def test_training_bottlenecks_are_fed_without_a_copy():
+  # A copy of all of them would double their memory at 100,000 photos.
+  rng = np.random.default_rng(0)
+  split = _split(rng, 50, 2)
+  aligned = bottlenecks.feedable_empty(split.bottlenecks.shape)
+  aligned[...] = split.bottlenecks
+  assert aligned.ctypes.data % bottlenecks.FEED_ALIGNMENT == 0
+  with tf.Graph().as_default():
+    [fed] = training._CachedBatches(
+        bottlenecks.SplitBottlenecks(aligned, split.ground_truth,
+                                     split.filenames), 2, 10, 0).feed.values()
+    assert fed is aligned
+    # Any other array is copied once, aligned, rather than at every step.
+    [fed] = training._CachedBatches(split, 2, 10, 0).feed.values()
+    assert fed.ctypes.data % bottlenecks.FEED_ALIGNMENT == 0
+    np.testing.assert_array_equal(fed, split.bottlenecks)

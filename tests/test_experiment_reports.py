@@ -1,0 +1,101 @@
+"""Tests for poets/experiment_reports.py: the table, CSV, plots and index."""
+
+import csv
+import os
+import re
+
+import numpy as np
+import pytest
+
+from poets import bottlenecks
+from poets import experiment_reports
+from poets import experiments
+from poets import pipeline
+from poets import settings
+from poets import training
+
+FLAG_NAMES = ['learning_rate', 'how_many_training_steps', 'architecture',
+              'output_graph']
+
+
+def fake_outcome(run, accuracy, status='ok', message='', test_images=58):
+  """The Outcome of a run that did not need TensorFlow to make."""
+  if status != 'ok':
+    return experiments.Outcome(run, status, message, seconds=4.0)
+  correct = round(accuracy * test_images)
+  confusion = np.array([[correct, test_images - correct], [0, 0]])
+  truth = np.zeros(test_images, np.int64)
+  test = training.Evaluation(correct / test_images, test_images,
+                             np.repeat([0, 1], confusion[0]), truth, confusion)
+  result = pipeline.RunResult(
+      ['a', 'b'], bottlenecks.CacheSummary(created=100),
+      {'training': 80, 'validation': 10, 'testing': test_images},
+      training.TrainingResult(500, False, test, [(0, 0.5), (499, accuracy)]),
+      listing_seconds=0.1, bottleneck_seconds=14.2, training_seconds=0.7,
+      export_seconds=0.5)
+  return experiments.Outcome(run, 'ok', '', result, seconds=21.0)
+
+
+def _experiment(tmp_path, sweep):
+  return experiments.plan([experiments.parse_sweep(sweep, FLAG_NAMES)],
+                          lambda overrides: settings.RetrainSettings(),
+                          str(tmp_path / 'out'), str(tmp_path / 'summaries'))
+
+
+def test_two_experiments_in_a_row_keep_both_tables(tmp_path):
+  first = _experiment(tmp_path, 'learning_rate=0.01,1.0')
+  experiment_reports.write_report(
+      [fake_outcome(run, 1.0) for run in first.runs], first)
+  second = _experiment(tmp_path, 'learning_rate=0.01,1.0')
+  experiment_reports.write_report(
+      [fake_outcome(run, 0.5) for run in second.runs], second)
+
+  # In the same second a suffix tells them apart.
+  assert first.name != second.name
+  out = tmp_path / 'out'
+  for experiment, accuracy in ((first, '100.0%'), (second, '50.0%')):
+    folder = out / experiment.name
+    assert f'| 0.01 | ok | {accuracy}' in (folder / 'results.md').read_text()
+    assert (folder / 'results.csv').exists()
+    assert (folder / 'accuracy_and_time_by_learning_rate.png').exists()
+  index = (out / 'index.md').read_text()
+  rows = [line for line in index.splitlines() if line.startswith('| 20')]
+  assert len(rows) == 2
+  assert f'({first.name}/results.md)' in rows[0] and '2 ok' in rows[0]
+  assert f'({second.name}/results.md)' in rows[1]
+  assert '50.0%–50.0%' in rows[1]
+
+
+def test_a_failed_run_is_a_short_cell_and_a_marked_point(tmp_path):
+  experiment = _experiment(tmp_path, 'architecture=a,b,c')
+  reason = ('Image directory x|y not found. ' + 'Download it with curl. ' * 20)
+  outcomes = [fake_outcome(experiment.runs[0], 0.9),
+              fake_outcome(experiment.runs[1], None, 'failed', reason),
+              fake_outcome(experiment.runs[2], 1.0)]
+  report = experiment_reports.write_report(outcomes, experiment)
+
+  header, _, _, failed_row, _ = report.markdown.splitlines()
+  cells = [cell.strip() for cell in re.split(r'(?<!\\)\|', failed_row)]
+  assert len(cells) == header.count('|') + 1  # Still one row of the table.
+  assert cells[2].startswith(r'failed: Image directory x\|y not found.')
+  assert len(cells[2]) <= (len('failed: ') + experiment_reports.REASON_LENGTH
+                            + 1)
+  with open(os.path.join(experiment.dir, 'results.csv')) as f:
+    assert list(csv.DictReader(f))[1]['message'] == reason
+
+  figure = experiment_reports.by_key_figure(outcomes, ['architecture'],
+                                     'architecture')
+  accuracy_axes, time_axes = figure.axes
+  for axes in (accuracy_axes, time_axes):
+    assert [text.get_text() for text in axes.texts].count('failed') == 1
+  # A run at 100% and its interval are inside the axes, not on the edge.
+  assert accuracy_axes.get_ylim()[1] > 100
+  # Time is the whole run, split: the bars stack up to each run's seconds.
+  assert '21.0 s' in [text.get_text() for text in time_axes.texts]
+
+
+def test_wilson_interval_matches_the_textbook():
+  low, high = experiment_reports.wilson_interval(9, 10)
+  assert (round(low, 3), round(high, 3)) == (0.596, 0.982)
+  low, high = experiment_reports.wilson_interval(58, 58)
+  assert high == pytest.approx(1.0) and 0.93 < low < 0.94
