@@ -6,15 +6,19 @@ bottleneck is a fixed projection of each image's mean and spread of R, G and
 B, so solid-colour classes are separable and training can be checked.
 """
 
+import collections
+import contextlib
 import functools
 import http.server
 import io
 import os
+import subprocess
 import threading
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import logging  # noqa: E402
+import logging as std_logging  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 import pytest  # noqa: E402
@@ -120,11 +124,78 @@ def make_image_dir(root, per_class=20, colours=None, fmt='JPEG',
   return str(root)
 
 
+# Processes started, by the test that started them: the suite's cost is
+# mostly TensorFlow start-ups, so the summary names how many tests pay one.
+_processes_by_test = collections.Counter()
+_current_test = None
+_popen_init = subprocess.Popen.__init__
+_fork = os.fork
+
+
+def _counted_popen_init(self, *args, **kwargs):
+  _processes_by_test[_current_test] += 1
+  _popen_init(self, *args, **kwargs)
+
+
+def _counted_fork():
+  pid = _fork()
+  if pid:
+    _processes_by_test[_current_test] += 1
+  return pid
+
+
+subprocess.Popen.__init__ = _counted_popen_init
+os.fork = _counted_fork
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item):
+  global _current_test
+  _current_test = item.nodeid
+  yield
+  _current_test = None
+
+
+def pytest_terminal_summary(terminalreporter):
+  tests = [name for name in _processes_by_test if name]
+  terminalreporter.write_line(
+      f'{len(tests)} tests started '
+      f'{sum(_processes_by_test[name] for name in tests)} '
+      f'processes, {_processes_by_test[None]} started outside any test '
+      '(POETS_LIST_PROCESSES=1 lists them)')
+  if os.environ.get('POETS_LIST_PROCESSES'):
+    for name, count in _processes_by_test.most_common():
+      terminalreporter.write_line(f'  {count:3d}  {name}')
+
+
 @pytest.fixture(autouse=True)
 def info_logging():
   """INFO lines on for every test: tests that parse flags in-process reset
   absl's --verbosity flag, and with it the log level, to WARNING."""
   logging.set_verbosity(logging.INFO)
+
+
+class _CtrlCAfter(std_logging.Handler):
+
+  def __init__(self, text):
+    super().__init__()
+    self.text = text
+
+  def emit(self, record):
+    if self.text in record.getMessage():
+      raise KeyboardInterrupt  # What Python's SIGINT handler raises.
+
+
+@contextlib.contextmanager
+def ctrl_c_when_logged(text):
+  """Ctrl-C as a user presses it: as soon as a log line holding `text` is
+  written (the line is not shown), wherever the code then is."""
+  handler = _CtrlCAfter(text)
+  std_logging.getLogger().addHandler(handler)
+  try:
+    yield
+  finally:
+    std_logging.getLogger().removeHandler(handler)
 
 
 @pytest.fixture(scope='session')
@@ -135,6 +206,15 @@ def tf2_module(tmp_path_factory):
 @pytest.fixture(scope='session')
 def tf1_hub_module(tmp_path_factory):
   return make_tf1_hub_module(tmp_path_factory.mktemp('modules') / 'tiny_tf1')
+
+
+@pytest.fixture(scope='session')
+def lite0_dir(tmp_path_factory):
+  """The default network, built once (seconds) into a model_dir of its own
+  for the tests that only read it; building it is tested on its own."""
+  from poets import efficientnet_lite
+  model_dir = tmp_path_factory.mktemp('models')
+  return efficientnet_lite.ensure_module('efficientnet_lite0', str(model_dir))
 
 
 @pytest.fixture

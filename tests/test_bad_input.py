@@ -20,14 +20,13 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from conftest import (CLASS_COLOURS, ODD_FILE_NAMES, encode, make_image_dir,
-                      solid_image)
+from conftest import (CLASS_COLOURS, ODD_FILE_NAMES, ctrl_c_when_logged,
+                      encode, make_image_dir, solid_image)
 from poets import bottlenecks
 from poets import images
 from poets import modules
 from poets import pipeline
 from poets import settings
-from poets import training
 from poets.errors import PoetsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,19 +109,6 @@ def test_messy_folder_trains_and_skips_only_what_cannot_be_decoded(
   assert result.training.test.accuracy >= 0.8
 
 
-@pytest.mark.slow
-def test_script_exits_zero_when_training_happened(tmp_path, tf2_module):
-  make_image_dir(tmp_path / 'photos', per_class=10)
-  (tmp_path / 'photos' / 'red' / 'broken.jpg').write_bytes(b'\xff\xd8junk')
-  process = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'retrain.py'), '--image_dir',
-       'photos', '--tfhub_module', tf2_module, '--how_many_training_steps',
-       '20'], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-  assert process.returncode == 0, process.stderr
-  assert 'Skipping photos/red/broken.jpg' in process.stderr
-  assert 'Traceback' not in process.stderr
-
-
 def test_fewer_than_two_usable_classes_stops_with_one_line(tmp_path,
                                                            tf2_module):
   make_image_dir(tmp_path / 'photos', colours={'red': (200, 0, 0)})
@@ -187,20 +173,6 @@ def test_output_problems_stop_before_any_work(tmp_path, tf2_module, change,
     assert (path / 'notes.txt').read_text() == 'precious'
 
 
-def _interrupt_at_step_0(monkeypatch):
-  """As if Ctrl-C came during the first step: its log line raises."""
-  real_now = training._now
-  calls = []
-
-  def interrupting_now():
-    calls.append(1)
-    if len(calls) == 1:
-      raise KeyboardInterrupt
-    return real_now()
-
-  monkeypatch.setattr(training, '_now', interrupting_now)
-
-
 def _contents(path):
   """Every file under `path` (or the file itself) by relative name."""
   if os.path.isfile(path):
@@ -215,7 +187,7 @@ def _contents(path):
 
 
 def test_an_interrupted_run_never_replaces_a_finished_graph(
-    tmp_path, tf2_module, monkeypatch, caplog):
+    tmp_path, tf2_module, caplog):
   make_image_dir(tmp_path / 'photos', per_class=10)
   config = _config(tmp_path, tmp_path / 'photos', tf2_module,
                    saved_model_dir=str(tmp_path / 'out' / 'sm'))
@@ -226,8 +198,7 @@ def test_an_interrupted_run_never_replaces_a_finished_graph(
             str(tmp_path / 'out' / 'labels.interrupted.txt'),
             str(tmp_path / 'out' / 'sm.interrupted'),
             str(tmp_path / 'checkpoint' / 'x.interrupted.index')]
-  with monkeypatch.context() as patch:
-    _interrupt_at_step_0(patch)
+  with ctrl_c_when_logged('Step 0: Train accuracy'):
     first = pipeline.run(config)
   # Even with no finished graph yet, an interrupted one goes beside.
   assert first.training.interrupted
@@ -238,8 +209,7 @@ def test_an_interrupted_run_never_replaces_a_finished_graph(
   pipeline.run(config)
   good = {path: _contents(path) for path in finished}
   caplog.clear()
-  with monkeypatch.context() as patch:
-    _interrupt_at_step_0(patch)
+  with ctrl_c_when_logged('Step 0: Train accuracy'):
     pipeline.run(config)
   assert {path: _contents(path) for path in finished} == good
   assert all(os.path.exists(path) for path in beside)

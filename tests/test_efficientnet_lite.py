@@ -31,12 +31,6 @@ def _photos(size):
   return tf.stack(images).numpy().astype(np.float32)
 
 
-@pytest.fixture(scope='session')
-def lite0_dir(tmp_path_factory):
-  model_dir = tmp_path_factory.mktemp('models')
-  return efficientnet_lite.ensure_module(LITE0, str(model_dir))
-
-
 @pytest.fixture(scope='module')
 def lite0(lite0_dir):
   return hub.load(lite0_dir)

@@ -16,14 +16,14 @@ FLOWERS = os.path.join(ROOT, '..', 'shared', 'data', 'flower_photos_sample')
 
 
 @pytest.mark.slow
-def test_default_module_retrains_and_exports(tmp_path):
+def test_default_module_retrains_and_exports(tmp_path, lite0_dir):
   config = settings.RetrainSettings(
       image_dir=make_image_dir(tmp_path / 'photos', per_class=20),
       testing_percentage=25, validation_percentage=10,
       output_graph=str(tmp_path / 'g.pb'),
       output_labels=str(tmp_path / 'labels.txt'),
       bottleneck_dir=str(tmp_path / 'bottlenecks'),
-      model_dir=str(tmp_path / 'models'),
+      model_dir=os.path.dirname(lite0_dir),  # Built on first use: README.
       how_many_training_steps=200, eval_step_interval=100,
       summaries_dir=str(tmp_path / 's'),
       checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=0)
@@ -45,7 +45,9 @@ def test_flower_sample_offline_with_no_module_flags(tmp_path):
        os.path.abspath(FLOWERS), '--random_seed', '0'],
       cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert process.returncode == 0, process.stderr[-3000:]
-  accuracy = float(re.search(r'Final test accuracy = ([\d.]+)%',
-                             process.stderr).group(1))
-  assert accuracy >= 85
+  printed = re.findall(r'^INFO: Final test accuracy = ([\d.]+)% \(N=(\d+)\)$',
+                       process.stderr, re.M)
+  assert len(printed) == 1, process.stderr[-3000:]
+  (accuracy, count), = printed
+  assert float(accuracy) >= 85 and int(count) >= 50  # 10% of 600 photos.
   assert (tmp_path / 'tf_files' / 'retrained_graph.pb').exists()

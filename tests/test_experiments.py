@@ -105,18 +105,27 @@ def test_everything_the_child_prints_goes_to_its_log(tmp_path, monkeypatch,
   assert str(tmp_path / 'run' / experiments.LOG_NAME) in terminal.out
 
 
-def test_bad_sweep_value_is_one_line_error(tmp_path):
-  process = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'experiments.py'),
-       f'--experiments_dir={tmp_path / "e"}',
-       f'--summaries_dir={tmp_path / "s"}',
-       '--sweep', 'train_batch_size=10,0.5'],
-      capture_output=True, text=True, timeout=120)
-  assert process.returncode != 0
-  output = process.stdout + process.stderr
-  assert 'Traceback' not in output
-  errors = [line for line in output.splitlines() if line.startswith('ERROR')]
-  assert len(errors) == 1 and 'train_batch_size=0.5' in errors[0]
+def test_bad_sweep_value_is_one_line_error(tmp_path, capsys):
+  """experiments.py's own main, in-process: its flags parsed as on the
+  command line, the error it exits with, no run started."""
+  from absl import flags
+  from poets import cli
+  import experiments as experiments_script
+  flags.FLAGS.unparse_flags()
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      cli.parse_flags_or_exit([
+          'experiments.py', f'--experiments_dir={tmp_path / "e"}',
+          f'--summaries_dir={tmp_path / "s"}',
+          '--sweep', 'train_batch_size=10,0.5'])
+      experiments_script.main(['experiments.py'])
+  finally:
+    flags.FLAGS.unparse_flags()
+  error = exit_info.value.code
+  assert isinstance(error, str) and error.startswith('ERROR: ')
+  assert '\n' not in error and 'train_batch_size=0.5' in error
+  assert capsys.readouterr().out == ''
+  assert not (tmp_path / 'e').exists()
 
 
 def test_an_unknown_architecture_is_refused_before_any_run(tmp_path):

@@ -292,8 +292,10 @@ def test_tensorboard_graph_is_one_module_scope_without_weights(retrained):
 
 
 @pytest.mark.slow
-def test_default_network_graph_event_is_small_and_shows_its_layers(tmp_path):
-  spec = modules.resolve_module('efficientnet_lite0', '', str(tmp_path))
+def test_default_network_graph_event_is_small_and_shows_its_layers(tmp_path,
+                                                                    lite0_dir):
+  spec = modules.resolve_module('efficientnet_lite0', '',
+                                os.path.dirname(lite0_dir))
   frozen = _frozen_with_module(spec)
   export.write_graph_summary(frozen, str(tmp_path / 'summaries'), spec.name)
   (event,) = (tmp_path / 'summaries' / 'retrained_graph').iterdir()
@@ -307,13 +309,14 @@ def test_default_network_graph_event_is_small_and_shows_its_layers(tmp_path):
   assert {'stem', 'head'} | {f'block{i}' for i in range(16)} <= layers
 
 
-def test_imagenet_graph_labels_a_photo_before_any_retraining(tmp_path):
+def test_imagenet_graph_labels_a_photo_before_any_retraining(tmp_path,
+                                                             lite0_dir):
   data = pytest.importorskip('skimage.data')
   photo = tmp_path / 'chelsea.jpg'
   photo.write_bytes(tf.io.encode_jpeg(data.chelsea(), quality=95).numpy())
   graph, labels = str(tmp_path / 'imagenet.pb'), str(tmp_path / 'labels.txt')
   export.export_imagenet_graph(graph, labels,
-                               model_dir=str(tmp_path / 'models'))
+                               model_dir=os.path.dirname(lite0_dir))
   assert labeling.list_layers(graph).startswith(
       'Inputs (--input_layer):\n  Placeholder float32 [?,224,224,3]\n')
   run = labeling.label_images(labeling.LabelConfig(

@@ -124,6 +124,11 @@ def test_readme_commands_run_on_a_fresh_copy_offline(tmp_path):
         f'README command failed: {command}\n{done.stderr[-3000:]}')
     assert not [line for line in done.stderr.splitlines()
                 if startup.is_start_up_line(line)], command
+    if any(script in command for script in TRAINING_SCRIPTS):
+      # The real default module trained: a run that printed no accuracy
+      # did not do what the README promises.
+      assert re.search(r'^INFO: Final test accuracy = [\d.]+% \(N=\d+\)$',
+                       done.stderr, re.M), (command, done.stderr[-3000:])
     ran.append(without_comment(command))
   # The run command of "Install, test, run", and the codelab's retrain and
   # label_image steps.

@@ -25,29 +25,24 @@ def retrain(*args, cwd=None):
   return process.returncode, process.stdout + process.stderr
 
 
-def test_help_documents_the_flags():
-  _, output = retrain('--help')
-  assert 'Retrains the last layer' in output
-  for flag in ('--image_dir', '--how_many_training_steps', '--tfhub_module',
-               '--architecture', '--random_crop', '--saved_model_dir',
-               '--random_seed', '--input_height', '--output_tflite',
-               '--tflite_quantization'):
-    assert flag in output
-
-
 def test_codelab_flow_both_flag_spellings_and_outputs(tmp_path, tf2_module):
   make_image_dir(tmp_path / 'tf_files' / 'flower_photos')
+  broken = tmp_path / 'tf_files' / 'flower_photos' / 'red' / 'broken.jpg'
+  broken.write_bytes(b'\xff\xd8junk')
   code, output = retrain(
       '--how_many_training_steps', '50', '--eval_step_interval=25',
       f'--tfhub_module={tf2_module}', '--random_seed', '3', cwd=tmp_path)
+  # A photo that cannot be decoded is skipped, and the run still succeeds.
   assert code == 0, output
+  assert 'Skipping tf_files/flower_photos/red/broken.jpg' in output
   # As the original's log read: one timestamp, no absl prefix.
   assert re.search(r'^INFO: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: Step 49: '
                    r'Train accuracy = [\d.]+%$', output, re.M), output
   assert not re.search(r'^[IWEF]\d{4} ', output, re.M)
   # Off a terminal the progress bar is plain lines, not carriage returns.
   assert '\r' not in output
-  assert 'INFO: Bottlenecks: 60/60 img (100%) in ' in output
+  assert 'INFO: Bottlenecks: 61/61 img (100%) in ' in output
+  assert ', 0 reused, 1 failed' in output
   assert re.search(r'Final test accuracy = [\d.]+% \(N=\d+\)', output)
   assert 'Traceback' not in output
   files = tmp_path / 'tf_files'

@@ -55,9 +55,23 @@ def test_module_spelling_retrains_and_labels_exactly_as_the_scripts(
   assert '"red"' in script.stdout and module.stdout == script.stdout
 
 
+@pytest.mark.parametrize('name', ['retrain', 'label_image', 'experiments'])
+def test_each_module_spelling_runs_the_script_of_its_name(name, monkeypatch):
+  """In-process: `python -m scripts.<name>` hands over to <name>.py."""
+  import runpy
+  import scripts
+  ran = []
+  monkeypatch.setattr(scripts, 'run_script', ran.append)
+  runpy.run_module(f'scripts.{name}', run_name='__main__')
+  assert ran == [f'{name}.py']
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name, flags', [
-    ('retrain', ['--how_many_training_steps', '--architecture']),
+    ('retrain', ['--image_dir', '--how_many_training_steps', '--tfhub_module',
+                 '--architecture', '--random_crop', '--saved_model_dir',
+                 '--random_seed', '--input_height', '--output_tflite',
+                 '--tflite_quantization']),
     ('label_image', ['--graph', '--input_layer', '--output_format']),
     ('experiments', ['--sweep', '--learning_rate', '--tfhub_module'])])
 def test_module_spelling_shows_the_scripts_manual_and_flags(name, flags):

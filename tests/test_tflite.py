@@ -264,23 +264,6 @@ def _script(name, *args):
                         check=False)
 
 
-def test_label_image_with_a_truncated_tflite_is_one_line(exported, tmp_path):
-  config = exported['none']
-  truncated = tmp_path / 'model.tflite'
-  with open(config.output_tflite, 'rb') as f:
-    truncated.write_bytes(f.read()[:1000])
-  done = _script('label_image.py', f'--graph={truncated}',
-                 f'--labels={config.output_labels}',
-                 f'--image={_photos(config)[0]}')
-  assert done.returncode == 1 and done.stdout == ''
-  assert 'Traceback' not in done.stderr
-  assert done.stderr.splitlines()[-1] == (
-      f'ERROR: --graph {truncated} is a damaged TensorFlow Lite model (The '
-      'model is not a valid Flatbuffer buffer); convert the graph again '
-      '(retrain.py --output_tflite, or tflite_convert.py) and pass the new '
-      'file as --graph.')
-
-
 @pytest.mark.slow
 def test_scripts_convert_then_label_without_noise(exported, tmp_path):
   """The README's commands: tflite_convert.py on retrain's graph, then

@@ -114,6 +114,23 @@ def test_a_validation_set_no_larger_than_the_batch_is_used_whole(
   assert said == (1 if batch_size >= 7 else 0)
 
 
+def test_each_batch_size_sets_its_own_count(tmp_path, caplog):
+  """--validation_batch_size sizes each evaluation, --test_batch_size the
+  final test: the N a user reads on each line."""
+  rng = np.random.default_rng(0)
+  splits = {'training': _split(rng, 40, 2), 'validation': _split(rng, 9, 2),
+            'testing': _split(rng, 8, 2)}
+  config = settings.RetrainSettings(
+      how_many_training_steps=11, validation_batch_size=5, test_batch_size=3,
+      summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1)
+  training.train(config, splits, ['a', 'b'])
+  assert re.findall(r'Validation accuracy = [\d.]+% \(N=(\d+)\)',
+                    caplog.text) == ['5', '5']
+  assert re.findall(r'Final test accuracy = [\d.]+% \(N=(\d+)\)',
+                    caplog.text) == ['3']
+
+
 def test_sampling_is_uniform_over_classes_and_seeded():
   rng = np.random.default_rng(0)
   split = _split(rng, 200, 3)
@@ -133,29 +150,29 @@ def test_sampling_is_uniform_over_classes_and_seeded():
   np.testing.assert_array_equal(truth, draw(5))
 
 
-def test_ctrl_c_stops_cleanly_and_saves(tmp_path, monkeypatch, caplog):
+def test_ctrl_c_stops_cleanly_and_saves(tmp_path, caplog):
+  from conftest import ctrl_c_when_logged
   rng = np.random.default_rng(0)
   splits = {name: _split(rng, 30, 2) for name in ('training', 'validation',
                                                    'testing')}
-  calls = []
-  real_run = tf.compat.v1.Session.run
-
-  def interrupting_run(self, *args, **kwargs):
-    calls.append(1)
-    if len(calls) == 40:
-      raise KeyboardInterrupt
-    return real_run(self, *args, **kwargs)
-
-  monkeypatch.setattr(tf.compat.v1.Session, 'run', interrupting_run)
   config = settings.RetrainSettings(
       how_many_training_steps=1000, summaries_dir=str(tmp_path / 's'),
       checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1)
-  result = training.train(config, splits, ['a', 'b'])
-  assert result.interrupted and 0 < result.steps_done < 1000
-  assert 'Interrupted at step' in caplog.text
-  # Beside where a finished run's checkpoint goes, never over it.
-  assert os.path.exists(str(tmp_path / 'c' / 'x.interrupted.index'))
+  with ctrl_c_when_logged('Step 20: Validation accuracy'):
+    result = training.train(config, splits, ['a', 'b'])
+  assert result.interrupted and result.steps_done == 20
+  assert 'Interrupted at step 20 of 1000' in caplog.text
+  assert 'Final test accuracy' not in caplog.text
+  # Beside where a finished run's checkpoint goes, never over it, holding
+  # the layer as trained so far (what export then uses).
+  saved = tf.train.load_checkpoint(str(tmp_path / 'c' / 'x.interrupted'))
   assert not os.path.exists(str(tmp_path / 'c' / 'x.index'))
+  assert result.layer
+  for name, value in result.layer.items():
+    np.testing.assert_array_equal(saved.get_tensor(name), value)
+  # Trained, not the initial weights (truncated normal, stddev 0.001).
+  assert np.abs(result.layer['final_retrain_ops/weights/final_weights']
+                ).max() > 0.01
 
 
 @pytest.mark.parametrize('flip', [True, False])
