@@ -401,7 +401,10 @@ def _run_child(run, job_path, verbosity, stop):
   with open(job_path + '.result', 'rb') as f:
     status, payload = pickle.load(f)
   if status != 'ok':
-    return Outcome(run, status, payload, seconds=seconds, warnings=warnings)
+    # A run stopped on request is interrupted, whatever the stop broke in
+    # it (a second Ctrl-C can land mid-export); the detail keeps what.
+    return Outcome(run, 'interrupted' if interrupted else status, payload,
+                   seconds=seconds, warnings=warnings)
   if interrupted or payload.training.interrupted:
     return Outcome(run, 'interrupted', 'stopped on request', payload,
                    seconds, warnings)

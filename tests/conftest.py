@@ -18,6 +18,7 @@ import threading
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import logging  # noqa: E402
+import hypothesis  # noqa: E402
 import logging as std_logging  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -26,6 +27,12 @@ import tensorflow as tf  # noqa: E402
 
 # As retrain.py runs: INFO lines are part of what users see.
 logging.set_verbosity(logging.INFO)
+
+# Property tests draw the same examples on every run and machine, so a
+# failure repeats and the suite's time does not swing with the draw.
+hypothesis.settings.register_profile('repeatable', derandomize=True,
+                                     database=None)
+hypothesis.settings.load_profile('repeatable')
 
 TINY_SIZE = 32
 TINY_BOTTLENECK = 8

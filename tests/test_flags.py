@@ -311,7 +311,8 @@ def test_any_value_is_accepted_and_sane_or_refused_in_one_line(values):
     'testing_percentage': st.floats(-5, 105),
     'validation_percentage': st.floats(-5, 105),
     'eval_step_interval': st.integers(-1, 2**40),
-    'train_batch_size': st.integers(-2, 5000),
+    # Distorted batches decode every image of every step: kept small.
+    'train_batch_size': st.integers(-2, 300),
     'test_batch_size': st.integers(-3, 5000),
     'validation_batch_size': st.integers(-3, 5000),
     'intermediate_store_frequency': st.integers(-2, 30),
@@ -328,7 +329,10 @@ def test_accepted_values_make_a_sane_run(values, tmp_path_factory,
   line, e.g. a diverged learning rate); never another exception."""
   root = tmp_path_factory.mktemp('run')
   image_dir = make_image_dir(root / 'photos', per_class=6)
-  args = [f'--{name}={value}' for name, value in values.items()] + [
+  # Few steps unless drawn (the original's 4,000 would dominate the suite);
+  # a later flag overrides an earlier one.
+  args = ['--how_many_training_steps=5'] + [
+      f'--{name}={value}' for name, value in values.items()] + [
       f'--image_dir={image_dir}', f'--tfhub_module={tf2_module}',
       f'--bottleneck_dir={root / "b"}', f'--model_dir={root / "m"}',
       f'--output_graph={root / "g.pb"}', f'--output_labels={root / "l.txt"}',
