@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from poets import files
 from poets import images
+from poets import interrupts
 from poets import modules
 from poets.bottlenecks import FEED_ALIGNMENT, feedable_empty
 from poets.errors import PoetsError
@@ -405,52 +406,56 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
           save_intermediate):
         save_intermediate(step, layer_values())
 
+    steps_done = 0
     try:
-      for step in range(settings.how_many_training_steps):
-        is_last_step = step + 1 == settings.how_many_training_steps
-        if step % settings.eval_step_interval and not is_last_step:
-          train_step(*batches.feed.values())
+      with interrupts.at_step_boundaries() as boundary:
+        for step in range(settings.how_many_training_steps):
+          steps_done = step
+          if boundary.stop_requested:
+            raise KeyboardInterrupt
+          is_last_step = step + 1 == settings.how_many_training_steps
+          if step % settings.eval_step_interval and not is_last_step:
+            train_step(*batches.feed.values())
+            save_if_due(step)
+            continue
+          try:
+            train_summary, _, bottlenecks, ground_truth = session.run(
+                [merged, layer.train_step, layer.bottleneck_input,
+                 layer.ground_truth_input], batches.feed)
+          except tf.errors.InvalidArgumentError:
+            # The histogram summaries refuse NaN weights: a diverged run.
+            if not all(np.isfinite(value).all()
+                       for value in session.run(layer_variables)):
+              raise _diverged(step, settings.learning_rate) from None
+            raise
+          train_writer.add_summary(train_summary, step)
+          train_accuracy, cross_entropy = session.run(
+              [layer.evaluation_step, layer.cross_entropy],
+              {layer.bottleneck_input: bottlenecks,
+               layer.ground_truth_input: ground_truth})
+          if not np.isfinite(cross_entropy):
+            raise _diverged(step, settings.learning_rate)
+          logging.info('%s: Step %d: Train accuracy = %.1f%%', _now(), step,
+                       train_accuracy * 100)
+          logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
+                       cross_entropy)
+          if len(validation.ground_truth):
+            batch, truth, _ = _random_batch(validation, validation_batch_size,
+                                            rng)
+            validation_summary, validation_accuracy = session.run(
+                [merged, layer.evaluation_step],
+                {layer.bottleneck_input: batch,
+                 layer.ground_truth_input: truth})
+            validation_writer.add_summary(validation_summary, step)
+            curve.append((step, float(validation_accuracy)))
+            logging.info('%s: Step %d: Validation accuracy = %.1f%% (N=%d)',
+                         _now(), step, validation_accuracy * 100, len(truth))
           save_if_due(step)
-          continue
-        try:
-          train_summary, _, bottlenecks, ground_truth = session.run(
-              [merged, layer.train_step, layer.bottleneck_input,
-               layer.ground_truth_input], batches.feed)
-        except tf.errors.InvalidArgumentError:
-          # The histogram summaries refuse NaN weights: a diverged run.
-          if not all(np.isfinite(value).all()
-                     for value in session.run(layer_variables)):
-            raise _diverged(step, settings.learning_rate) from None
-          raise
-        train_writer.add_summary(train_summary, step)
-        train_accuracy, cross_entropy = session.run(
-            [layer.evaluation_step, layer.cross_entropy],
-            {layer.bottleneck_input: bottlenecks,
-             layer.ground_truth_input: ground_truth})
-        if not np.isfinite(cross_entropy):
-          raise _diverged(step, settings.learning_rate)
-        logging.info('%s: Step %d: Train accuracy = %.1f%%', _now(), step,
-                     train_accuracy * 100)
-        logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
-                     cross_entropy)
-        if len(validation.ground_truth):
-          batch, truth, _ = _random_batch(validation, validation_batch_size,
-                                          rng)
-          validation_summary, validation_accuracy = session.run(
-              [merged, layer.evaluation_step],
-              {layer.bottleneck_input: batch,
-               layer.ground_truth_input: truth})
-          validation_writer.add_summary(validation_summary, step)
-          curve.append((step, float(validation_accuracy)))
-          logging.info('%s: Step %d: Validation accuracy = %.1f%% (N=%d)',
-                       _now(), step, validation_accuracy * 100, len(truth))
-        save_if_due(step)
-      steps_done = settings.how_many_training_steps
+        steps_done = settings.how_many_training_steps
     except KeyboardInterrupt:
       interrupted = True
-      steps_done = step
       logging.warning('Interrupted at step %d of %d; saving what was trained.',
-                      step, settings.how_many_training_steps)
+                      steps_done, settings.how_many_training_steps)
     checkpoint_path = settings.checkpoint_path
     if interrupted:
       checkpoint_path = files.interrupted_path(checkpoint_path)

@@ -326,7 +326,12 @@ def test_a_stopped_sweep_still_writes_its_table_and_cleans_up(
       os.killpg(process.pid, signal.SIGINT)
     else:  # kill, timeout and docker stop signal the sweep's process only.
       process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=120)[0]
+    try:
+      output = process.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+      with open(long_log, errors='replace') as f:
+        pytest.fail(f'The sweep did not stop in 120 s; its run logged:\n'
+                    f'{f.read()[-3000:]}')
   finally:
     if process.poll() is None:
       os.killpg(process.pid, signal.SIGKILL)

@@ -1,8 +1,10 @@
 """Tests for poets/training.py: the new layer, its loop and its summaries."""
 
 import glob
+import logging as std_logging
 import os
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -173,6 +175,52 @@ def test_ctrl_c_stops_cleanly_and_saves(tmp_path, caplog):
   # Trained, not the initial weights (truncated normal, stddev 0.001).
   assert np.abs(result.layer['final_retrain_ops/weights/final_weights']
                 ).max() > 0.01
+
+
+class _SignalFromAFinaliser(std_logging.Handler):
+  """SIGTERM sent from inside a finaliser, once a log line holds `text`:
+  Python drops an exception raised there, so a handler that raised would
+  leave training running on."""
+
+  def __init__(self, text):
+    super().__init__()
+    self.text = text
+
+  def emit(self, record):
+    if self.text in record.getMessage():
+      _Finalised()  # Collected at once, which sends the signal.
+
+
+class _Finalised:
+
+  def __del__(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize('steps, stopped_at', [(1000, 21), (21, 21)])
+def test_sigterm_stops_training_at_the_next_step_wherever_it_lands(
+    tmp_path, caplog, steps, stopped_at):
+  # (21, 21): the signal comes during the last step, and still stops the
+  # run before its final test and finished export.
+  from poets import interrupts
+  rng = np.random.default_rng(0)
+  splits = {name: _split(rng, 30, 2) for name in ('training', 'validation',
+                                                   'testing')}
+  config = settings.RetrainSettings(
+      how_many_training_steps=steps, summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1)
+  handler = _SignalFromAFinaliser('Step 20: Validation accuracy')
+  std_logging.getLogger().addHandler(handler)
+  try:
+    with interrupts.StopSignals() as stop:
+      result = training.train(config, splits, ['a', 'b'])
+  finally:
+    std_logging.getLogger().removeHandler(handler)
+  assert stop.received == signal.SIGTERM and stop.exit_code == 143
+  assert result.interrupted and result.steps_done == stopped_at
+  assert f'Interrupted at step {stopped_at} of {steps}' in caplog.text
+  assert 'Final test accuracy' not in caplog.text
+  assert tf.train.load_checkpoint(str(tmp_path / 'c' / 'x.interrupted'))
 
 
 @pytest.mark.parametrize('flip', [True, False])
