@@ -81,6 +81,17 @@ def _split(rng, count, class_count, size=4):
                                       [f'img{i}.jpg' for i in range(count)])
 
 
+def _two_class_run(tmp_path, count, **overrides):
+  """Three splits of `count` separable two-class bottlenecks, and settings
+  that train on them with their checkpoint and summaries under tmp_path."""
+  rng = np.random.default_rng(0)
+  splits = {name: _split(rng, count, 2) for name in ('training', 'validation',
+                                                     'testing')}
+  return splits, settings.RetrainSettings(
+      summaries_dir=str(tmp_path / 's'),
+      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1, **overrides)
+
+
 def test_empty_validation_and_test_shares_do_not_crash(tmp_path, caplog):
   rng = np.random.default_rng(0)
   empty = bottlenecks.SplitBottlenecks(np.zeros([0, 4], np.float32),
@@ -154,12 +165,8 @@ def test_sampling_is_uniform_over_classes_and_seeded():
 
 def test_ctrl_c_stops_cleanly_and_saves(tmp_path, caplog):
   from conftest import ctrl_c_when_logged
-  rng = np.random.default_rng(0)
-  splits = {name: _split(rng, 30, 2) for name in ('training', 'validation',
-                                                   'testing')}
-  config = settings.RetrainSettings(
-      how_many_training_steps=1000, summaries_dir=str(tmp_path / 's'),
-      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1)
+  splits, config = _two_class_run(tmp_path, 30,
+                                  how_many_training_steps=1000)
   with ctrl_c_when_logged('Step 20: Validation accuracy'):
     result = training.train(config, splits, ['a', 'b'])
   assert result.interrupted and result.steps_done == 20
@@ -203,12 +210,8 @@ def test_sigterm_stops_training_at_the_next_step_wherever_it_lands(
   # (21, 21): the signal comes during the last step, and still stops the
   # run before its final test and finished export.
   from poets import interrupts
-  rng = np.random.default_rng(0)
-  splits = {name: _split(rng, 30, 2) for name in ('training', 'validation',
-                                                   'testing')}
-  config = settings.RetrainSettings(
-      how_many_training_steps=steps, summaries_dir=str(tmp_path / 's'),
-      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1)
+  splits, config = _two_class_run(tmp_path, 30,
+                                  how_many_training_steps=steps)
   handler = _SignalFromAFinaliser('Step 20: Validation accuracy')
   std_logging.getLogger().addHandler(handler)
   try:
@@ -278,12 +281,8 @@ def test_same_seed_same_layer(tmp_path, tf2_module, distorted):
 def test_intermediate_graphs_at_every_multiple_of_the_frequency(
     tmp_path, frequency, steps, expected):
   # The original's rule, whatever --eval_step_interval (here the default 10).
-  rng = np.random.default_rng(0)
-  splits = {name: _split(rng, 20, 2) for name in ('training', 'validation',
-                                                   'testing')}
-  config = settings.RetrainSettings(
-      how_many_training_steps=steps, summaries_dir=str(tmp_path / 's'),
-      checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=1,
+  splits, config = _two_class_run(
+      tmp_path, 20, how_many_training_steps=steps,
       intermediate_store_frequency=frequency)
   saved = []
   training.train(config, splits, ['a', 'b'], None,
