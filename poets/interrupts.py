@@ -31,7 +31,7 @@ class StopSignals:
 
   def __init__(self):
     self.received = None
-    self.pending = False  # A stop noted at a step boundary, not yet taken.
+    self.pending = False  # A stop asked for, not yet acted on.
     self.deferring = False
     self._previous = {}
     self._outer = None
@@ -52,10 +52,11 @@ class StopSignals:
   def _stop(self, signum, frame):
     del frame  # Unused.
     self.received = self.received or signum
-    if self.deferring:
-      self.pending = True
-      return
-    raise KeyboardInterrupt
+    # Noted even when raised: should the exception be dropped, the training
+    # loop still stops at its next step.
+    self.pending = True
+    if not self.deferring:
+      raise KeyboardInterrupt
 
   @property
   def exit_code(self):
@@ -78,7 +79,8 @@ def at_step_boundaries():
   """Inside, a stop signal only sets `stop_requested`, which the loop checks
   before each step and answers by raising KeyboardInterrupt itself. A stop
   that came during the last step is raised on the way out, as if it had
-  come just after the loop.
+  come just after the loop, and one asked for before the loop whose
+  exception was lost stops it at its first step.
 
   Outside StopSignals (a library caller), Python's own Ctrl-C still raises
   KeyboardInterrupt at once, and `stop_requested` stays False.

@@ -226,6 +226,19 @@ def test_sigterm_stops_training_at_the_next_step_wherever_it_lands(
   assert tf.train.load_checkpoint(str(tmp_path / 'c' / 'x.interrupted'))
 
 
+@pytest.mark.filterwarnings(
+    'ignore::pytest.PytestUnraisableExceptionWarning')  # The dropped one.
+def test_a_stop_whose_exception_was_lost_before_training_stops_it_at_once(
+    tmp_path):
+  from poets import interrupts
+  splits, config = _two_class_run(tmp_path, 30, how_many_training_steps=1000)
+  with interrupts.StopSignals() as stop:
+    _Finalised()  # Python drops the KeyboardInterrupt raised in there.
+    result = training.train(config, splits, ['a', 'b'])
+  assert stop.exit_code == 143
+  assert result.interrupted and result.steps_done == 0
+
+
 @pytest.mark.parametrize('flip', [True, False])
 def test_distortions_train_through_the_module(tmp_path, tf2_module, flip):
   from conftest import make_image_dir
