@@ -9,11 +9,12 @@ Ctrl-C, 143 for SIGTERM).
 
 An exception raised from a signal handler lands at whatever bytecode runs
 then: inside a finaliser, where Python prints and drops it, or between
-taking a lock and the `try` that gives it back. In the training loop, which
-runs for hours, that is where a signal nearly always lands, so there the
-signal is only noted and the loop stops at its next step
-(`at_step_boundaries`). In CI a sweep's run once went on training for minutes
-after SIGTERM; with the stop taken at a step boundary it cannot.
+taking a lock and the `try` that gives it back. TensorFlow's session lock
+(lock_util.GroupLock) is taken and given back so, and the training loop
+spends its life in it: a SIGTERM landing there left it taken, and the save
+after training waited on it for ever (a sweep's run hung so in CI). So in
+the loop the signal is only noted, and the loop stops at its next step
+(`at_step_boundaries`).
 """
 
 import contextlib

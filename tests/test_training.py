@@ -1,10 +1,12 @@
 """Tests for poets/training.py: the new layer, its loop and its summaries."""
 
+import contextlib
 import glob
 import logging as std_logging
 import os
 import re
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -223,6 +225,65 @@ def test_sigterm_stops_training_at_the_next_step_wherever_it_lands(
   assert result.interrupted and result.steps_done == stopped_at
   assert f'Interrupted at step {stopped_at} of {steps}' in caplog.text
   assert 'Final test accuracy' not in caplog.text
+  assert tf.train.load_checkpoint(str(tmp_path / 'c' / 'x.interrupted'))
+
+
+class _Hung(Exception):
+  pass
+
+
+@contextlib.contextmanager
+def _fails_if_hung(seconds):
+  """Raises _Hung in the main thread after `seconds`: a lock's wait there
+  is interrupted by a signal whose handler raises."""
+  def hung(signum, frame):
+    del signum, frame  # Unused.
+    raise _Hung(f'still running after {seconds} s')
+
+  previous = signal.signal(signal.SIGUSR1, hung)
+  watchdog = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGUSR1))
+  watchdog.start()
+  try:
+    yield
+  finally:
+    watchdog.cancel()
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_sigterm_while_tensorflow_holds_its_session_lock_does_not_hang(
+    tmp_path, monkeypatch):
+  # TensorFlow's session lock (lock_util.GroupLock) takes and gives back its
+  # inner lock without try/finally: an exception raised there left it taken,
+  # and the save after training waited on it for ever (a sweep's SIGTERM
+  # test hung so in CI). Should that come back, the test fails where it
+  # hangs instead of hanging CI.
+  from tensorflow.python.util import lock_util
+  from poets import interrupts
+  splits, config = _two_class_run(tmp_path, 30, how_many_training_steps=1000)
+  armed = []
+  locked_check = lock_util.GroupLock._another_group_active
+
+  def signal_while_locked(self, group_id):  # Called with the lock taken.
+    if armed and armed.pop():
+      os.kill(os.getpid(), signal.SIGTERM)
+    return locked_check(self, group_id)
+
+  class _Arm(std_logging.Handler):
+
+    def emit(self, record):
+      if 'Step 20: Validation accuracy' in record.getMessage():
+        armed.append(True)
+
+  monkeypatch.setattr(lock_util.GroupLock, '_another_group_active',
+                      signal_while_locked)
+  handler = _Arm()
+  std_logging.getLogger().addHandler(handler)
+  try:
+    with _fails_if_hung(60), interrupts.StopSignals():
+      result = training.train(config, splits, ['a', 'b'])
+  finally:
+    std_logging.getLogger().removeHandler(handler)
+  assert result.interrupted and 20 < result.steps_done < 1000
   assert tf.train.load_checkpoint(str(tmp_path / 'c' / 'x.interrupted'))
 
 
