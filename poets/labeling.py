@@ -8,7 +8,8 @@ the [0, 1] input of this project's graphs. A tf.data pipeline decodes the
 images in parallel and the graph runs on batches of them; an image that
 cannot be read or decoded is reported and the others are still labelled.
 A TensorFlow Lite model, told apart from a graph by its content, takes the
-same flags and gets the same pixels; poets.tflite_model runs it.
+same flags and gets the same pixels; poets.tflite_model runs it, and the
+labels packed in it serve when no labels file is named.
 """
 
 import contextlib
@@ -26,15 +27,17 @@ from poets import frozen_graphs
 from poets import images
 from poets import tflite_model
 from poets.errors import PoetsError
+from poets.extras import tflite_metadata
 
 DEFAULT_INPUT_SIZE = 224
+DEFAULT_LABELS = 'tf_files/retrained_labels.txt'
 
 
 @dataclasses.dataclass
 class LabelConfig:
   """What to label with which graph; defaults fit this project's graphs."""
   graph: str = 'tf_files/retrained_graph.pb'
-  labels: str = 'tf_files/retrained_labels.txt'
+  labels: str | None = None  # None: a .tflite's own, else DEFAULT_LABELS.
   images: list[str] = dataclasses.field(default_factory=list)
   image_dir: str = ''
   input_layer: str = export.INPUT_NAME
@@ -123,10 +126,10 @@ def read_labels(path):
   return labels
 
 
-def _check_labels(labels, classes, config):
+def _check_labels(labels, source, classes, config):
   if len(labels) != classes:
     raise PoetsError(
-        f'--labels {config.labels} has {len(labels)} labels but '
+        f'{source} has {len(labels)} labels but '
         f"--output_layer '{config.output_layer}' of {config.graph} gives "
         f'{classes} scores; pass the labels file written with this graph.')
 
@@ -243,6 +246,7 @@ class _Classifier:
   fixed_batch: int | None  # None: any batch size.
   classes: int | None  # None: known only once it has run.
   scores: Callable[[np.ndarray], np.ndarray]  # [N,H,W,3] -> [N,classes]
+  labels: list[str] | None = None  # Those the model carries, if any.
 
 
 @contextlib.contextmanager
@@ -273,7 +277,8 @@ def _tflite_classifier(data, config):
                               tflite_model.shape_text(model.input))
   yield _Classifier(height, width, tflite_model.fixed_batch(model),
                     int(model.output['shape'][-1]),
-                    lambda pixels: tflite_model.run(model, pixels))
+                    lambda pixels: tflite_model.run(model, pixels),
+                    tflite_metadata.read_labels(data))
 
 
 def label_images(config):
@@ -293,10 +298,18 @@ def label_images(config):
     return _label(paths, classifier, config)
 
 
+def _labels(classifier, config):
+  """The label names and where they came from, for errors."""
+  if config.labels is None and classifier.labels is not None:
+    return classifier.labels, f'The labels packed in {config.graph}'
+  path = config.labels or DEFAULT_LABELS
+  return read_labels(path), f'--labels {path}'
+
+
 def _label(paths, classifier, config):
-  labels = read_labels(config.labels)
+  labels, source = _labels(classifier, config)
   if classifier.classes is not None:
-    _check_labels(labels, classifier.classes, config)
+    _check_labels(labels, source, classifier.classes, config)
   fixed_batch = classifier.fixed_batch
   graph = tf.Graph()
   with graph.as_default():
@@ -319,7 +332,7 @@ def _label(paths, classifier, config):
       seconds += time.perf_counter() - start
       batches += 1
       scores = np.reshape(values, [len(pixels), -1])[:count]
-      _check_labels(labels, scores.shape[1], config)
+      _check_labels(labels, source, scores.shape[1], config)
       for index, image_scores in zip(batch_indices, scores):
         results[index] = ImageResult(
             paths[index], _top(image_scores, labels, config.top_k))
