@@ -249,6 +249,18 @@ class _Classifier:
   labels: list[str] | None = None  # Those the model carries, if any.
 
 
+def _session_classifier(session, input_tensor, output_tensor, config):
+  height, width = _input_size(input_tensor, config)
+  known = output_tensor.shape.rank and output_tensor.shape[-1] is not None
+  return _Classifier(
+      height, width,
+      # A graph exported for one image at a time (the codelab's Mul is
+      # [1,299,299,3]) gets batches of exactly its size, padded at the end.
+      input_tensor.shape[0] if input_tensor.shape.rank else None,
+      output_tensor.shape[-1] if known else None,
+      lambda pixels: session.run(output_tensor, {input_tensor: pixels}))
+
+
 @contextlib.contextmanager
 def _graph_classifier(data, config):
   graph = frozen_graphs.import_graph(
@@ -257,16 +269,38 @@ def _graph_classifier(data, config):
                                            '--input_layer', config.graph)
   output_tensor = frozen_graphs.find_tensor(graph, config.output_layer,
                                             '--output_layer', config.graph)
-  height, width = _input_size(input_tensor, config)
-  known = output_tensor.shape.rank and output_tensor.shape[-1] is not None
   with tf.compat.v1.Session(graph=graph) as session:
-    yield _Classifier(
-        height, width,
-        # A graph exported for one image at a time (the codelab's Mul is
-        # [1,299,299,3]) gets batches of exactly its size, padded at the end.
-        input_tensor.shape[0] if input_tensor.shape.rank else None,
-        output_tensor.shape[-1] if known else None,
-        lambda pixels: session.run(output_tensor, {input_tensor: pixels}))
+    yield _session_classifier(session, input_tensor, output_tensor, config)
+
+
+def is_saved_model(path):
+  return os.path.isfile(os.path.join(path, 'saved_model.pb'))
+
+
+@contextlib.contextmanager
+def _saved_model_classifier(config):
+  """A SavedModel folder (retrain.py --saved_model_dir): the one input and
+  output of its serving signature, whatever the layer flags say."""
+  path = config.graph
+  with tf.compat.v1.Session(graph=tf.Graph()) as session:
+    try:
+      signature = tf.compat.v1.saved_model.load(
+          session, [tf.compat.v1.saved_model.SERVING],
+          path).signature_def.get('serving_default')
+    except (RuntimeError, OSError, ValueError, tf.errors.OpError) as e:
+      raise PoetsError(f'--graph {path} is a SavedModel this TensorFlow '
+                       f'cannot load ({str(e).strip().splitlines()[0]}); '
+                       're-export it with retrain.py --saved_model_dir.'
+                       ) from e
+    if signature is None or len(signature.inputs) != 1 or len(
+        signature.outputs) != 1:
+      raise PoetsError(f'--graph {path} is a SavedModel without a '
+                       'serving_default signature of one input and one '
+                       'output; export it with retrain.py --saved_model_dir.')
+    input_tensor, output_tensor = [
+        session.graph.get_tensor_by_name(next(iter(tensors.values())).name)
+        for tensors in (signature.inputs, signature.outputs)]
+    yield _session_classifier(session, input_tensor, output_tensor, config)
 
 
 @contextlib.contextmanager
@@ -282,8 +316,8 @@ def _tflite_classifier(data, config):
 
 
 def label_images(config):
-  """Labels every image of `config` with a frozen graph or a TensorFlow
-  Lite model (told apart by content); returns a LabelRun. Raises PoetsError
+  """Labels every image of `config` with a frozen graph, a TensorFlow Lite
+  model (told apart by content) or a SavedModel folder; returns a LabelRun. Raises PoetsError
   for a problem with the model, labels or flags; a bad image only gets an
   error in its ImageResult."""
   if config.input_std <= 0:
@@ -292,9 +326,13 @@ def label_images(config):
   if config.top_k < 1 or config.batch_size < 1:
     raise PoetsError('--top_k and --batch_size must be at least 1.')
   paths = find_images(config.images, config.image_dir)
-  data = frozen_graphs.read_model_file(config.graph)
-  with (_tflite_classifier if tflite_model.is_tflite(data) else
-        _graph_classifier)(data, config) as classifier:
+  if is_saved_model(config.graph):
+    model = _saved_model_classifier(config)
+  else:
+    data = frozen_graphs.read_model_file(config.graph)
+    model = (_tflite_classifier if tflite_model.is_tflite(data) else
+             _graph_classifier)(data, config)
+  with model as classifier:
     return _label(paths, classifier, config)
 
 
