@@ -151,6 +151,17 @@ def import_tensorflow():
   return tf
 
 
+@contextlib.contextmanager
+def warnings_only():
+  """Within the block, absl logs warnings and errors only."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(min(verbosity, logging.WARNING))
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
 class PlainFormatter(std_logging.Formatter):
   """`LEVEL: message`, as the original's tf.logging lines read.
 

@@ -75,13 +75,8 @@ def _quiet_converter():
   """The converter logs 'Using experimental converter: If you encountered a
   problem please file a bug' at INFO on every call, and prints its int8
   settings to stderr; neither is for our users."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(min(verbosity, logging.WARNING))
-  try:
-    with startup.without_library_lines():
-      yield
-  finally:
-    logging.set_verbosity(verbosity)
+  with startup.warnings_only(), startup.without_library_lines():
+    yield
 
 
 def _image_size(tensor, what):
