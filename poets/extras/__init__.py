@@ -1,0 +1,1 @@
+"""Extras around the core stages; a reader of the core can skip them."""
