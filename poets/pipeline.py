@@ -21,6 +21,7 @@ from poets import tflite
 from poets import training
 from poets.errors import PoetsError
 from poets.extras import dashboards
+from poets.extras import tflite_metadata
 
 try:
   import fcntl
@@ -247,11 +248,11 @@ def run(settings):
                               settings.final_tensor_name)
     saved.append(saved_model_dir)
   if tflite_path:
-    tflite.save_model(tflite.convert(
+    tflite.save_model(tflite_metadata.add_metadata(tflite.convert(
         graph_def, export.INPUT_NAME, settings.final_tensor_name,
         settings.tflite_quantization,
         tflite.calibration_images(splits['training'].filenames),
-        what='the retrained graph'), tflite_path)
+        what='the retrained graph'), labels), tflite_path)
     saved.append(tflite_path)
   export_seconds = time.perf_counter() - start
   dashboards.write_run(settings.summaries_dir, settings, module, splits,

@@ -1,1 +1,1 @@
-"""Extras around the core stages; a reader of the core can skip them."""
+"""Extras beside the core stages: what the codelab's second half adds."""
