@@ -20,6 +20,7 @@ from poets import modules
 from poets import tflite
 from poets import training
 from poets.errors import PoetsError
+from poets.extras import dashboards
 from poets.extras import tflite_metadata
 
 try:
@@ -49,6 +50,9 @@ def default_summaries_dir(module_name):
   return os.path.join('tf_files', 'training_summaries', module_name)
 
 
+# The event folders of one run, training's, export's and the dashboards'.
+RUN_FOLDERS = ('train', 'validation', 'retrained_graph') + (
+    dashboards.RUN_FOLDERS)
 # Where an earlier run's event folders go, inside --summaries_dir. TensorBoard
 # lists runs (and opens the Graphs tab on the first) in name order; "~" sorts
 # after "train" and "validation" there, so the current run comes first.
@@ -62,7 +66,7 @@ def _set_aside_earlier_run(summaries_dir):
   curves (TensorBoard shows them as their own runs, after the current one)
   out of the new ones.
   """
-  earlier = [name for name in ('train', 'validation', 'retrained_graph')
+  earlier = [name for name in RUN_FOLDERS
              if os.path.isdir(os.path.join(summaries_dir, name))]
   if not earlier:
     return
@@ -130,8 +134,7 @@ def _check_outputs(settings):
     folders.append((settings.intermediate_output_graphs_dir,
                     '--intermediate_output_graphs_dir'))
   folders += [(os.path.join(settings.summaries_dir, name), '--summaries_dir')
-              for name in ('train', 'validation', 'retrained_graph',
-                           EARLIER_RUNS)]
+              for name in RUN_FOLDERS + (EARLIER_RUNS,)]
   for path, flag in folders:
     files.check_writable(path, flag)
   for path, flag in [(settings.checkpoint_path, '--checkpoint_path'),
@@ -265,6 +268,8 @@ def run(settings):
         what='the retrained graph'), labels), tflite_path)
     saved.append(tflite_path)
   export_seconds = time.perf_counter() - start
+  dashboards.write_run(settings.summaries_dir, settings, module, splits,
+                       labels, result)
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
                     'the layer trained so far to %s (beside the finished '
