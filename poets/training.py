@@ -27,6 +27,7 @@ from poets import files
 from poets import images
 from poets import interrupts
 from poets import modules
+from poets import summaries
 from poets.bottlenecks import FEED_ALIGNMENT, feedable_empty
 from poets.errors import PoetsError
 
@@ -77,8 +78,10 @@ def event_writer(directory, graph=None):
   into one --summaries_dir at once would otherwise share one file and
   corrupt it.
   """
-  return tf.compat.v1.summary.FileWriter(directory, graph,
-                                         filename_suffix=f'.{os.getpid()}')
+  writer = tf.compat.v1.summary.FileWriter(directory, graph,
+                                           filename_suffix=f'.{os.getpid()}')
+  summaries.mark_event_folder(directory)
+  return writer
 
 
 def _summary(kind, name, value):

@@ -24,6 +24,7 @@ import tensorflow as tf
 from conftest import make_image_dir
 from poets import modules
 from poets import pipeline
+from poets import summaries
 from poets import settings
 
 pytestmark = pytest.mark.slow  # Starting TensorBoard takes 10-30 s.
@@ -168,8 +169,8 @@ def test_current_run_comes_first_and_earlier_runs_are_kept(logdir,
                                                            tensorboard):
   folder, name, _ = logdir
   runs = json.loads(tensorboard('/data/runs'))
-  (stamp,) = os.listdir(folder / name / pipeline.EARLIER_RUNS)
-  earlier = f'{name}/{pipeline.EARLIER_RUNS}/{stamp}'
+  (stamp,) = os.listdir(folder / name / summaries.EARLIER_RUNS)
+  earlier = f'{name}/{summaries.EARLIER_RUNS}/{stamp}'
   current = [f'{name}/retrained_graph', f'{name}/train',
              f'{name}/validation']
   assert sorted(runs) == sorted(current + [
