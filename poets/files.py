@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 
@@ -199,6 +200,38 @@ def _nearest_existing(path):
   while not os.path.exists(path):
     path = os.path.dirname(path)
   return path
+
+
+def read_regular_file(path, flag, limit, fix):
+  """The bytes of `path`, refused in one line naming `flag` and `fix` unless
+  it is a regular file of at most `limit` bytes.
+
+  Opened without blocking and checked on the open file: a pipe or a device
+  (/dev/zero) is never read, so it can neither hang nor fill memory.
+  """
+  try:
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+  except OSError as e:
+    raise PoetsError(f'Cannot read {flag} {path} ({e.strerror}); {fix}.'
+                     ) from e
+  with os.fdopen(fd, 'rb') as f:
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+      raise PoetsError(f'{flag} {path} is not a regular file (a pipe, a '
+                       f'device or a socket); {fix}.')
+    if status.st_size > limit:
+      raise PoetsError(f'{flag} {path} is {status.st_size / 2**20:,.0f} MiB, '
+                       f'more than the {limit / 2**20:,.0f} MiB such a file '
+                       f'can be; {fix}.')
+    try:
+      data = f.read(limit + 1)
+    except OSError as e:
+      raise PoetsError(f'Cannot read {flag} {path} ({e.strerror}); {fix}.'
+                       ) from e
+  if len(data) > limit:  # It grew while we read.
+    raise PoetsError(f'{flag} {path} grew past {limit / 2**20:,.0f} MiB '
+                     f'while it was read; {fix}.')
+  return data
 
 
 def check_writable(directory, flag):

@@ -175,6 +175,7 @@ class ConvertConfig:
   image_dir: str = ''
   input_mean: float = 0.0
   input_std: float = 255.0
+  allow_io_ops: bool = False  # Convert graphs holding frozen_graphs.IO_OPS.
 
 
 def convert_graph_file(config):
@@ -199,6 +200,9 @@ def convert_graph_file(config):
         labeling.find_images([], config.image_dir))
   path = config.graph_def_file
   graph_def = frozen_graphs.load_graph_def(path, '--graph_def_file')
+  if not config.allow_io_ops:
+    # The converter runs what it can of a graph while it folds constants.
+    frozen_graphs.check_io_ops(graph_def, path, '--graph_def_file')
   graph = frozen_graphs.import_graph(graph_def, path, '--graph_def_file')
   names = [frozen_graphs.find_tensor(graph, name, flag, path).name
            .removeprefix(f'{frozen_graphs.PREFIX}/')
