@@ -8,7 +8,8 @@ the [0, 1] input of this project's graphs. A tf.data pipeline decodes the
 images in parallel and the graph runs on batches of them; an image that
 cannot be read or decoded is reported and the others are still labelled.
 A TensorFlow Lite model, told apart from a graph by its content, takes the
-same flags and gets the same pixels; poets.tflite_model runs it.
+same flags and gets the same pixels; poets.tflite_model runs it, and the
+labels packed in it serve when no labels file is named.
 """
 
 import codecs
@@ -30,15 +31,17 @@ from poets import images
 from poets import outputs
 from poets import tflite_model
 from poets.errors import PoetsError
+from poets.extras import tflite_metadata
 
 DEFAULT_INPUT_SIZE = 224
+DEFAULT_LABELS = 'tf_files/retrained_labels.txt'
 
 
 @dataclasses.dataclass
 class LabelConfig:
   """What to label with which graph; defaults fit this project's graphs."""
   graph: str = 'tf_files/retrained_graph.pb'
-  labels: str = 'tf_files/retrained_labels.txt'
+  labels: str | None = None  # None: a .tflite's own, else DEFAULT_LABELS.
   images: list[str] = dataclasses.field(default_factory=list)
   image_dir: str = ''
   input_layer: str = export.INPUT_NAME
@@ -138,39 +141,47 @@ def decode_labels(data):
   return labels
 
 
-def _mismatch(graph_def, labels_data, config):
+def read_labels(path):
+  return decode_labels(files.read_regular_file(path, '--labels',
+                                               MAX_LABELS_BYTES, _LABELS_FIX))
+
+
+def _mismatch(graph_def, labels_data, labels_path, config):
   """Why the labels are not the ones written with `graph_def`, or None.
 
   Only graphs and labels from retrain.py can tell: a run id in the graph
   and a manifest beside the labels (see poets/outputs.py)."""
   graph_id = graph_def and outputs.run_id_of(graph_def)
-  manifest = outputs.read_manifest(config.labels)
+  manifest = outputs.read_manifest(labels_path)
   if not graph_id or manifest is None:
     return None
   if manifest.get('run_id') != graph_id:
-    return (f'--labels {config.labels} was written by another run than '
+    return (f'--labels {labels_path} was written by another run than '
             f'--graph {config.graph} (see '
-            f'{outputs.manifest_path(config.labels)}); pass the labels file '
+            f'{outputs.manifest_path(labels_path)}); pass the labels file '
             'written with this graph.')
   if manifest.get('labels_sha256') != hashlib.sha256(labels_data).hexdigest():
-    return (f'--labels {config.labels} changed since retrain.py wrote it '
+    return (f'--labels {labels_path} changed since retrain.py wrote it '
             f'with --graph {config.graph}; pass the labels file written with '
             'this graph, or rerun retrain.py.')
   return None
 
 
 def read_model_and_labels(config):
-  """(model bytes, its GraphDef or None for a .tflite, labels), read one
-  right after the other and checked to belong together; read again once if
-  not, in case a run was replacing them just then."""
+  """(model bytes, its GraphDef or None for a .tflite, labels or None for a
+  .tflite's own), read one right after the other and checked to belong
+  together; read again once if not, in case a run was replacing them."""
   for attempt in range(2):
     data = frozen_graphs.read_model_file(config.graph)
-    labels_data = files.read_regular_file(config.labels, '--labels',
-                                          MAX_LABELS_BYTES, _LABELS_FIX)
     graph_def = None
     if not tflite_model.is_tflite(data):
       graph_def = frozen_graphs.parse_graph_def(data, config.graph)
-    problem = _mismatch(graph_def, labels_data, config)
+    elif config.labels is None:
+      return data, None, None
+    path = config.labels or DEFAULT_LABELS
+    labels_data = files.read_regular_file(path, '--labels', MAX_LABELS_BYTES,
+                                          _LABELS_FIX)
+    problem = _mismatch(graph_def, labels_data, path, config)
     if problem is None:
       return data, graph_def, decode_labels(labels_data)
     if attempt == 0:
@@ -178,10 +189,10 @@ def read_model_and_labels(config):
   raise PoetsError(problem)
 
 
-def _check_labels(labels, classes, config):
+def _check_labels(labels, source, classes, config):
   if len(labels) != classes:
     raise PoetsError(
-        f'--labels {config.labels} has {len(labels)} labels but '
+        f'{source} has {len(labels)} labels but '
         f"--output_layer '{config.output_layer}' of {config.graph} gives "
         f'{classes} scores; pass the labels file written with this graph.')
 
@@ -298,6 +309,19 @@ class _Classifier:
   fixed_batch: int | None  # None: any batch size.
   classes: int | None  # None: known only once it has run.
   scores: Callable[[np.ndarray], np.ndarray]  # [N,H,W,3] -> [N,classes]
+  labels: list[str] | None = None  # Those the model carries, if any.
+
+
+def _session_classifier(session, input_tensor, output_tensor, config):
+  height, width = _input_size(input_tensor, config)
+  known = output_tensor.shape.rank and output_tensor.shape[-1] is not None
+  return _Classifier(
+      height, width,
+      # A graph exported for one image at a time (the codelab's Mul is
+      # [1,299,299,3]) gets batches of exactly its size, padded at the end.
+      input_tensor.shape[0] if input_tensor.shape.rank else None,
+      output_tensor.shape[-1] if known else None,
+      lambda pixels: session.run(output_tensor, {input_tensor: pixels}))
 
 
 @contextlib.contextmanager
@@ -309,16 +333,38 @@ def _graph_classifier(graph_def, config):
                                            '--input_layer', config.graph)
   output_tensor = frozen_graphs.find_tensor(graph, config.output_layer,
                                             '--output_layer', config.graph)
-  height, width = _input_size(input_tensor, config)
-  known = output_tensor.shape.rank and output_tensor.shape[-1] is not None
   with tf.compat.v1.Session(graph=graph) as session:
-    yield _Classifier(
-        height, width,
-        # A graph exported for one image at a time (the codelab's Mul is
-        # [1,299,299,3]) gets batches of exactly its size, padded at the end.
-        input_tensor.shape[0] if input_tensor.shape.rank else None,
-        output_tensor.shape[-1] if known else None,
-        lambda pixels: session.run(output_tensor, {input_tensor: pixels}))
+    yield _session_classifier(session, input_tensor, output_tensor, config)
+
+
+def is_saved_model(path):
+  return os.path.isfile(os.path.join(path, 'saved_model.pb'))
+
+
+@contextlib.contextmanager
+def _saved_model_classifier(config):
+  """A SavedModel folder (retrain.py --saved_model_dir): the one input and
+  output of its serving signature, whatever the layer flags say."""
+  path = config.graph
+  with tf.compat.v1.Session(graph=tf.Graph()) as session:
+    try:
+      signature = tf.compat.v1.saved_model.load(
+          session, [tf.compat.v1.saved_model.SERVING],
+          path).signature_def.get('serving_default')
+    except (RuntimeError, OSError, ValueError, tf.errors.OpError) as e:
+      raise PoetsError(f'--graph {path} is a SavedModel this TensorFlow '
+                       f'cannot load ({str(e).strip().splitlines()[0]}); '
+                       're-export it with retrain.py --saved_model_dir.'
+                       ) from e
+    if signature is None or len(signature.inputs) != 1 or len(
+        signature.outputs) != 1:
+      raise PoetsError(f'--graph {path} is a SavedModel without a '
+                       'serving_default signature of one input and one '
+                       'output; export it with retrain.py --saved_model_dir.')
+    input_tensor, output_tensor = [
+        session.graph.get_tensor_by_name(next(iter(tensors.values())).name)
+        for tensors in (signature.inputs, signature.outputs)]
+    yield _session_classifier(session, input_tensor, output_tensor, config)
 
 
 @contextlib.contextmanager
@@ -329,12 +375,13 @@ def _tflite_classifier(data, config):
                               tflite_model.shape_text(model.input))
   yield _Classifier(height, width, tflite_model.fixed_batch(model),
                     int(model.output['shape'][-1]),
-                    lambda pixels: tflite_model.run(model, pixels))
+                    lambda pixels: tflite_model.run(model, pixels),
+                    tflite_metadata.read_labels(data))
 
 
 def label_images(config):
-  """Labels every image of `config` with a frozen graph or a TensorFlow
-  Lite model (told apart by content); returns a LabelRun. Raises PoetsError
+  """Labels every image of `config` with a frozen graph, a TensorFlow Lite
+  model (told apart by content) or a SavedModel folder; returns a LabelRun. Raises PoetsError
   for a problem with the model, labels or flags; a bad image only gets an
   error in its ImageResult."""
   if config.input_std <= 0:
@@ -343,10 +390,24 @@ def label_images(config):
   if config.top_k < 1 or config.batch_size < 1:
     raise PoetsError('--top_k and --batch_size must be at least 1.')
   paths = find_images(config.images, config.image_dir)
-  data, graph_def, labels = read_model_and_labels(config)
-  with (_tflite_classifier(data, config) if graph_def is None else
-        _graph_classifier(graph_def, config)) as classifier:
+  labels = None
+  if is_saved_model(config.graph):
+    model = _saved_model_classifier(config)
+  else:
+    data, graph_def, labels = read_model_and_labels(config)
+    model = (_tflite_classifier(data, config) if graph_def is None else
+             _graph_classifier(graph_def, config))
+  with model as classifier:
     return _label(paths, classifier, labels, config)
+
+
+def _labels(classifier, labels, config):
+  """The label names (`labels` if already read) and where they came from,
+  for errors."""
+  if config.labels is None and classifier.labels is not None:
+    return classifier.labels, f'The labels packed in {config.graph}'
+  path = config.labels or DEFAULT_LABELS
+  return labels or read_labels(path), f'--labels {path}'
 
 
 def _run(classifier, pixels, config):
@@ -378,8 +439,9 @@ def _scores(values, count, config):
 
 
 def _label(paths, classifier, labels, config):
+  labels, source = _labels(classifier, labels, config)
   if classifier.classes is not None:
-    _check_labels(labels, classifier.classes, config)
+    _check_labels(labels, source, classifier.classes, config)
   fixed_batch = classifier.fixed_batch
   graph = tf.Graph()
   with graph.as_default():
@@ -402,7 +464,7 @@ def _label(paths, classifier, labels, config):
       seconds += time.perf_counter() - start
       batches += 1
       scores = _scores(values, len(pixels), config)[:count]
-      _check_labels(labels, scores.shape[1], config)
+      _check_labels(labels, source, scores.shape[1], config)
       for index, image_scores in zip(batch_indices, scores):
         results[index] = ImageResult(
             paths[index], _top(image_scores, labels, config.top_k))

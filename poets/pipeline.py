@@ -22,6 +22,7 @@ from poets import summaries
 from poets import tflite
 from poets import training
 from poets.errors import PoetsError
+from poets.extras import tflite_metadata
 
 
 @dataclasses.dataclass
@@ -60,7 +61,9 @@ def _check_tflite(settings):
 def _output_files(settings):
   """Each output file with its flag, finished and interrupted alike."""
   named = [(settings.output_graph, '--output_graph'),
-           (settings.output_labels, '--output_labels')] + [
+           (settings.output_labels, '--output_labels'),
+           (outputs.manifest_path(settings.output_labels),
+            '--output_labels')] + [
                (settings.checkpoint_path + suffix, '--checkpoint_path')
                for suffix in ('', '.index', '.data-00000-of-00001')]
   if settings.output_tflite:
@@ -187,11 +190,11 @@ def run(settings):
         run_set, graph_def, labels,
         lambda graph_def, folder: export.build_saved_model(
             graph_def, folder, settings.final_tensor_name),
-        lambda graph_def: tflite.convert(
+        lambda graph_def: tflite_metadata.add_metadata(tflite.convert(
             graph_def, export.INPUT_NAME, settings.final_tensor_name,
             settings.tflite_quantization,
             tflite.calibration_images(splits['training'].filenames),
-            what='the retrained graph'))
+            what='the retrained graph'), labels))
     # After the outputs: a summary that cannot be written loses no layer.
     _write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   export_seconds = time.perf_counter() - start
