@@ -67,7 +67,8 @@ def test_a_graph_that_writes_files_is_refused_unless_allowed(tmp_path):
   assert '--allow_io_ops' in message
   assert not target.exists()
   message = _one_line(tflite.convert_graph_file, tflite.ConvertConfig(
-      graph_def_file=graph, output_file=str(tmp_path / 'm.tflite')))
+      graph_def_file=graph, output_file=str(tmp_path / 'm.tflite'),
+      labels=str(tmp_path / 'labels.txt')))
   assert message.startswith(f'--graph_def_file {graph} holds ops')
   run = _label(tmp_path, graph, allow_io_ops=True)
   assert run.results[0].predictions[0].label == 'red'
@@ -119,7 +120,8 @@ def test_a_device_is_refused_before_reading(tmp_path):
   assert 'not a regular file' in _one_line(_label, tmp_path, '/dev/zero')
   assert 'not a regular file' in _one_line(
       tflite.convert_graph_file, tflite.ConvertConfig(
-          graph_def_file='/dev/zero', output_file=str(tmp_path / 'm.tflite')))
+          graph_def_file='/dev/zero', output_file=str(tmp_path / 'm.tflite'),
+          labels=str(tmp_path / 'labels.txt')))
 
 
 def test_a_huge_graph_file_is_refused_before_reading(tmp_path):
