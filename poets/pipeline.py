@@ -127,6 +127,19 @@ def _check_usable(splits, labels):
         'images that decode to at least two class folders.')
 
 
+def check_inputs(settings):
+  """What `run` checks before any work, for callers that start runs
+  elsewhere (experiments.py, before its first run): the image folder, the
+  module, and the folders runs share. Raises PoetsError."""
+  images.create_image_lists(settings.image_dir, settings.testing_percentage,
+                            settings.validation_percentage)
+  modules.module_info(modules.resolve_module(
+      settings.architecture, settings.tfhub_module, settings.model_dir,
+      settings.input_size))
+  files.check_writable(settings.bottleneck_dir, '--bottleneck_dir')
+  files.check_writable(settings.model_dir, '--model_dir')
+
+
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
   # Images first: a mistyped --image_dir is reported before the embedded

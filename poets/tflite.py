@@ -30,6 +30,7 @@ from poets import files
 from poets import frozen_graphs
 from poets import images
 from poets import labeling
+from poets import startup
 from poets import tflite_model
 from poets.errors import PoetsError
 from poets.extras import tflite_metadata
@@ -84,13 +85,10 @@ class _Calibration:
 @contextlib.contextmanager
 def _quiet_converter():
   """The converter logs 'Using experimental converter: If you encountered a
-  problem please file a bug' at INFO on every call; not for our users."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(min(verbosity, logging.WARNING))
-  try:
+  problem please file a bug' at INFO on every call, and prints its int8
+  settings to stderr; neither is for our users."""
+  with startup.warnings_only(), startup.without_library_lines():
     yield
-  finally:
-    logging.set_verbosity(verbosity)
 
 
 def _image_size(tensor, what):

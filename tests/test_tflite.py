@@ -140,12 +140,14 @@ def _convert(config, **kwargs):
 
 @pytest.mark.parametrize('quantization', tflite.QUANTIZATIONS)
 def test_converting_an_existing_graph_as_the_codelab_did(exported, tmp_path,
-                                                         quantization):
+                                                         capfd, quantization):
   config = exported['none']
   output = str(tmp_path / 'optimized_graph.lite')
   _convert(config, output_file=output, input_array='import/Placeholder:0',
            output_array='final_result', quantization=quantization,
            image_dir=config.image_dir)
+  # The converter's own print of its int8 settings stays off the terminal.
+  assert 'fully_quantize' not in capfd.readouterr().err
   assert _top1(_label(output, config)) == _top1(
       _label(config.output_graph, config))
 
