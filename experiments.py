@@ -39,7 +39,8 @@ tf_files/training_summaries that the codelab's TensorBoard shows, so
 
   tensorboard --logdir tf_files/experiments/<experiment>
 
-overlays one experiment's curves.
+overlays one experiment's curves, and its HParams tab lists every run with
+its swept values and final test accuracy, cross entropy and time.
 """
 
 import shlex
@@ -58,6 +59,7 @@ from poets import cli  # noqa: E402
 from poets import experiment_reports  # noqa: E402
 from poets import experiments  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
+from poets.extras import dashboards  # noqa: E402
 
 flags.DEFINE_multi_string(
     'sweep', [], 'key=value1,value2,...: runs every value of a retrain flag, '
@@ -107,6 +109,7 @@ def main(argv):
     with experiments.stop_requests() as stop:
       outcomes = experiments.run_all(experiment.runs, verbosity, stop)
       report = experiment_reports.write_report(outcomes, experiment)
+      dashboards.write_hparams(experiment, outcomes)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
   except KeyboardInterrupt:

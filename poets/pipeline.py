@@ -22,6 +22,7 @@ from poets import summaries
 from poets import tflite
 from poets import training
 from poets.errors import PoetsError
+from poets.extras import dashboards
 from poets.extras import tflite_metadata
 
 
@@ -36,6 +37,16 @@ class RunResult:
   bottleneck_seconds: float  # cache.read_seconds of it reading the cache
   training_seconds: float
   export_seconds: float
+
+
+# The event folders of one run, training's, export's and the dashboards',
+# with the files each may hold (summaries.claim marks them as this run's).
+RUN_FOLDERS = {
+    **{name: (summaries.EVENT_FILES,) for name in summaries.EVENT_FOLDERS},
+    dashboards.TEST_RUN: (summaries.EVENT_FILES,),
+    dashboards.PROJECTOR_RUN: (summaries.EVENT_FILES, '*.tsv',
+                               dashboards.PROJECTOR_CONFIG, dashboards.SPRITE),
+}
 
 
 def _check_tflite(settings):
@@ -93,7 +104,7 @@ def _check_outputs(settings):
     folders.append((settings.intermediate_output_graphs_dir,
                     '--intermediate_output_graphs_dir'))
   folders += [(os.path.join(settings.summaries_dir, name), '--summaries_dir')
-              for name in summaries.EVENT_FOLDERS] + [
+              for name in RUN_FOLDERS] + [
                   (summaries.previous_runs_dir(settings.summaries_dir),
                    '--summaries_dir')]
   for path, flag in folders:
@@ -157,7 +168,7 @@ def run(settings):
   if not settings.summaries_dir:
     settings = settings.replace(summaries_dir=summaries.default_dir(spec.name))
   _check_outputs(settings)
-  summaries.check(settings.summaries_dir, settings.image_dir)
+  summaries.check(settings.summaries_dir, settings.image_dir, RUN_FOLDERS)
   labels = image_lists.labels
   module = modules.module_info(spec)
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks', spec.name,
@@ -177,7 +188,7 @@ def run(settings):
                len(cache.failed))
   _check_usable(splits, labels)
 
-  with summaries.claim(settings.summaries_dir), export.FrozenGraphs(
+  with summaries.claim(settings.summaries_dir, RUN_FOLDERS), export.FrozenGraphs(
       spec, len(labels), settings.final_tensor_name) as frozen_graphs:
 
     def save_intermediate(step, layer):
@@ -211,6 +222,8 @@ def run(settings):
     # After the outputs: a summary that cannot be written loses no layer.
     _write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   export_seconds = time.perf_counter() - start
+  dashboards.write_run(settings.summaries_dir, settings, module, splits,
+                       labels, result)
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
                     'the layer trained so far to %s (beside the finished '

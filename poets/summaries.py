@@ -1,8 +1,9 @@
 """The --summaries_dir: where a run's TensorBoard event files go, and where
 an earlier run's go when a new one starts.
 
-A run writes three event folders, `train`, `validation` and
-`retrained_graph`, each marked as written by retrain.py (files.OWNER_MARKER).
+A run writes event folders (`train`, `validation` and `retrained_graph`,
+and the dashboards'), each marked as written by retrain.py with what it may
+hold (files.OWNER_MARKER).
 The original deleted --summaries_dir at every start; here the earlier run's
 folders are moved, and only folders recognised as ours: a folder of the same
 name holding anything else (photos, say) stops the run before any work.
@@ -51,39 +52,36 @@ def previous_runs_dir(summaries_dir):
   return os.path.join(summaries_dir, EARLIER_RUNS)
 
 
-def mark_event_folder(folder):
-  """Marks `folder` as holding only this project's event files."""
-  files.mark_ours(folder, [EVENT_FILES], 'retrain.py')
-
-
-def check(summaries_dir, image_dir):
-  """Refuses, before any work, a --summaries_dir whose event folders a run
-  would move but that retrain.py did not write, or one inside --image_dir
-  (its event folders would become classes)."""
+def check(summaries_dir, image_dir, run_folders):
+  """Refuses, before any work, a --summaries_dir whose run folders (a dict:
+  folder name -> the fnmatch patterns of what it may hold) a run would move
+  but that retrain.py did not write, or one inside --image_dir (its event
+  folders would become classes)."""
   images = os.path.realpath(image_dir)
   summaries = os.path.realpath(summaries_dir)
   if os.path.commonpath([images, summaries]) == images:
     raise PoetsError(f'--summaries_dir {summaries_dir} is inside --image_dir '
                      f'{image_dir}, where its folders would be read as '
                      'classes; choose a --summaries_dir outside it.')
-  for name in EVENT_FOLDERS:
+  _check_ours(summaries_dir, run_folders)
+
+
+def _check_ours(summaries_dir, run_folders):
+  for name, patterns in run_folders.items():
     files.check_ours(
         os.path.join(summaries_dir, name), '--summaries_dir',
         'a run moves only its own event folders aside; choose another '
-        '--summaries_dir', unmarked_patterns=[EVENT_FILES])
+        '--summaries_dir', unmarked_patterns=patterns)
 
 
-def _set_aside_earlier_run(summaries_dir):
-  """Moves an earlier run's event folders (checked to be ours) into a new
-  dated folder under previous_runs_dir."""
-  earlier = [name for name in EVENT_FOLDERS
+def _set_aside_earlier_run(summaries_dir, run_folders):
+  """Moves an earlier run's folders (checked to be ours) into a new dated
+  folder under previous_runs_dir."""
+  earlier = [name for name in run_folders
              if os.path.isdir(os.path.join(summaries_dir, name))]
   if not earlier:
     return
-  for name in earlier:
-    files.check_ours(os.path.join(summaries_dir, name), '--summaries_dir',
-                     'choose another --summaries_dir',
-                     unmarked_patterns=[EVENT_FILES])
+  _check_ours(summaries_dir, {name: run_folders[name] for name in earlier})
   stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')
   destination = os.path.join(previous_runs_dir(summaries_dir), stamp)
   os.makedirs(destination)
@@ -96,9 +94,18 @@ def _set_aside_earlier_run(summaries_dir):
                destination, previous_runs_dir(summaries_dir))
 
 
-def claim(summaries_dir):
-  """Sets an earlier run's event folders aside, unless a run is still
-  writing them; returns the lock to hold until this run ends.
+def _mark(summaries_dir, run_folders):
+  """Makes this run's folders, each marked with what it may hold."""
+  for name, patterns in run_folders.items():
+    folder = os.path.join(summaries_dir, name)
+    os.makedirs(folder, exist_ok=True)
+    files.mark_ours(folder, patterns, 'retrain.py')
+
+
+def claim(summaries_dir, run_folders):
+  """Sets an earlier run's `run_folders` aside, unless a run is still
+  writing them, and makes this run's; returns the lock to hold until this
+  run ends.
 
   Every run holds a shared lock on a file in --summaries_dir while it runs;
   setting aside needs the lock alone, so the folders of a run still going
@@ -107,17 +114,19 @@ def claim(summaries_dir):
   """
   os.makedirs(summaries_dir, exist_ok=True)
   lock = open(os.path.join(summaries_dir, LOCK), 'a')
-  if fcntl is None:
-    _set_aside_earlier_run(summaries_dir)
-    return lock
   try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    _set_aside_earlier_run(summaries_dir)
-  except BlockingIOError:
-    logging.warning('Another run is writing to %s; its event files stay '
-                    'there, beside this run\'s.', summaries_dir)
+    if fcntl is None:
+      _set_aside_earlier_run(summaries_dir, run_folders)
+    else:
+      try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _set_aside_earlier_run(summaries_dir, run_folders)
+      except BlockingIOError:
+        logging.warning('Another run is writing to %s; its event files stay '
+                        'there, beside this run\'s.', summaries_dir)
+      fcntl.flock(lock, fcntl.LOCK_SH)
+    _mark(summaries_dir, run_folders)
   except BaseException:
     lock.close()
     raise
-  fcntl.flock(lock, fcntl.LOCK_SH)
   return lock

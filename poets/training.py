@@ -28,7 +28,6 @@ from poets import images
 from poets import interrupts
 from poets import modules
 from poets import settings as settings_module
-from poets import summaries
 from poets.bottlenecks import FEED_ALIGNMENT, feedable_empty
 from poets.errors import PoetsError
 
@@ -41,6 +40,8 @@ class Evaluation:
   predictions: np.ndarray
   ground_truth: np.ndarray
   confusion: np.ndarray  # [true class, predicted class] counts
+  scores: np.ndarray | None = None  # float32 [n, classes]: final_result
+  filenames: list = dataclasses.field(default_factory=list)  # of each image
 
   @property
   def precision(self):
@@ -79,10 +80,8 @@ def event_writer(directory, graph=None):
   into one --summaries_dir at once would otherwise share one file and
   corrupt it.
   """
-  writer = tf.compat.v1.summary.FileWriter(directory, graph,
-                                           filename_suffix=f'.{os.getpid()}')
-  summaries.mark_event_folder(directory)
-  return writer
+  return tf.compat.v1.summary.FileWriter(directory, graph,
+                                         filename_suffix=f'.{os.getpid()}')
 
 
 def _summary(kind, name, value):
@@ -303,14 +302,14 @@ def _validation_batch_size(requested, available):
 
 def evaluate(session, layer, bottlenecks, ground_truth, class_count):
   """Runs the layer on bottlenecks; returns an Evaluation."""
-  accuracy, predictions = session.run(
-      [layer.evaluation_step, layer.prediction],
+  accuracy, predictions, scores = session.run(
+      [layer.evaluation_step, layer.prediction, layer.final_tensor],
       {layer.bottleneck_input: bottlenecks,
        layer.ground_truth_input: ground_truth})
   confusion = np.zeros([class_count, class_count], np.int64)
   np.add.at(confusion, (ground_truth, predictions), 1)
   return Evaluation(float(accuracy), len(ground_truth), predictions,
-                    ground_truth, confusion)
+                    ground_truth, confusion, scores)
 
 
 def log_class_table(evaluation, labels):
@@ -526,6 +525,7 @@ def _final_test(session, layer, split, settings, labels, rng):
   bottlenecks, truth, chosen = _random_batch(split, settings.test_batch_size,
                                              rng)
   evaluation = evaluate(session, layer, bottlenecks, truth, len(labels))
+  evaluation.filenames = [split.filenames[index] for index in chosen]
   logging.info('Final test accuracy = %.1f%% (N=%d)',
                evaluation.accuracy * 100, evaluation.count)
   if settings.print_misclassified_test_images:

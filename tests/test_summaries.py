@@ -13,11 +13,14 @@ from poets import summaries
 from poets.errors import PoetsError
 
 
+FOLDERS = {name: (summaries.EVENT_FILES,) for name in summaries.EVENT_FOLDERS}
+
+
 def _event_folder(path, marked=True):
   path.mkdir(parents=True)
   (path / 'events.out.tfevents.1.host.42').write_bytes(b'events')
   if marked:
-    summaries.mark_event_folder(str(path))
+    files.mark_ours(str(path), [summaries.EVENT_FILES], 'retrain.py')
 
 
 def _tree(root):
@@ -50,9 +53,10 @@ def test_foreign_event_folder_names_are_refused(tmp_path, content):
   (folder / content).write_text('mine')
   with pytest.raises(PoetsError, match='--summaries_dir .*validation holds '
                      'files retrain.py did not write'):
-    summaries.check(str(tmp_path / 'summaries'), str(tmp_path / 'photos'))
+    summaries.check(str(tmp_path / 'summaries'), str(tmp_path / 'photos'),
+                    FOLDERS)
   with pytest.raises(PoetsError):
-    summaries.claim(str(tmp_path / 'summaries'))
+    summaries.claim(str(tmp_path / 'summaries'), FOLDERS)
   assert (folder / content).read_text() == 'mine'
 
 
@@ -60,7 +64,7 @@ def test_summaries_inside_image_dir_are_refused(tmp_path):
   make_image_dir(tmp_path / 'photos', per_class=1)
   with pytest.raises(PoetsError, match='inside --image_dir'):
     summaries.check(str(tmp_path / 'photos' / 'logs'),
-                    str(tmp_path / 'photos'))
+                    str(tmp_path / 'photos'), FOLDERS)
 
 
 def test_earlier_runs_leave_the_tensorboard_folder(tmp_path, monkeypatch):
@@ -68,8 +72,11 @@ def test_earlier_runs_leave_the_tensorboard_folder(tmp_path, monkeypatch):
   current = tmp_path / summaries.default_dir('efficientnet_lite0')
   for name in summaries.EVENT_FOLDERS:
     _event_folder(current / name, marked=name != 'train')  # train: legacy
-  summaries.claim(summaries.default_dir('efficientnet_lite0')).close()
-  assert sorted(os.listdir(current)) == [summaries.LOCK]
+  summaries.claim(summaries.default_dir('efficientnet_lite0'), FOLDERS).close()
+  assert sorted(os.listdir(current)) == sorted(
+      [summaries.LOCK, *summaries.EVENT_FOLDERS])  # New, empty but marked.
+  assert all(files.strangers(str(current / name)) == []
+             for name in summaries.EVENT_FOLDERS)
   previous = tmp_path / 'tf_files' / 'previous_runs' / 'efficientnet_lite0'
   (stamp,) = os.listdir(previous)
   assert sorted(os.listdir(previous / stamp)) == sorted(
@@ -80,7 +87,7 @@ def test_earlier_runs_leave_the_tensorboard_folder(tmp_path, monkeypatch):
 
 def test_own_summaries_dir_keeps_earlier_runs_inside(tmp_path):
   _event_folder(tmp_path / 'mine' / 'train')
-  summaries.claim(str(tmp_path / 'mine')).close()
+  summaries.claim(str(tmp_path / 'mine'), FOLDERS).close()
   (stamp,) = os.listdir(tmp_path / 'mine' / summaries.EARLIER_RUNS)
   assert os.listdir(tmp_path / 'mine' / summaries.EARLIER_RUNS / stamp) == [
       'train']
