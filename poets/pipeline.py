@@ -44,7 +44,7 @@ class RunResult:
 RUN_FOLDERS = {
     **{name: (summaries.EVENT_FILES,) for name in summaries.EVENT_FOLDERS},
     dashboards.TEST_RUN: (summaries.EVENT_FILES,),
-    dashboards.PROJECTOR_RUN: (summaries.EVENT_FILES, '*.tsv',
+    dashboards.PROJECTOR_RUN: (summaries.EVENT_FILES, '*.tsv', '*.bytes',
                                dashboards.PROJECTOR_CONFIG, dashboards.SPRITE),
 }
 
