@@ -120,15 +120,6 @@ def _check_outputs(settings):
       export.check_saved_model_dir(path)
 
 
-def _write_graph_summary(graph_def, summaries_dir, module_name):
-  try:
-    export.write_graph_summary(graph_def, summaries_dir, module_name)
-  except (OSError, tf.errors.OpError) as e:
-    logging.warning('Could not write the graph for TensorBoard to %s (%s); '
-                    'the outputs are saved.', summaries_dir,
-                    getattr(e, 'strerror', None) or e.message)
-
-
 def _check_usable(splits, labels):
   trained = set(splits['training'].ground_truth.tolist())
   if len(trained) < 2:
@@ -219,11 +210,18 @@ def run(settings):
             settings.tflite_quantization,
             tflite.calibration_images(splits['training'].filenames),
             what='the retrained graph'), labels))
-    # After the outputs: a summary that cannot be written loses no layer.
-    _write_graph_summary(graph_def, settings.summaries_dir, spec.name)
+    # After the outputs, and its writer only warns: a summary that cannot
+    # be written loses no layer.
+    export.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   export_seconds = time.perf_counter() - start
-  dashboards.write_run(settings.summaries_dir, settings, module, splits,
-                       labels, result)
+  try:
+    dashboards.write_run(settings.summaries_dir, settings, module, splits,
+                         labels, result)
+  except (OSError, tf.errors.OpError) as e:
+    line = files.environment_error(e)
+    if line is None:
+      raise
+    logging.warning('Could not write the dashboards: %s', line)
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
                     'the layer trained so far to %s (beside the finished '

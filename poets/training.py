@@ -28,6 +28,7 @@ from poets import images
 from poets import interrupts
 from poets import modules
 from poets import settings as settings_module
+from poets import summaries
 from poets.bottlenecks import FEED_ALIGNMENT, feedable_empty
 from poets.errors import PoetsError
 
@@ -80,8 +81,7 @@ def event_writer(directory, graph=None):
   into one --summaries_dir at once would otherwise share one file and
   corrupt it.
   """
-  return tf.compat.v1.summary.FileWriter(directory, graph,
-                                         filename_suffix=f'.{os.getpid()}')
+  return summaries.TolerantWriter(directory, graph)
 
 
 def _summary(kind, name, value):
@@ -505,8 +505,15 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
     checkpoint_path = settings.checkpoint_path
     if interrupted:
       checkpoint_path = files.interrupted_path(checkpoint_path)
-    os.makedirs(os.path.dirname(checkpoint_path) or '.', exist_ok=True)
-    saver.save(session, checkpoint_path, write_state=False)
+    try:
+      os.makedirs(os.path.dirname(checkpoint_path) or '.', exist_ok=True)
+      saver.save(session, checkpoint_path, write_state=False)
+    except (OSError, tf.errors.OpError) as e:
+      line = files.environment_error(e)
+      if line is None:
+        raise
+      # The layer's values are kept in memory: export still has them.
+      logging.warning('Could not save the checkpoint: %s', line)
     values = layer_values()
     train_writer.close()
     validation_writer.close()
