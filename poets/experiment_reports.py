@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -294,6 +295,39 @@ def _plot_time(axes, placed, width, outlined):
   axes.set(ylabel='time per run (s)', title='Run time: where it goes')
 
 
+# Characters of a tick label's line before it is broken after '_', ',' or '/'.
+TICK_LINE_LENGTH = 14
+
+
+def tick_label(value):
+  """A swept value as an x tick label: long ones broken after '_', ',' or '/'
+  into lines, so that neighbours need less room."""
+  lines = ['']
+  for part in re.split(r'(?<=[_,/])', value):
+    if lines[-1] and len(lines[-1]) + len(part) > TICK_LINE_LENGTH:
+      lines.append('')
+    lines[-1] += part
+  return '\n'.join(lines)
+
+
+def _widen_until_ticks_fit(figure, axes_list):
+  """Widens the figure until no x tick label runs into its neighbour."""
+  for _ in range(5):
+    figure.draw_without_rendering()
+    needed = 1.0
+    for axes in axes_list:
+      boxes = [label.get_window_extent() for label in axes.get_xticklabels()
+               if label.get_text()]
+      for left, right in zip(boxes, boxes[1:]):
+        gap = right.x0 - left.x1
+        if gap < 0:
+          spacing = (right.x0 + right.x1 - left.x0 - left.x1) / 2
+          needed = max(needed, (spacing - gap + 6) / spacing)
+    if needed == 1.0:
+      return
+    figure.set_figwidth(figure.get_figwidth() * needed)
+
+
 def by_key_figure(outcomes, keys, key):
   """Test accuracy (95% intervals) and run time, split, by one key.
 
@@ -320,11 +354,12 @@ def by_key_figure(outcomes, keys, key):
   _plot_accuracy(accuracy_axes, placed)
   _plot_time(time_axes, placed, width, outlined=len(series) > 1)
   for axes in (accuracy_axes, time_axes):
-    axes.set_xticks(range(len(values)), values)
+    axes.set_xticks(range(len(values)), [tick_label(v) for v in values])
     axes.set_xlim(-0.6, len(values) - 0.4)
     axes.set_xlabel(key)
     axes.grid(alpha=0.3, axis='y')
   figure.suptitle(f'By {key}: test accuracy and run time')
+  _widen_until_ticks_fit(figure, (accuracy_axes, time_axes))
   return figure
 
 

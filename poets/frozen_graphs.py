@@ -163,6 +163,25 @@ def input_candidates(graph):
   return [_layer(op) for op in placeholders + image_ops]
 
 
+def inner_input_warning(tensor):
+  """Says when an --input_layer tensor is an inner layer of a graph that has
+  an image placeholder: the steps between them are skipped, so the layer
+  gets pixels it was not trained on. None for a placeholder, and for graphs
+  such as the codelab's Inception one, whose float input is an inner Mul."""
+  if tensor.op.type == 'Placeholder':
+    return None
+  inputs = [op for op in tensor.graph.get_operations()
+            if op.type == 'Placeholder' and _is_image(op.outputs[0])]
+  if not inputs:
+    return None
+  layer = _layer(inputs[0])
+  return (f"--input_layer '{_layer(tensor.op).name}' is an inner layer "
+          f'({tensor.op.type}), not an input of the graph: what the graph '
+          'does between its input and this layer is skipped, so the scores '
+          f'differ from its own; pass --input_layer {layer.name} (its input, '
+          f'{layer.dtype} {layer.shape}).')
+
+
 def output_candidates(graph):
   """Softmax ops, then the ops whose results nothing else uses."""
   ignored = ('Const', 'NoOp', 'Placeholder', 'PlaceholderWithDefault')

@@ -310,6 +310,7 @@ class _Classifier:
   classes: int | None  # None: known only once it has run.
   scores: Callable[[np.ndarray], np.ndarray]  # [N,H,W,3] -> [N,classes]
   labels: list[str] | None = None  # Those the model carries, if any.
+  warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def _session_classifier(session, input_tensor, output_tensor, config):
@@ -333,8 +334,12 @@ def _graph_classifier(graph_def, config):
                                            '--input_layer', config.graph)
   output_tensor = frozen_graphs.find_tensor(graph, config.output_layer,
                                             '--output_layer', config.graph)
+  inner = frozen_graphs.inner_input_warning(input_tensor)
   with tf.compat.v1.Session(graph=graph) as session:
-    yield _session_classifier(session, input_tensor, output_tensor, config)
+    classifier = _session_classifier(session, input_tensor, output_tensor,
+                                     config)
+    classifier.warnings.extend(filter(None, [inner]))
+    yield classifier
 
 
 def is_saved_model(path):
@@ -472,4 +477,5 @@ def _label(paths, classifier, labels, config):
     for index, failure in data.failures(data_session, labelled):
       results[index] = ImageResult(paths[index], [],
                                    _read_error(paths[index], failure))
-  return LabelRun(results, seconds, batches, convention_warnings(config))
+  return LabelRun(results, seconds, batches,
+                  classifier.warnings + convention_warnings(config))

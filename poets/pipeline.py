@@ -142,6 +142,25 @@ def check_inputs(settings):
   files.check_writable(settings.model_dir, '--model_dir')
 
 
+def log_image_lists(image_lists):
+  """Says which folders became which labels, where they differ, and how many
+  images of each class went to training, validation and testing."""
+  for image_class in image_lists.classes:
+    if image_class.dir != image_class.label:
+      logging.info("Folder '%s' becomes the label '%s'.", image_class.dir,
+                   image_class.label)
+  splits = ('training', 'validation', 'testing')
+  counts = [[len(c.split(name)) for name in splits]
+            for c in image_lists.classes]
+  counts.append([sum(column) for column in zip(*counts)])
+  names = image_lists.labels + ['total']
+  width = max(len(name) for name in names + ['class'])
+  rows = [f'{"class":<{width}}  training  validation  testing']
+  rows += [f'{name:<{width}}  {training:8d}  {validation:10d}  {testing:7d}'
+           for name, (training, validation, testing) in zip(names, counts)]
+  logging.info('Images per class:\n%s', '\n'.join(rows))
+
+
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
   # Images first: a mistyped --image_dir is reported before the embedded
@@ -154,6 +173,7 @@ def run(settings):
     image_lists = images.limit_training_images(
         image_lists, settings.images_per_class, settings.random_seed)
   listing_seconds = time.perf_counter() - start
+  log_image_lists(image_lists)
   spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
                                 settings.model_dir, settings.input_size)
   if not settings.summaries_dir:

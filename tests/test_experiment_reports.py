@@ -95,6 +95,34 @@ def test_a_failed_run_is_a_short_cell_and_a_marked_point(tmp_path):
   assert '21.0 s' in [text.get_text() for text in time_axes.texts]
 
 
+@pytest.mark.parametrize('values', [
+    # The README's network sweep, and more.
+    'efficientnet_lite0,mobilenet_0.25_224,efficientnet_lite2,'
+    'mobilenet_1.0_224_quantized,inception_v3',
+    # Long values with few places to break them: the figure widens.
+    ','.join(f'/home/me/{name * 3}/feature_vector_{i}'
+             for i, name in enumerate(['mobilenet', 'inception', 'resnet',
+                                       'efficientnet', 'nasnet', 'pnasnet'])),
+])
+def test_x_tick_labels_never_run_into_each_other(tmp_path, values):
+  experiment = _experiment(tmp_path, f'architecture={values}')
+  figure = experiment_reports.by_key_figure(
+      [fake_outcome(run, 0.9) for run in experiment.runs], ['architecture'],
+      'architecture')
+  figure.draw_without_rendering()
+  for axes in figure.axes:
+    boxes = [label.get_window_extent() for label in axes.get_xticklabels()]
+    assert len(boxes) == len(experiment.runs)
+    for left, right in zip(boxes, boxes[1:]):
+      assert left.x1 < right.x0
+
+
+def test_short_tick_labels_stay_as_typed():
+  assert experiment_reports.tick_label('0.005') == '0.005'
+  assert experiment_reports.tick_label('mobilenet_1.0_224_quantized') == (
+      'mobilenet_1.0_\n224_quantized')
+
+
 def test_wilson_interval_matches_the_textbook():
   low, high = experiment_reports.wilson_interval(9, 10)
   assert (round(low, 3), round(high, 3)) == (0.596, 0.982)
