@@ -64,8 +64,9 @@ cli.define_flags(DEFAULTS, {
     'summaries_dir': (
         'Where to save summary logs for TensorBoard (default: '
         'tf_files/training_summaries/<architecture or module name>). Event '
-        'files of an earlier run there are moved to ~previous_runs/<date>, '
-        'never deleted.'),
+        'files of an earlier run there are moved, never deleted, to '
+        'tf_files/previous_runs/<name>/<date> (from a folder of your own, to '
+        'its ~previous_runs/<date>).'),
     'how_many_training_steps': 'How many training steps to run before ending.',
     'learning_rate': 'How large a learning rate to use when training.',
     'testing_percentage': 'What percentage of images to use as a test set.',
