@@ -179,6 +179,26 @@ def _check_usable(splits, labels):
         'images that decode to at least two class folders.')
 
 
+def train(settings, labels, spec, module, splits, cut=None, cut_splits=None,
+          save_intermediate=None):
+  """Trains the new layer on `splits`' bottlenecks; with a fine_tuning.Cut,
+  then the top blocks with it on `cut_splits`' cuts. Returns the
+  TrainingResult of the last."""
+  result = training.train(settings, splits, labels, spec, save_intermediate,
+                          final_test=cut is None)
+  if cut is None or result.interrupted:
+    return result
+  logging.info('Fine-tuning the top %d blocks with the new layer for %d '
+               'steps', settings.fine_tune_blocks, settings.fine_tune_steps)
+  return training.train(
+      settings, cut_splits, labels, spec, save_intermediate,
+      fine_tuning.FineTuning(
+          cut, fine_tuning.bottom_module(cut, module), result.layer,
+          first_step=settings.how_many_training_steps,
+          steps=settings.fine_tune_steps,
+          learning_rate=settings.fine_tune_learning_rate))
+
+
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
   # Images first: a mistyped --image_dir is reported before the embedded
@@ -237,19 +257,8 @@ def run(settings):
       export.save_graph(frozen_graphs.freeze(layer), path)
 
     start = time.perf_counter()
-    result = training.train(settings, splits, labels, spec,
-                            save_intermediate, final_test=cut is None)
-    if cut and not result.interrupted:
-      logging.info('Fine-tuning the top %d blocks with the new layer for %d '
-                   'steps', settings.fine_tune_blocks,
-                   settings.fine_tune_steps)
-      result = training.train(
-          settings, cut_splits, labels, spec, save_intermediate,
-          fine_tuning.FineTuning(
-              cut, fine_tuning.bottom_module(cut, module), result.layer,
-              first_step=settings.how_many_training_steps,
-              steps=settings.fine_tune_steps,
-              learning_rate=settings.fine_tune_learning_rate))
+    result = train(settings, labels, spec, module, splits, cut, cut_splits,
+                   save_intermediate)
     training_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
