@@ -22,6 +22,7 @@ from poets import training
 from poets.core import cut_cache
 from poets.core import fine_tuning
 from poets.errors import PoetsError
+from poets.extras import tflite_metadata
 
 try:
   import fcntl
@@ -278,11 +279,11 @@ def run(settings):
                               settings.final_tensor_name)
     saved.append(saved_model_dir)
   if tflite_path:
-    tflite.save_model(tflite.convert(
+    tflite.save_model(tflite_metadata.add_metadata(tflite.convert(
         graph_def, export.INPUT_NAME, settings.final_tensor_name,
         settings.tflite_quantization,
         tflite.calibration_images(splits['training'].filenames),
-        what='the retrained graph'), tflite_path)
+        what='the retrained graph'), labels), tflite_path)
     saved.append(tflite_path)
   export_seconds = time.perf_counter() - start
   if result.interrupted:
