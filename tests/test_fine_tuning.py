@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from poets import efficientnet_lite
 from poets import export
+from poets import files
 from poets import images
 from poets import labeling
 from poets import modules
@@ -25,7 +26,7 @@ from poets.core import cut_cache
 from poets.core import fine_tuning
 from poets.errors import PoetsError
 
-from conftest import make_image_dir
+from conftest import ctrl_c_when_logged, make_image_dir
 
 SIZE = 32
 
@@ -161,6 +162,39 @@ def test_fine_tuning_moves_the_top_and_keeps_the_bottom(
       network.blocks[0].expand.kernel)
   np.testing.assert_array_equal(
       constants['fine_tuned_blocks/block2/expand/kernel'], trained)
+
+
+def test_a_stop_while_fine_tuning_keeps_what_was_trained(
+    photos, tiny_module, tiny_cut, tmp_path):
+  cut_splits, _ = cut_cache.cache_cuts(photos, tiny_module, tiny_cut,
+                                       str(tmp_path / 'cache'))
+  splits = fine_tuning.pretrained_bottlenecks(tiny_cut, cut_splits)
+  config = _settings(tmp_path, eval_step_interval=1)
+  with ctrl_c_when_logged('Step 62: Validation accuracy'):
+    result = pipeline.train(config, photos.labels, tiny_module.spec,
+                            tiny_module, splits, tiny_cut, cut_splits)
+  assert result.interrupted and result.steps_done == 62
+  assert 'fine_tuned_blocks/head/kernel' in result.layer
+  checkpoint = tf.train.load_checkpoint(
+      files.interrupted_path(config.checkpoint_path))
+  np.testing.assert_array_equal(
+      checkpoint.get_tensor('fine_tuned_blocks/head/kernel'),
+      result.layer['fine_tuned_blocks/head/kernel'])
+
+
+def test_without_fine_tuning_the_cache_and_graph_are_as_before(retrained):
+  config, _ = retrained
+  cached = sorted(os.listdir(config.bottleneck_dir))
+  assert cached == ['.bottleneck_index_' + cached[0].split('_index_')[1],
+                    'blue', 'green', 'red']
+  assert all(name.endswith('.txt') for name in os.listdir(
+      os.path.join(config.bottleneck_dir, 'red')))
+  graph_def = tf.compat.v1.GraphDef.FromString(
+      open(config.output_graph, 'rb').read())
+  assert not [node.name for node in graph_def.node if 'blocks' in node.name]
+  saved = [name for name, _ in tf.train.list_variables(config.checkpoint_path)]
+  assert saved == ['final_retrain_ops/biases/final_biases',
+                   'final_retrain_ops/weights/final_weights']
 
 
 def test_distorted_photos_go_through_the_frozen_bottom(
