@@ -196,6 +196,19 @@ def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
   return layer
 
 
+def _kernel_summaries(variables):
+  """Each fine-tuned kernel's histogram, and that of its change since
+  training began, which shows the blocks learning where the first hardly
+  moves."""
+  for variable in variables:
+    scope, name = variable.op.name.rsplit('/', 1)
+    if name == 'kernel':
+      with tf.name_scope(f'{scope}/'):
+        _summary('histogram', name, variable)
+        _summary('histogram', f'{name}_change',
+                 variable - variable.initial_value)
+
+
 def _class_ranges(ground_truth, class_count):
   """Start offset and count of each class in a class-sorted split."""
   counts = np.bincount(ground_truth, minlength=class_count)
@@ -400,6 +413,7 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None,
       features = fine_tuning.top(fine_tune.cut, cut_input)
       fine_tuned = (fine_tuning.top_variables_of(graph),
                     fine_tune.learning_rate)
+      _kernel_summaries(fine_tuned[0])
     layer = add_final_retrain_ops(class_count, settings.final_tensor_name,
                                   features, batches.ground_truth,
                                   settings.learning_rate, fine_tuned)

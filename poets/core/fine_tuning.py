@@ -116,10 +116,7 @@ def bottom(cut, images):
 
 
 def _trained_variable(name, value):
-  variable = tf.compat.v1.Variable(value, name=name)
-  if name == 'kernel':
-    tf.compat.v1.summary.histogram('kernel', variable)
-  return variable
+  return tf.compat.v1.Variable(value, name=name)
 
 
 def top(cut, cut_values):
