@@ -33,11 +33,14 @@ training and the rest), validation_accuracy.png, and a folder per run with
 its graph, labels and retrain.log (everything the run printed, as
 retrain.py prints it). <experiments_dir>/index.md lists every experiment. All
 runs share --bottleneck_dir, so only the first run of a network makes
-bottlenecks. Summaries go to <summaries_dir>/<experiment>/<run>/, so
+bottlenecks. Each run's TensorBoard summaries go in its own folder (or, with
+--summaries_dir, to <summaries_dir>/<experiment>/<run>/), out of the
+tf_files/training_summaries that the codelab's TensorBoard shows, so
 
-  tensorboard --logdir tf_files/training_summaries/experiments/<experiment>
+  tensorboard --logdir tf_files/experiments/<experiment>
 
-overlays one experiment's curves.
+overlays one experiment's curves, and its HParams tab lists every run with
+its swept values and final test accuracy, cross entropy and time.
 """
 
 import shlex
@@ -56,6 +59,7 @@ from poets import cli  # noqa: E402
 from poets import experiment_reports  # noqa: E402
 from poets import experiments  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
+from poets.extras import dashboards  # noqa: E402
 
 flags.DEFINE_multi_string(
     'sweep', [], 'key=value1,value2,...: runs every value of a retrain flag, '
@@ -91,22 +95,25 @@ def main(argv):
   cli.refuse_positional(argv, 'experiments.py')
   verbosity = FLAGS.logging_verbosity.lower().replace('warn', 'warning')
   logging.set_verbosity(verbosity)
-  summaries_root = FLAGS.summaries_dir or experiments.DEFAULT_SUMMARIES_ROOT
   flag_names = [flag.name
                 for flag in FLAGS.get_key_flags_for_module(retrain)]
   try:
     sweeps = [experiments.parse_sweep(text, flag_names) for text in FLAGS.sweep]
     experiment = experiments.plan(sweeps, config_for, FLAGS.experiments_dir,
-                                  summaries_root,
-                                  shlex.join(['python'] + sys.argv))
+                                  FLAGS.summaries_dir or None,
+                                  shlex.join(['python'] + sys.argv),
+                                  check_inputs=True)
     for note in experiment.notes:
       print(note)
     # From here on Ctrl-C and SIGTERM stop the sweep, never the table.
     with experiments.stop_requests() as stop:
       outcomes = experiments.run_all(experiment.runs, verbosity, stop)
       report = experiment_reports.write_report(outcomes, experiment)
+      dashboards.write_hparams(experiment, outcomes)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
+  except Exception as e:  # A full disk, a denied permission.
+    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
   except KeyboardInterrupt:
     sys.exit('Interrupted before the first run; no table written.')
   print(report.markdown)

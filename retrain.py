@@ -190,6 +190,8 @@ def main(argv):
       result = pipeline.run(run_settings)
     except PoetsError as e:
       sys.exit(f'ERROR: {e}')
+    except Exception as e:  # A full disk, a denied permission.
+      sys.exit(f'ERROR: {cli.environment_error_line(e)}')
     except KeyboardInterrupt:
       print('Interrupted; finished bottleneck files and outputs are intact.',
             file=sys.stderr)
