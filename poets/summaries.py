@@ -138,13 +138,13 @@ class TolerantWriter:
   full disk or a lost permission, are one warning, after which it writes
   nothing more: a run's curves are worth less than the layer it trains."""
 
-  def __init__(self, directory, graph=None):
+  def __init__(self, directory, graph=None, suffix=''):
     self._writer = None
-    self._try(self._open, directory, graph)
+    self._try(self._open, directory, graph, suffix)
 
-  def _open(self, directory, graph):
+  def _open(self, directory, graph, suffix):
     self._writer = tf.compat.v1.summary.FileWriter(
-        directory, graph, filename_suffix=f'.{os.getpid()}')
+        directory, graph, filename_suffix=f'.{os.getpid()}{suffix}')
 
   def _try(self, write, *args, **kwargs):
     try:
