@@ -21,6 +21,7 @@ call; then it brings the index up to date.
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import time
 
@@ -75,16 +76,17 @@ def bottleneck_path(bottleneck_dir, class_dir, image_name, module_name):
   return os.path.join(bottleneck_dir, class_dir, folder, f'{cache_name}.txt')
 
 
-def feedable_empty(shape):
-  """An uninitialised float32 array TensorFlow can be fed without a copy.
+def feedable_empty(shape, dtype=np.float32):
+  """An uninitialised array TensorFlow can be fed without a copy.
 
   Training feeds all training bottlenecks at every step; a copy would cost
   their size in memory and time at each one.
   """
-  size = int(np.prod(shape)) * 4
+  dtype = np.dtype(dtype)
+  size = int(np.prod(shape)) * dtype.itemsize
   raw = np.empty(size + FEED_ALIGNMENT, np.uint8)
   start = -raw.ctypes.data % FEED_ALIGNMENT
-  return raw[start:start + size].view(np.float32).reshape(shape)
+  return raw[start:start + size].view(dtype).reshape(shape)
 
 
 def format_bottleneck(values):
@@ -129,8 +131,9 @@ class _Entry:
   cache_path: str
 
 
-def _entries(image_lists, bottleneck_dir, module_name):
-  """Every image, split by split and class by class within a split.
+def entries_of(image_lists, cache_path):
+  """Every image, split by split and class by class within a split, with
+  its cache file `cache_path(class folder, image name)`.
 
   In that order each split is one block of rows, sorted by class as training
   needs, so the splits can be slices of one array instead of copies.
@@ -140,8 +143,12 @@ def _entries(image_lists, bottleneck_dir, module_name):
       for image_name in image_class.split(split):
         yield _Entry(split, class_index,
                      image_lists.image_path(class_index, image_name),
-                     bottleneck_path(bottleneck_dir, image_class.dir,
-                                     image_name, module_name))
+                     cache_path(image_class.dir, image_name))
+
+
+def _entries(image_lists, bottleneck_dir, module_name):
+  return entries_of(image_lists, functools.partial(
+      bottleneck_path, bottleneck_dir, module_name=module_name))
 
 
 def _index_names(entries, bottleneck_dir):
@@ -150,7 +157,7 @@ def _index_names(entries, bottleneck_dir):
   return [os.fsencode(e.cache_path[len(prefix):]) for e in entries]
 
 
-def _existing(paths):
+def existing(paths):
   """Which of `paths` exist: one listing per folder, not one stat per file."""
   listed = {}
   found = np.zeros(len(paths), bool)
@@ -203,7 +210,7 @@ def _read_cache(entries, names, values, identities, index, bottleneck_dir,
   """
   bottleneck_size = values.shape[1]
   cached = []
-  for row in np.flatnonzero(_existing([e.cache_path for e in entries])):
+  for row in np.flatnonzero(existing([e.cache_path for e in entries])):
     try:
       identities[row] = cache_index.identity_of(entries[row].cache_path)
       cached.append(row)
@@ -263,14 +270,15 @@ def foreign_cache_message(bottleneck_dir, other_size, bottleneck_size):
           '(or move that folder away) and rerun.')
 
 
-def _compute(entries, todo, module_spec, summary):
-  """Runs the images at indices `todo` through the module, batch by batch.
+def compute(entries, todo, load_module, summary):
+  """Runs the images at indices `todo` through the module that
+  `load_module()` loads into the current graph, batch by batch.
 
   Yields (index, bottleneck) as results arrive; images that fail to read or
   decode are recorded in `summary.failed` and skipped.
   """
   with tf.Graph().as_default() as graph:
-    module = modules.load_module(module_spec)
+    module = load_module()
     decoded = images.decode_in_batches([entries[i].image_path for i in todo],
                                        module.decode, BATCH_SIZE)
     bottlenecks = module.apply(decoded.images)
@@ -331,7 +339,7 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir):
   logging.info('Bottlenecks: %d created (%d replacing bad cache files), %d '
                'reused, %d failed', summary.created, summary.recomputed,
                summary.reused, len(summary.failed))
-  return _by_split(entries, values, have), summary
+  return by_split(entries, values, have), summary
 
 
 def _create_missing(entries, values, identities, have, module_spec, summary,
@@ -346,7 +354,9 @@ def _create_missing(entries, values, identities, have, module_spec, summary,
   # batch; on the way out (even Ctrl-C) it finishes what was computed.
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
     pending = collections.deque()
-    for index, bottleneck in _compute(entries, todo, module_spec, summary):
+    for index, bottleneck in compute(
+        entries, todo, functools.partial(modules.load_module, module_spec),
+        summary):
       # The value as the file holds it, so cold and warm runs agree.
       values[index] = bottleneck
       have[index] = True
@@ -367,7 +377,7 @@ def _finish_write(pending, identities):
   identities[index] = write.result()  # A failed write stops the run now.
 
 
-def _by_split(entries, values, have):
+def by_split(entries, values, have):
   """The splits as slices of `values`, without the images that failed."""
   kept = np.flatnonzero(have)
   if len(kept) < len(entries):
