@@ -25,21 +25,16 @@ takes the same flags: `--graph tf_files/optimized_graph.tflite`.
 import os
 import sys
 
+from absl import app
+from absl import flags
+
+from poets import cli
+from poets import settings
 from poets import startup
+from poets.core import label_output
+from poets.errors import PoetsError
 
-startup.begin_script()  # Before anything else imports TensorFlow.
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from poets import cli  # noqa: E402
-from poets import export  # noqa: E402
-from poets import label_output  # noqa: E402
-from poets import labeling  # noqa: E402
-from poets import settings  # noqa: E402
-from poets.errors import PoetsError  # noqa: E402
-
-DEFAULTS = labeling.LabelConfig()
+DEFAULTS = settings.LabelConfig()
 # Decoded images of one batch sit in memory together.
 MAX_BATCH_SIZE = 4096
 
@@ -73,7 +68,7 @@ flags.DEFINE_bool('list_layers', False,
 flags.DEFINE_bool('imagenet', False,
                   "Label with the embedded module's ImageNet classifier "
                   f'instead of --graph and --labels (written once to '
-                  f'{export.IMAGENET_GRAPH} and {export.IMAGENET_LABELS}).')
+                  f'{settings.IMAGENET_GRAPH} and {settings.IMAGENET_LABELS}).')
 
 for _name in ('graph', 'labels'):
   flags.register_validator(_name, cli.is_path,
@@ -100,7 +95,7 @@ def _image_args(values):
 
 
 def config_from_flags(extra_images):
-  return labeling.LabelConfig(
+  return settings.LabelConfig(
       graph=FLAGS.graph,
       labels=FLAGS.labels,
       images=_image_args(FLAGS.image + extra_images),
@@ -115,17 +110,21 @@ def config_from_flags(extra_images):
       batch_size=FLAGS.batch_size)
 
 
-def _use_imagenet(config):
+def _use_imagenet(config, imagenet_demo):
   """The config with the ImageNet graph, which is built on first use."""
-  graph, labels = export.IMAGENET_GRAPH, export.IMAGENET_LABELS
+  graph, labels = settings.IMAGENET_GRAPH, settings.IMAGENET_LABELS
   if not (os.path.exists(graph) and os.path.exists(labels)):
     print(f'Writing {graph} and {labels} (once)...', file=sys.stderr)
-    export.export_imagenet_graph(graph, labels)
-  return labeling.LabelConfig(**{**vars(config), 'graph': graph,
+    imagenet_demo.export_imagenet_graph(graph, labels)
+  return settings.LabelConfig(**{**vars(config), 'graph': graph,
                                  'labels': labels})
 
 
 def main(argv):
+  startup.begin_script()  # Before anything imports TensorFlow.
+  # pylint: disable=g-import-not-at-top
+  from poets.core import labeling
+  from poets.extras import imagenet_demo
   # A file name need not be UTF-8; print it as the bytes it is, as ls does.
   sys.stdout.reconfigure(errors='surrogateescape')
   try:
@@ -134,7 +133,7 @@ def main(argv):
       return
     config = config_from_flags(argv[1:])
     if FLAGS.imagenet:
-      config = _use_imagenet(config)
+      config = _use_imagenet(config, imagenet_demo)
       if not config.images and not config.image_dir:
         print(f'Label a photo with: python {argv[0]} --imagenet --image '
               'photo.jpg', file=sys.stderr)

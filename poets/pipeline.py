@@ -12,14 +12,17 @@ import time
 
 from absl import logging
 
-from poets import bottlenecks
-from poets import export
 from poets import files
-from poets import images
-from poets import modules
-from poets import tflite
-from poets import training
+from poets.core import bottlenecks
+from poets.core import export
+from poets.core import graph_names
+from poets.core import image_listing
+from poets.core import modules
+from poets.core import training
 from poets.errors import PoetsError
+from poets.extras import saved_model
+from poets.extras import tensorboard_graph
+from poets.extras import tflite_converter
 
 try:
   import fcntl
@@ -77,7 +80,7 @@ def _set_aside_earlier_run(summaries_dir):
 
 
 def _check_tflite(settings):
-  tflite.check_quantization(settings.tflite_quantization,
+  tflite_converter.check_quantization(settings.tflite_quantization,
                             '--tflite_quantization')
   path = settings.output_tflite
   if not path:
@@ -141,7 +144,7 @@ def _check_outputs(settings):
   if settings.saved_model_dir:
     for path in (settings.saved_model_dir,
                  files.interrupted_path(settings.saved_model_dir)):
-      export.check_saved_model_dir(path)
+      saved_model.check_saved_model_dir(path)
 
 
 def _claim_summaries(summaries_dir):
@@ -151,7 +154,7 @@ def _claim_summaries(summaries_dir):
   Every run holds a shared lock on a file in --summaries_dir while it runs;
   setting aside needs the lock alone, so the folders of a run still going
   stay where they are, and the two runs' event files sit side by side, told
-  apart by their process ids (training.event_writer).
+  apart by their process ids (summaries.event_writer).
   """
   os.makedirs(summaries_dir, exist_ok=True)
   lock = open(os.path.join(summaries_dir, SUMMARIES_LOCK), 'a')
@@ -182,11 +185,11 @@ def run(settings):
   # Images first: a mistyped --image_dir is reported before the embedded
   # module is built.
   start = time.perf_counter()
-  image_lists = images.create_image_lists(settings.image_dir,
+  image_lists = image_listing.create_image_lists(settings.image_dir,
                                           settings.testing_percentage,
                                           settings.validation_percentage)
   if settings.images_per_class is not None:
-    image_lists = images.limit_training_images(
+    image_lists = image_listing.limit_training_images(
         image_lists, settings.images_per_class, settings.random_seed)
   listing_seconds = time.perf_counter() - start
   spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
@@ -229,7 +232,7 @@ def run(settings):
 
     start = time.perf_counter()
     graph_def = frozen_graphs.freeze(result.layer)
-    export.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
+    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   outputs = [settings.output_graph, settings.output_labels,
              settings.saved_model_dir, settings.output_tflite]
   if result.interrupted:
@@ -240,14 +243,14 @@ def run(settings):
   export.save_labels(labels, labels_path)
   saved = [graph_path, labels_path]
   if saved_model_dir:
-    export.export_saved_model(graph_def, saved_model_dir,
+    saved_model.export_saved_model(graph_def, saved_model_dir,
                               settings.final_tensor_name)
     saved.append(saved_model_dir)
   if tflite_path:
-    tflite.save_model(tflite.convert(
-        graph_def, export.INPUT_NAME, settings.final_tensor_name,
+    tflite_converter.save_model(tflite_converter.convert(
+        graph_def, graph_names.INPUT_NAME, settings.final_tensor_name,
         settings.tflite_quantization,
-        tflite.calibration_images(splits['training'].filenames),
+        tflite_converter.calibration_images(splits['training'].filenames),
         what='the retrained graph'), tflite_path)
     saved.append(tflite_path)
   export_seconds = time.perf_counter() - start

@@ -22,9 +22,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_image_dir
-from poets import modules
 from poets import pipeline
 from poets import settings
+from poets.core import modules
 
 pytestmark = pytest.mark.slow  # Starting TensorBoard takes 10-30 s.
 

@@ -1,0 +1,2 @@
+"""What the codelab did not have, built on the core stages: TensorFlow Lite,
+the SavedModel, the TensorBoard graph, experiments, Beam, the ImageNet demo."""
