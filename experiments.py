@@ -57,9 +57,10 @@ flags.DEFINE_multi_string(
     'sweep', [], 'key=value1,value2,...: runs every value of a retrain flag, '
     'of images_per_class (a number or all) or of device (cpu, gpu); several '
     '--sweep flags run the cross product.')
-flags.DEFINE_string('experiments_dir', experiment_plan.DEFAULT_EXPERIMENTS_DIR,
-                    'Where each experiment gets a folder for its table, '
-                    'plots and runs, listed in index.md.')
+flags.DEFINE_string(
+    'experiments_dir', experiment_plan.DEFAULT_EXPERIMENTS_DIR,
+    'Where each experiment gets a folder for its table, '
+    'plots and runs, listed in index.md.')
 flags.register_validator('experiments_dir', cli.is_path,
                          'must name a folder (not empty, no NUL)')
 flags.adopt_module_key_flags(retrain)
@@ -95,10 +96,12 @@ def main(argv):
   flag_names = [flag.name
                 for flag in FLAGS.get_key_flags_for_module(retrain)]
   try:
-    sweeps = [experiment_plan.parse_sweep(text, flag_names) for text in FLAGS.sweep]
+    sweeps = [
+        experiment_plan.parse_sweep(text, flag_names) for text in FLAGS.sweep
+    ]
     experiment = experiment_plan.plan(sweeps, config_for, FLAGS.experiments_dir,
-                                  summaries_root,
-                                  shlex.join(['python'] + sys.argv))
+                                      summaries_root,
+                                      shlex.join(['python'] + sys.argv))
     for note in experiment.notes:
       print(note)
     # From here on Ctrl-C and SIGTERM stop the sweep, never the table.

@@ -65,10 +65,10 @@ flags.DEFINE_enum('output_format', 'text', label_output.OUTPUT_FORMATS,
 flags.DEFINE_bool('list_layers', False,
                   "Print the graph's candidate input and output layers and "
                   'exit.')
-flags.DEFINE_bool('imagenet', False,
-                  "Label with the embedded module's ImageNet classifier "
-                  f'instead of --graph and --labels (written once to '
-                  f'{settings.IMAGENET_GRAPH} and {settings.IMAGENET_LABELS}).')
+flags.DEFINE_bool(
+    'imagenet', False, "Label with the embedded module's ImageNet classifier "
+    f'instead of --graph and --labels (written once to '
+    f'{settings.IMAGENET_GRAPH} and {settings.IMAGENET_LABELS}).')
 
 for _name in ('graph', 'labels'):
   flags.register_validator(_name, cli.is_path,
@@ -95,19 +95,18 @@ def _image_args(values):
 
 
 def config_from_flags(extra_images):
-  return settings.LabelConfig(
-      graph=FLAGS.graph,
-      labels=FLAGS.labels,
-      images=_image_args(FLAGS.image + extra_images),
-      image_dir=FLAGS.image_dir,
-      input_layer=FLAGS.input_layer,
-      output_layer=FLAGS.output_layer,
-      input_height=FLAGS.input_height,
-      input_width=FLAGS.input_width,
-      input_mean=FLAGS.input_mean,
-      input_std=FLAGS.input_std,
-      top_k=FLAGS.top_k,
-      batch_size=FLAGS.batch_size)
+  return settings.LabelConfig(graph=FLAGS.graph,
+                              labels=FLAGS.labels,
+                              images=_image_args(FLAGS.image + extra_images),
+                              image_dir=FLAGS.image_dir,
+                              input_layer=FLAGS.input_layer,
+                              output_layer=FLAGS.output_layer,
+                              input_height=FLAGS.input_height,
+                              input_width=FLAGS.input_width,
+                              input_mean=FLAGS.input_mean,
+                              input_std=FLAGS.input_std,
+                              top_k=FLAGS.top_k,
+                              batch_size=FLAGS.batch_size)
 
 
 def _use_imagenet(config, imagenet_demo):
@@ -116,8 +115,10 @@ def _use_imagenet(config, imagenet_demo):
   if not (os.path.exists(graph) and os.path.exists(labels)):
     print(f'Writing {graph} and {labels} (once)...', file=sys.stderr)
     imagenet_demo.export_imagenet_graph(graph, labels)
-  return settings.LabelConfig(**{**vars(config), 'graph': graph,
-                                 'labels': labels})
+  return settings.LabelConfig(**{
+      **vars(config), 'graph': graph,
+      'labels': labels
+  })
 
 
 def main(argv):

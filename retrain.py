@@ -114,11 +114,11 @@ cli.define_flags(DEFAULTS, {
     'random_seed': (0, settings.MAX_RANDOM_SEED),
 })
 cli.define_module_flags(DEFAULTS)
-flags.DEFINE_enum('tflite_quantization', DEFAULTS.tflite_quantization,
-                  settings.QUANTIZATIONS,
-                  'How --output_tflite is stored: none (float32), dynamic '
-                  '(int8 weights, float arithmetic) or int8 (full-integer, '
-                  'calibrated on a few hundred of the training images).')
+flags.DEFINE_enum(
+    'tflite_quantization', DEFAULTS.tflite_quantization, settings.QUANTIZATIONS,
+    'How --output_tflite is stored: none (float32), dynamic '
+    '(int8 weights, float arithmetic) or int8 (full-integer, '
+    'calibrated on a few hundred of the training images).')
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much logging output should be produced.')

@@ -37,21 +37,30 @@ from poets.errors import PoetsError
 
 DEFAULTS = settings.ConvertConfig()
 
-cli.define_flags(DEFAULTS, {
-    'graph_def_file': 'The frozen graph (.pb) to convert.',
-    'output_file': 'Where to write the TensorFlow Lite model.',
-    'input_array': ('Name of the input layer: Placeholder for this project, '
-                    "input (MobileNet) for the codelab's graphs."),
-    'output_array': 'Name of the output layer.',
-    'image_dir': ('Photos to calibrate int8 on (searched recursively; '
-                  f'{settings.CALIBRATION_IMAGES} evenly spread ones used).'),
-    'input_mean': 'Subtracted from each calibration pixel (0-255).',
-    'input_std': ('Each calibration pixel minus --input_mean is divided by '
-                  'this; the defaults give the [0, 1] retrain.py trains on.'),
-})
-flags.DEFINE_enum('quantization', DEFAULTS.quantization, settings.QUANTIZATIONS,
-                  'none (float32), dynamic (int8 weights, float arithmetic) '
-                  'or int8 (full-integer, calibrated on --image_dir).')
+cli.define_flags(
+    DEFAULTS, {
+        'graph_def_file':
+            'The frozen graph (.pb) to convert.',
+        'output_file':
+            'Where to write the TensorFlow Lite model.',
+        'input_array':
+            ('Name of the input layer: Placeholder for this project, '
+             "input (MobileNet) for the codelab's graphs."),
+        'output_array':
+            'Name of the output layer.',
+        'image_dir':
+            ('Photos to calibrate int8 on (searched recursively; '
+             f'{settings.CALIBRATION_IMAGES} evenly spread ones used).'),
+        'input_mean':
+            'Subtracted from each calibration pixel (0-255).',
+        'input_std':
+            ('Each calibration pixel minus --input_mean is divided by '
+             'this; the defaults give the [0, 1] retrain.py trains on.'),
+    })
+flags.DEFINE_enum(
+    'quantization', DEFAULTS.quantization, settings.QUANTIZATIONS,
+    'none (float32), dynamic (int8 weights, float arithmetic) '
+    'or int8 (full-integer, calibrated on --image_dir).')
 
 for _name in ('graph_def_file', 'output_file', 'input_array', 'output_array'):
   flags.register_validator(_name, cli.is_path,
@@ -75,13 +84,17 @@ FLAGS = flags.FLAGS
 def main(argv):
   cli.refuse_positional(argv, 'tflite_convert.py')
   startup.begin_script()  # Before anything imports TensorFlow.
-  from poets.extras import tflite_converter  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from poets.extras import tflite_converter
   logging.set_verbosity(logging.INFO)
-  config = settings.ConvertConfig(
-      graph_def_file=FLAGS.graph_def_file, output_file=FLAGS.output_file,
-      input_array=FLAGS.input_array, output_array=FLAGS.output_array,
-      quantization=FLAGS.quantization, image_dir=FLAGS.image_dir,
-      input_mean=FLAGS.input_mean, input_std=FLAGS.input_std)
+  config = settings.ConvertConfig(graph_def_file=FLAGS.graph_def_file,
+                                  output_file=FLAGS.output_file,
+                                  input_array=FLAGS.input_array,
+                                  output_array=FLAGS.output_array,
+                                  quantization=FLAGS.quantization,
+                                  image_dir=FLAGS.image_dir,
+                                  input_mean=FLAGS.input_mean,
+                                  input_std=FLAGS.input_std)
   try:
     size = tflite_converter.convert_graph_file(config)
   except PoetsError as e:

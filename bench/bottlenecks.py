@@ -77,10 +77,9 @@ def _original_bottleneck(session, ops, image_path, bottleneck_path):
 
 def _decoded(image_paths, height, width):
   """All photos decoded and resized as ours does, as one array."""
-  dataset = (tf.data.Dataset.from_tensor_slices(image_paths)
-             .map(lambda path: image_decoding.decode_and_resize(
-                 tf.io.read_file(path), height, width))
-             .batch(len(image_paths)))
+  dataset = (tf.data.Dataset.from_tensor_slices(
+      image_paths).map(lambda path: image_decoding.decode_and_resize(
+          tf.io.read_file(path), height, width)).batch(len(image_paths)))
   return next(iter(dataset)).numpy()
 
 
@@ -99,7 +98,8 @@ def _measure(image_dir, work):
   # (class folder, image name, image path) of every photo, in cache order.
   photos = [(c.dir, name, image_lists.image_path(i, name))
             for i, c in enumerate(image_lists.classes)
-            for split in image_listing.SPLITS for name in c.split(split)]
+            for split in image_listing.SPLITS
+            for name in c.split(split)]
   count = len(photos)
   batch = graph_names.BATCH_SIZE
   pixels = _decoded([path for _, _, path in photos], *module.image_size)

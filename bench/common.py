@@ -87,8 +87,10 @@ def subset(image_dir, per_class, destination):
 def photo_count(image_dir):
   """How many photos retrain.py would use from `image_dir`."""
   image_lists = image_listing.create_image_lists(image_dir, 10, 10)
-  return sum(len(c.split(split)) for c in image_lists.classes
-             for split in image_listing.SPLITS)
+  return sum(
+      len(c.split(split))
+      for c in image_lists.classes
+      for split in image_listing.SPLITS)
 
 
 def module_spec():

@@ -160,9 +160,9 @@ def _compare_readers(image_dir, bottleneck_dir, module_name, sample):
   seconds: the CPU rate moves much less with other work on the machine.
   """
   # pylint: disable=protected-access
-  entries = list(bottlenecks._entries(
-      image_listing.create_image_lists(image_dir, 10, 10), bottleneck_dir,
-      module_name))[:sample]
+  entries = list(
+      bottlenecks._entries(image_listing.create_image_lists(image_dir, 10, 10),
+                           bottleneck_dir, module_name))[:sample]
   names = bottlenecks._index_names(entries, bottleneck_dir)
 
   def read(index):

@@ -75,9 +75,10 @@ def _convert(graph_def, image_lists, work):
   for quantization in settings.QUANTIZATIONS:
     path = os.path.join(work, f'{quantization}.tflite')
     start = time.perf_counter()
-    tflite_converter.save_model(tflite_converter.convert(
-        graph_def, graph_names.INPUT_NAME, OUTPUT, quantization,
-        tflite_converter.calibration_images(training_paths)), path)
+    tflite_converter.save_model(
+        tflite_converter.convert(
+            graph_def, graph_names.INPUT_NAME, OUTPUT, quantization,
+            tflite_converter.calibration_images(training_paths)), path)
     models[quantization] = path, time.perf_counter() - start
   return models
 
@@ -89,9 +90,10 @@ def _held_back(image_lists, size):
     pairs = [(image_lists.image_path(i, name), i)
              for i, image_class in enumerate(image_lists.classes)
              for name in image_class.split(split)]
-    pixels = np.stack([image_decoding.decode_and_normalize(tf.io.read_file(path), *size, 0.0,
-                                          255.0).numpy()
-                       for path, _ in pairs])
+    pixels = np.stack([
+        image_decoding.decode_and_normalize(tf.io.read_file(path), *size, 0.0,
+                                            255.0).numpy() for path, _ in pairs
+    ])
     sets[split] = pixels, np.array([label for _, label in pairs])
   return sets
 
@@ -108,8 +110,11 @@ def _pb_classifier(graph_def):
 
 def _tflite_classifier(path):
   with open(path, 'rb') as f:
-    model = tflite_interpreter.load(f.read(), path, graph_names.INPUT_NAME, OUTPUT,
-                              num_threads=THREADS)
+    model = tflite_interpreter.load(f.read(),
+                                    path,
+                                    graph_names.INPUT_NAME,
+                                    OUTPUT,
+                                    num_threads=THREADS)
   return lambda pixels: tflite_interpreter.run(model, pixels)
 
 
@@ -189,8 +194,8 @@ def main(argv):
   pb_test = (pb_top1[:tests] == truth[:tests]).mean()
   worst_test = min((scores[q].argmax(1)[:tests] == truth[:tests]).mean()
                    for q in settings.QUANTIZATIONS)
-  worst_agreement = min((scores[q].argmax(1) == pb_top1).mean()
-                        for q in settings.QUANTIZATIONS)
+  worst_agreement = min(
+      (scores[q].argmax(1) == pb_top1).mean() for q in settings.QUANTIZATIONS)
   print(f"targets: int8/float size = {sizes['int8'] / sizes['none']:.2f} "
         f'(<= 0.33); lowest top-1 agreement with .pb = '
         f'{worst_agreement:.1%} (>= 97%); largest test accuracy drop = '

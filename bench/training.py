@@ -61,8 +61,10 @@ def _original_batch(image_lists, split, how_many, bottleneck_dir,
     for _ in range(how_many):
       label_index = rng.choice(classes)
       names = image_lists.classes[label_index].split(split)
-      chosen.append((label_index, names[
-          rng.randrange(image_listing.MAX_NUM_IMAGES_PER_CLASS + 1) % len(names)]))
+      chosen.append(
+          (label_index,
+           names[rng.randrange(image_listing.MAX_NUM_IMAGES_PER_CLASS + 1) %
+                 len(names)]))
   values, ground_truths = [], []
   for label_index, name in chosen:
     class_dir = image_lists.classes[label_index].dir

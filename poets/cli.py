@@ -111,7 +111,8 @@ def define_module_flags(defaults):
                            'must name a folder (not empty, no NUL)')
   flags.register_validator(
       'architecture', architectures.is_architecture,
-      f'must be one of {architectures.architecture_choices()} (any letter case)')
+      f'must be one of {architectures.architecture_choices()} (any letter case)'
+  )
   flags.register_validator('tfhub_module', is_optional_path,
                            'must not hold NUL')
   flags.register_multi_flags_validator(

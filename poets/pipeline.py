@@ -81,7 +81,7 @@ def _set_aside_earlier_run(summaries_dir):
 
 def _check_tflite(settings):
   tflite_converter.check_quantization(settings.tflite_quantization,
-                            '--tflite_quantization')
+                                      '--tflite_quantization')
   path = settings.output_tflite
   if not path:
     if settings.tflite_quantization != 'none':
@@ -186,11 +186,12 @@ def run(settings):
   # module is built.
   start = time.perf_counter()
   image_lists = image_listing.create_image_lists(settings.image_dir,
-                                          settings.testing_percentage,
-                                          settings.validation_percentage)
+                                                 settings.testing_percentage,
+                                                 settings.validation_percentage)
   if settings.images_per_class is not None:
-    image_lists = image_listing.limit_training_images(
-        image_lists, settings.images_per_class, settings.random_seed)
+    image_lists = image_listing.limit_training_images(image_lists,
+                                                      settings.images_per_class,
+                                                      settings.random_seed)
   listing_seconds = time.perf_counter() - start
   spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
                                 settings.model_dir, settings.input_size)
@@ -232,7 +233,8 @@ def run(settings):
 
     start = time.perf_counter()
     graph_def = frozen_graphs.freeze(result.layer)
-    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
+    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir,
+                                          spec.name)
   outputs = [settings.output_graph, settings.output_labels,
              settings.saved_model_dir, settings.output_tflite]
   if result.interrupted:
@@ -244,14 +246,17 @@ def run(settings):
   saved = [graph_path, labels_path]
   if saved_model_dir:
     saved_model.export_saved_model(graph_def, saved_model_dir,
-                              settings.final_tensor_name)
+                                   settings.final_tensor_name)
     saved.append(saved_model_dir)
   if tflite_path:
-    tflite_converter.save_model(tflite_converter.convert(
-        graph_def, graph_names.INPUT_NAME, settings.final_tensor_name,
-        settings.tflite_quantization,
-        tflite_converter.calibration_images(splits['training'].filenames),
-        what='the retrained graph'), tflite_path)
+    tflite_converter.save_model(
+        tflite_converter.convert(graph_def,
+                                 graph_names.INPUT_NAME,
+                                 settings.final_tensor_name,
+                                 settings.tflite_quantization,
+                                 tflite_converter.calibration_images(
+                                     splits['training'].filenames),
+                                 what='the retrained graph'), tflite_path)
     saved.append(tflite_path)
   export_seconds = time.perf_counter() - start
   if result.interrupted:

@@ -62,8 +62,7 @@ def _spec(module_path):
 
 def _beam(image_dir, bottleneck_dir, module_path):
   return beam_pipeline.run(beam_pipeline.pipeline_options(IN_PROCESS),
-                              image_dir, str(bottleneck_dir),
-                              _spec(module_path))
+                           image_dir, str(bottleneck_dir), _spec(module_path))
 
 
 def _retrain_cache(image_dir, bottleneck_dir, module_path):
@@ -159,8 +158,8 @@ def test_options_default_to_all_cores_and_refuse_unknown_flags():
   assert options['runner'] == 'DirectRunner'
   assert options['direct_running_mode'] == 'multi_processing'
   assert options['direct_num_workers'] == 0
-  chosen = beam_pipeline.pipeline_options(
-      ['--direct_num_workers', '3']).get_all_options()
+  chosen = beam_pipeline.pipeline_options(['--direct_num_workers',
+                                           '3']).get_all_options()
   assert chosen['direct_num_workers'] == 3
   with pytest.raises(PoetsError, match='unknown flag.*--direct_num_worker'):
     beam_pipeline.pipeline_options(['--direct_num_worker', '3'])

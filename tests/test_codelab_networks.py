@@ -345,7 +345,8 @@ def test_the_agreement_check_tells_resize_methods_apart(model_dir, tmp_path,
   graph = tf.Graph()
   with graph.as_default():
     module = modules.load_module(spec)
-    own_resize = module.apply(image_decoding.decode_and_resize(jpeg, 224, 224)[None])
+    own_resize = module.apply(
+        image_decoding.decode_and_resize(jpeg, 224, 224)[None])
   with tf.compat.v1.Session(graph=graph) as session:
     assert np.abs(session.run(own_resize)[0] - original).max() > 1e-3
 
@@ -384,15 +385,17 @@ def test_exported_graph_labels_with_label_images_default_flags(
       eval_step_interval=100, summaries_dir=str(tmp_path / 's'),
       checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=0)
   pipeline.run(config)
-  graph = frozen_graphs.import_graph(frozen_graphs.load_graph_def(config.output_graph),
-                                config.output_graph)
+  graph = frozen_graphs.import_graph(
+      frozen_graphs.load_graph_def(config.output_graph), config.output_graph)
   size = 224 if architecture.startswith('mobilenet') else 299
   assert [str(layer) for layer in frozen_graphs.input_candidates(graph)] == [
       f'Placeholder float32 [?,{size},{size},3]']
   photos = [os.path.join(image_dir, colour, f'{colour}_{i:03d}.jpg')
             for colour in ('blue', 'green', 'red') for i in (0, 7)]
-  run = labeling.label_images(settings.LabelConfig(
-      graph=config.output_graph, labels=config.output_labels, images=photos))
+  run = labeling.label_images(
+      settings.LabelConfig(graph=config.output_graph,
+                           labels=config.output_labels,
+                           images=photos))
   assert [r.predictions[0].label for r in run.results] == [
       'blue', 'blue', 'green', 'green', 'red', 'red']
   assert not run.warnings

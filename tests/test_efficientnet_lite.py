@@ -163,7 +163,9 @@ def test_cli(lite0_dir):
   def cli(*args):
     return subprocess.run(
         [sys.executable, '-m', 'poets.core.networks.efficientnet_lite', *args],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
         env=dict(os.environ, PYTHONPATH=_REPO))
   done = cli('--model_dir', os.path.dirname(lite0_dir))
   assert done.returncode == 0, done.stderr

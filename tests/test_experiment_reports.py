@@ -39,8 +39,9 @@ def fake_outcome(run, accuracy, status='ok', message='', test_images=58):
 
 def _experiment(tmp_path, sweep):
   return experiment_plan.plan([experiment_plan.parse_sweep(sweep, FLAG_NAMES)],
-                          lambda overrides: settings.RetrainSettings(),
-                          str(tmp_path / 'out'), str(tmp_path / 'summaries'))
+                              lambda overrides: settings.RetrainSettings(),
+                              str(tmp_path / 'out'),
+                              str(tmp_path / 'summaries'))
 
 
 def test_two_experiments_in_a_row_keep_both_tables(tmp_path):

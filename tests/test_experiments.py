@@ -91,11 +91,12 @@ def test_everything_the_child_prints_goes_to_its_log(tmp_path, monkeypatch,
                                                      capfd):
   """TensorFlow's C++ start-up lines are written to fd 2 before any logging
   is set up; a child that does the same must not reach the terminal."""
-  monkeypatch.setattr(experiment_runs, '_CHILD_CODE', (
-      'import os, sys; os.write(2, b"E0000 cuda_dsoloader.cc] no cuda\\n"); '
-      'print("on stdout"); sys.exit(3)'))
-  run = experiment_plan.Run({'learning_rate': '0.1'}, settings.RetrainSettings(),
-                        str(tmp_path / 'run'))
+  monkeypatch.setattr(
+      experiment_runs, '_CHILD_CODE',
+      ('import os, sys; os.write(2, b"E0000 cuda_dsoloader.cc] no cuda\\n"); '
+       'print("on stdout"); sys.exit(3)'))
+  run = experiment_plan.Run({'learning_rate': '0.1'},
+                            settings.RetrainSettings(), str(tmp_path / 'run'))
   [outcome] = experiment_runs.run_all([run])
   assert outcome.status == 'failed'
   assert outcome.message == 'exited with status 3'
@@ -161,8 +162,8 @@ def test_images_per_class_keeps_test_set_and_counts_training_images(
       how_many_training_steps=10, eval_step_interval=5, random_seed=2)
   sweeps = [experiment_plan.parse_sweep('images_per_class=3,all', FLAG_NAMES)]
   experiment = experiment_plan.plan(sweeps, lambda overrides: base,
-                                str(tmp_path / 'out'),
-                                str(tmp_path / 'summaries'))
+                                    str(tmp_path / 'out'),
+                                    str(tmp_path / 'summaries'))
   outcomes = experiment_runs.run_all(experiment.runs)
 
   assert [(o.run.name, o.status) for o in outcomes] == [
@@ -184,12 +185,13 @@ def test_images_per_class_keeps_test_set_and_counts_training_images(
 
 def test_without_a_gpu_device_sweep_says_so_once(tmp_path, monkeypatch):
   monkeypatch.setattr(experiment_plan, 'gpu_available', lambda: False)
-  sweeps = [experiment_plan.parse_sweep('learning_rate=0.1,1', FLAG_NAMES),
-            experiment_plan.parse_sweep('device=cpu,gpu', FLAG_NAMES)]
-  experiment = experiment_plan.plan(sweeps,
-                                lambda overrides: settings.RetrainSettings(),
-                                str(tmp_path / 'out'),
-                                str(tmp_path / 'summaries'))
+  sweeps = [
+      experiment_plan.parse_sweep('learning_rate=0.1,1', FLAG_NAMES),
+      experiment_plan.parse_sweep('device=cpu,gpu', FLAG_NAMES)
+  ]
+  experiment = experiment_plan.plan(
+      sweeps, lambda overrides: settings.RetrainSettings(),
+      str(tmp_path / 'out'), str(tmp_path / 'summaries'))
   assert [run.name for run in experiment.runs] == [
       'learning_rate=0.1,device=cpu', 'learning_rate=1,device=cpu']
   assert experiment.notes == [experiment_plan.NO_GPU_NOTE]
@@ -198,9 +200,10 @@ def test_without_a_gpu_device_sweep_says_so_once(tmp_path, monkeypatch):
   page = (tmp_path / 'out' / experiment.name / 'results.md').read_text()
   assert page.count('No GPU') == 1
   with pytest.raises(PoetsError, match='sees no GPU'):
-    experiment_plan.plan([experiment_plan.parse_sweep('device=gpu', FLAG_NAMES)],
-                     lambda overrides: None, str(tmp_path / 'out'),
-                     str(tmp_path / 'summaries'))
+    experiment_plan.plan(
+        [experiment_plan.parse_sweep('device=gpu', FLAG_NAMES)],
+        lambda overrides: None, str(tmp_path / 'out'),
+        str(tmp_path / 'summaries'))
 
 
 def test_limit_training_images_is_seeded_nested_and_keeps_other_splits(
@@ -220,9 +223,10 @@ def test_limit_training_images_is_seeded_nested_and_keeps_other_splits(
 
 
 def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
-  sweeps = [experiment_plan.parse_sweep('learning_rate=0.01,1.0', FLAG_NAMES),
-            experiment_plan.parse_sweep('architecture=efficientnet_lite0',
-                                    FLAG_NAMES)]
+  sweeps = [
+      experiment_plan.parse_sweep('learning_rate=0.01,1.0', FLAG_NAMES),
+      experiment_plan.parse_sweep('architecture=efficientnet_lite0', FLAG_NAMES)
+  ]
   seen = []
 
   def make_config(overrides):
@@ -231,7 +235,7 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
                                     output_tflite='tf_files/model.tflite')
 
   experiment = experiment_plan.plan(sweeps, make_config, str(tmp_path / 'out'),
-                                str(tmp_path / 'summaries'))
+                                    str(tmp_path / 'summaries'))
   assert seen == [{'learning_rate': '0.01',
                    'architecture': 'efficientnet_lite0'},
                   {'learning_rate': '1.0',
@@ -271,7 +275,7 @@ def test_a_key_swept_twice_is_a_user_error(tmp_path):
   sweep = experiment_plan.parse_sweep('learning_rate=0.1,1', FLAG_NAMES)
   with pytest.raises(PoetsError, match='given twice'):
     experiment_plan.plan([sweep, sweep], lambda overrides: None,
-                     str(tmp_path / 'out'), str(tmp_path / 'summaries'))
+                         str(tmp_path / 'out'), str(tmp_path / 'summaries'))
 
 
 def _wait_for_log(pattern, text, process, timeout=240):

@@ -39,9 +39,12 @@ def test_split_matches_the_original_hash_rule():
 
 
 def test_split_ignores_nohash_suffix_and_is_roughly_proportional():
-  assert (image_listing.which_split('a', 'x_nohash_1.jpg', 10, 10) ==
-          image_listing.which_split('a', 'x_nohash_2.jpg', 10, 10))
-  splits = [image_listing.which_split('a', f'{i}.jpg', 10, 20) for i in range(2000)]
+  assert (image_listing.which_split('a', 'x_nohash_1.jpg', 10,
+                                    10) == image_listing.which_split(
+                                        'a', 'x_nohash_2.jpg', 10, 10))
+  splits = [
+      image_listing.which_split('a', f'{i}.jpg', 10, 20) for i in range(2000)
+  ]
   assert 0.15 < splits.count('validation') / 2000 < 0.25
   assert 0.06 < splits.count('testing') / 2000 < 0.14
 
@@ -172,20 +175,22 @@ def test_decode_goes_by_content_and_scales_to_unit_range():
   resized = _run(lambda c: image_decoding.decode_and_resize(c, 10, 10), png)
   np.testing.assert_allclose(resized, pixels / 255.0, atol=1e-6)
   gray = encode(pixels[:, :, 0], 'PNG')
-  assert _run(lambda c: image_decoding.decode_and_resize(c, 4, 6), gray).shape == (
-      4, 6, 3)
+  assert _run(lambda c: image_decoding.decode_and_resize(c, 4, 6),
+              gray).shape == (4, 6, 3)
 
 
 def test_distortions_keep_the_size_and_vary():
   contents = encode(solid_image((120, 120, 120), 0, size=40), 'JPEG')
-  distortions = settings.Distortions(flip_left_right=True, random_crop=10,
-                                   random_scale=20, random_brightness=30)
+  distortions = settings.Distortions(flip_left_right=True,
+                                     random_crop=10,
+                                     random_scale=20,
+                                     random_brightness=30)
   assert distortions.enabled and not settings.Distortions().enabled
   graph = tf.Graph()
   with graph.as_default():
     seed = tf.compat.v1.placeholder(tf.int64, [2])
     output = image_decoding.decode_and_distort(tf.constant(contents), 16, 16,
-                                       distortions, seed)
+                                               distortions, seed)
   with tf.compat.v1.Session(graph=graph) as session:
     first, again, other = [session.run(output, {seed: s})
                            for s in ([1, 2], [1, 2], [3, 4])]
@@ -209,11 +214,12 @@ def test_decode_in_batches_keeps_the_good_images_and_says_why_not_the_rest(
   graph = tf.Graph()
   with graph.as_default():
     decoded = image_decoding.decode_in_batches(
-        paths, lambda contents: image_decoding.decode_and_resize(contents, 8, 8),
+        paths,
+        lambda contents: image_decoding.decode_and_resize(contents, 8, 8),
         batch_size=1)
   with tf.compat.v1.Session(graph=graph) as session:
-    batches = list(image_decoding.each_batch(session,
-                                     [decoded.indices, decoded.images]))
+    batches = list(
+        image_decoding.each_batch(session, [decoded.indices, decoded.images]))
     positions = [int(i) for indices, _ in batches for i in indices]
     failures = dict(decoded.failures(session, positions))
   assert positions == [0, 2]  # In order, one per batch of 1.
@@ -223,6 +229,6 @@ def test_decode_in_batches_keeps_the_good_images_and_says_why_not_the_rest(
                              atol=1e-6)
   assert failures.keys() == {1, 3}
   assert failures[1] == image_decoding.Failure('No such file or directory',
-                                       unreadable=True)
+                                               unreadable=True)
   assert not failures[3].unreadable
   assert failures[3].reason.startswith('Unknown image file format.')

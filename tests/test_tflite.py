@@ -59,9 +59,11 @@ def _photos(config):
 
 
 def _label(graph, config, **kwargs):
-  run = labeling.label_images(settings.LabelConfig(
-      graph=graph, labels=config.output_labels,
-      images=kwargs.pop('images', None) or _photos(config), **kwargs))
+  run = labeling.label_images(
+      settings.LabelConfig(graph=graph,
+                           labels=config.output_labels,
+                           images=kwargs.pop('images', None) or _photos(config),
+                           **kwargs))
   assert all(r.error is None for r in run.results)
   return run
 
@@ -128,8 +130,8 @@ def test_models_are_told_apart_by_content_not_name(exported, tmp_path):
 
 
 def _convert(config, **kwargs):
-  size = tflite_converter.convert_graph_file(settings.ConvertConfig(
-      graph_def_file=config.output_graph, **kwargs))
+  size = tflite_converter.convert_graph_file(
+      settings.ConvertConfig(graph_def_file=config.output_graph, **kwargs))
   assert size == os.path.getsize(kwargs['output_file'])
 
 
@@ -169,7 +171,8 @@ def test_converter_mistakes_are_one_line(exported, tmp_path):
 
   def error(**kwargs):
     kwargs = {'graph_def_file': graph, 'output_file': out, **kwargs}
-    return _error(tflite_converter.convert_graph_file, settings.ConvertConfig(**kwargs))
+    return _error(tflite_converter.convert_graph_file,
+                  settings.ConvertConfig(**kwargs))
 
   assert error(input_array='input') == (
       f"--input_array: no operation 'input' in {graph}; its inputs are: "
@@ -198,12 +201,15 @@ def test_int8_with_photos_that_do_not_decode_says_so(exported, tmp_path):
   (tmp_path / 'photos').mkdir()
   for i in range(3):
     (tmp_path / 'photos' / f'{i}.jpg').write_bytes(b'not a photo')
-  assert _error(tflite_converter.convert_graph_file, settings.ConvertConfig(
-      graph_def_file=exported['none'].output_graph,
-      output_file=str(tmp_path / 'm.tflite'), quantization='int8',
-      image_dir=str(tmp_path / 'photos'))) == (
-          'int8 needs calibration photos, but none of the 3 given could be '
-          'decoded; pass photos like the ones the model will label.')
+  assert _error(
+      tflite_converter.convert_graph_file,
+      settings.ConvertConfig(
+          graph_def_file=exported['none'].output_graph,
+          output_file=str(tmp_path / 'm.tflite'),
+          quantization='int8',
+          image_dir=str(tmp_path / 'photos'))) == (
+              'int8 needs calibration photos, but none of the 3 given could be '
+              'decoded; pass photos like the ones the model will label.')
 
 
 def test_retrain_tflite_flags_are_checked_before_any_work(exported,
@@ -233,9 +239,12 @@ def test_damaged_tflite_models_are_one_line(exported, tmp_path):
   photo = _photos(config)[:1]
 
   def error(graph, **kwargs):
-    return _error(labeling.label_images, settings.LabelConfig(
-        graph=str(graph), labels=config.output_labels, images=photo,
-        **kwargs))
+    return _error(
+        labeling.label_images,
+        settings.LabelConfig(graph=str(graph),
+                             labels=config.output_labels,
+                             images=photo,
+                             **kwargs))
 
   assert error(truncated) == (
       f'--graph {truncated} is a damaged TensorFlow Lite model (The model is '
@@ -253,9 +262,11 @@ def test_damaged_tflite_models_are_one_line(exported, tmp_path):
                                         input_height=224)
   wrong_labels = tmp_path / 'labels.txt'
   wrong_labels.write_text('a\nb\n')
-  assert _error(labeling.label_images, settings.LabelConfig(
-      graph=config.output_tflite, labels=str(wrong_labels),
-      images=photo)).startswith(f'--labels {wrong_labels} has 2 labels but')
+  assert _error(
+      labeling.label_images,
+      settings.LabelConfig(
+          graph=config.output_tflite, labels=str(wrong_labels),
+          images=photo)).startswith(f'--labels {wrong_labels} has 2 labels but')
 
 
 def _script(name, *args):

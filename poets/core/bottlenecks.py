@@ -256,8 +256,9 @@ def _compute(entries, todo, module_spec, summary):
   """
   with tf.Graph().as_default() as graph:
     module = modules.load_module(module_spec)
-    decoded = image_decoding.decode_in_batches([entries[i].image_path for i in todo],
-                                       module.decode, graph_names.BATCH_SIZE)
+    decoded = image_decoding.decode_in_batches(
+        [entries[i].image_path for i in todo], module.decode,
+        graph_names.BATCH_SIZE)
     bottlenecks = module.apply(decoded.images)
     init = tf.compat.v1.global_variables_initializer()
   done = []

@@ -165,7 +165,8 @@ def find_images(class_path, seen=None):
 
 def _missing_dir_message(image_dir):
   message = f"Image directory '{image_dir}' not found."
-  if os.path.normpath(image_dir) == os.path.normpath(settings.DEFAULT_IMAGE_DIR):
+  if os.path.normpath(image_dir) == os.path.normpath(
+      settings.DEFAULT_IMAGE_DIR):
     message += (f' Download the codelab\'s flower photos (needs network) with:'
                 f' {FLOWER_PHOTOS_COMMAND}  -- or pass --image_dir with any'
                 ' folder of class sub-folders.')

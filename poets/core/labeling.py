@@ -224,7 +224,7 @@ def _graph_classifier(data, config):
 @contextlib.contextmanager
 def _tflite_classifier(data, config):
   model = tflite_interpreter.load(data, config.graph, config.input_layer,
-                            config.output_layer)
+                                  config.output_layer)
   height, width = _image_size(config, *tflite_interpreter.image_size(model),
                               tflite_interpreter.shape_text(model.input))
   yield _Classifier(height, width, tflite_interpreter.fixed_batch(model),

@@ -9,8 +9,8 @@ EfficientNet-Lite builds and any `--tfhub_module` load with `hub.load`, their
 sizes read from the module's own signature in saved_model.pb (TF2
 SavedModel, or the legacy TF1 Hub format through its `image_feature_vector`
 or `default` signature); the codelab's MobileNet and Inception names are
-frozen graphs (poets.core.networks.codelab_networks), imported with the original's
-preprocessing.
+frozen graphs (poets.core.networks.codelab_networks), imported with the
+original's preprocessing.
 
 A module URL is downloaded and unpacked here, into --model_dir, and
 `hub.load` gets the local folder: importing this module changes nothing in
@@ -276,10 +276,12 @@ def module_info(spec):
   if bottleneck_size is None:
     raise PoetsError(f"The module '{spec.name}' does not fix the size of its "
                      'output, so it cannot serve as a feature vector.')
-  return ModuleInfo(spec=spec, image_size=(height, width),
+  return ModuleInfo(spec=spec,
+                    image_size=(height, width),
                     bottleneck_size=bottleneck_size,
                     decode=functools.partial(image_decoding.decode_and_resize,
-                                             height=height, width=width))
+                                             height=height,
+                                             width=width))
 
 
 def _codelab_info(spec):

@@ -126,11 +126,12 @@ class _DistortedBatches:
       draws = tf.random.stateless_uniform([2], seeds[0])
       index, label = _sample_indices(offsets, counts, draws[:1], draws[1:])
       contents = tf.io.read_file(tf.gather(filenames, index[0]))
-      return (image_decoding.decode_and_distort(contents, height, width, distortions,
-                                        seeds[1]), label[0])
+      return (image_decoding.decode_and_distort(contents, height, width,
+                                                distortions,
+                                                seeds[1]), label[0])
 
-    dataset = image_decoding.in_parallel_batches(tf.data.Dataset.random(seed=seed),
-                                         sample, batch_size)
+    dataset = image_decoding.in_parallel_batches(
+        tf.data.Dataset.random(seed=seed), sample, batch_size)
     distorted, self.ground_truth = tf.compat.v1.data.make_one_shot_iterator(
         dataset).get_next()
     self.bottlenecks = module.apply(distorted)
@@ -246,16 +247,18 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
     else:
       batches = _CachedBatches(splits['training'], class_count,
                                settings.train_batch_size, seed)
-    layer = final_layer.add_final_retrain_ops(class_count, settings.final_tensor_name,
-                                  batches.bottlenecks, batches.ground_truth,
-                                  settings.learning_rate)
+    layer = final_layer.add_final_retrain_ops(class_count,
+                                              settings.final_tensor_name,
+                                              batches.bottlenecks,
+                                              batches.ground_truth,
+                                              settings.learning_rate)
     merged = tf.compat.v1.summary.merge_all()
     # Only the new layer: export puts it on top of a freshly loaded module.
     layer_variables = final_layer.layer_variables_of(graph)
     saver = tf.compat.v1.train.Saver(layer_variables)
     init = tf.compat.v1.global_variables_initializer()
-    train_writer = summaries.event_writer(os.path.join(settings.summaries_dir, 'train'),
-                                graph)
+    train_writer = summaries.event_writer(
+        os.path.join(settings.summaries_dir, 'train'), graph)
     validation_writer = summaries.event_writer(
         os.path.join(settings.summaries_dir, 'validation'))
   validation = splits['validation']

@@ -192,13 +192,14 @@ class ModuleHandler(tensorflow_inference.TFModelHandlerNumpy):
 
   The handler's own loader takes Keras SavedModels only; retrain.py's
   modules are TF Hub and TF1 Hub modules and frozen graphs, loaded into a
-  graph by poets.core.modules. The rest is Beam's: batching (fixed at retrain.py's
-  batch size), one copy of the module per worker process shared by its
+  graph by poets.core.modules. The rest is Beam's: batching (fixed at
+  retrain.py's batch size), one copy of the module per worker process shared by its
   threads, and the inference metrics.
   """
 
   def __init__(self, spec):
-    super().__init__(spec.handle, min_batch_size=graph_names.BATCH_SIZE,
+    super().__init__(spec.handle,
+                     min_batch_size=graph_names.BATCH_SIZE,
                      max_batch_size=graph_names.BATCH_SIZE)
     self._spec = spec
 
@@ -223,12 +224,12 @@ def build(root, image_dir, bottleneck_dir, spec, module):
   the workers load the module themselves).
   """
   checked = (
-      root
-      | 'Class folders' >> beam.Create(image_listing.class_dirs(image_dir))
-      | 'List images' >> beam.FlatMap(_list_class, image_dir, bottleneck_dir,
-                                      spec.name)
-      | 'Spread images' >> beam.Reshuffle()
-      | 'Check the cache' >> beam.Map(_check_cache, module.bottleneck_size))
+      root |
+      'Class folders' >> beam.Create(image_listing.class_dirs(image_dir)) |
+      'List images' >> beam.FlatMap(_list_class, image_dir, bottleneck_dir,
+                                    spec.name) |
+      'Spread images' >> beam.Reshuffle() |
+      'Check the cache' >> beam.Map(_check_cache, module.bottleneck_size))
   counts = (
       checked
       | 'Sound or other size' >> beam.Map(_tally)

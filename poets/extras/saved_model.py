@@ -70,7 +70,8 @@ def export_saved_model(graph_def, saved_model_dir, final_tensor_name):
     os.rmdir(built)  # The builder insists on creating the folder itself.
     with tf.compat.v1.Session(graph=graph) as session:
       signature = tf.compat.v1.saved_model.predict_signature_def(
-          inputs={'image': graph.get_tensor_by_name(f'{graph_names.INPUT_NAME}:0')},
+          inputs={'image': graph.get_tensor_by_name(
+              f'{graph_names.INPUT_NAME}:0')},
           outputs={'prediction': graph.get_tensor_by_name(
               f'{final_tensor_name}:0')})
       builder = tf.compat.v1.saved_model.Builder(built)

@@ -57,9 +57,10 @@ class _Calibration:
     self.used = 0
     self._dataset = image_decoding.in_parallel_batches(
         tf.data.Dataset.from_tensor_slices(image_decoding.file_names(paths)),
-        lambda path: image_decoding.decode_and_normalize(tf.io.read_file(path), height, width,
-                                        input_mean, input_std),
-        1, skip_failures=True)
+        lambda path: image_decoding.decode_and_normalize(
+            tf.io.read_file(path), height, width, input_mean, input_std),
+        1,
+        skip_failures=True)
 
   def __call__(self):
     for batch in self._dataset:

@@ -67,7 +67,8 @@ def _download(network, archive_path, model_dir):
     raise PoetsError(
         f'{network.archive} is not in {model_dir} and could not be '
         f'downloaded ({reason}): put {network.archive} (from {url(network)}) '
-        f'in {os.path.join(model_dir, "")}, or use --architecture {architectures.SHIPPED} '
+        f'in {os.path.join(model_dir, "")}, or use --architecture '
+        f'{architectures.SHIPPED} '
         '(shipped) or efficientnet_lite0 (built offline).') from e
   files.atomic_write(archive_path, data)
 
@@ -120,8 +121,8 @@ def decode_and_resize(network, contents):
 
   Its add_jpeg_decoding: decode, cast to float, add a batch dimension,
   `resize_bilinear` (corners not aligned, no half-pixel centres, unlike
-  poets.core.image_decoding.resize). Decoding goes by content, which for a JPEG gives
-  decode_jpeg's pixels and also reads PNG, GIF, BMP and WEBP.
+  poets.core.image_decoding.resize). Decoding goes by content, which for a
+  JPEG gives decode_jpeg's pixels and also reads PNG, GIF, BMP and WEBP.
   """
   image = tf.cast(image_decoding.decode_image(contents), tf.float32)
   resized = tf.compat.v1.image.resize_bilinear(

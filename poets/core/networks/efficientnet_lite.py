@@ -15,8 +15,8 @@ The variables are not trainable: the retrained layer goes on top, and TF1
 optimizers that train every trainable variable must leave these alone.
 
 CLI, to build a module ahead of time:
-  python -m poets.core.networks.efficientnet_lite --architecture efficientnet_lite0 \
-      --model_dir tf_files/models
+  python -m poets.core.networks.efficientnet_lite \
+      --architecture efficientnet_lite0 --model_dir tf_files/models
 """
 
 if __name__ == '__main__':
@@ -65,8 +65,8 @@ _LABELS_FILE = 'imagenet_labels.txt'
 
 def imagenet_labels():
   """Returns the 1000 ImageNet class names; index i names logit i."""
-  text = importlib.resources.files(__package__).joinpath(_LABELS_FILE).read_text(
-      encoding='utf-8')
+  text = importlib.resources.files(__package__).joinpath(
+      _LABELS_FILE).read_text(encoding='utf-8')
   return text.splitlines()
 
 
@@ -360,8 +360,9 @@ def main(argv):
 
 if __name__ == '__main__':
   # Defined here, not at import, so retrain.py can own flags of these names.
-  flags.DEFINE_string('architecture', 'efficientnet_lite0',
-                      f'Module to build: one of {", ".join(architectures.EFFICIENTNET_LITE)}.')
+  flags.DEFINE_string(
+      'architecture', 'efficientnet_lite0',
+      f'Module to build: one of {", ".join(architectures.EFFICIENTNET_LITE)}.')
   flags.DEFINE_string('model_dir', 'tf_files/models',
                       'Folder that holds one subfolder per built module.')
   app.run(main)
