@@ -18,6 +18,7 @@ from poets.core import export
 from poets.core import graph_names
 from poets.core import image_listing
 from poets.core import modules
+from poets.core import tflite_metadata
 from poets.core import training
 from poets.errors import PoetsError
 from poets.extras import saved_model
@@ -249,14 +250,12 @@ def run(settings):
                                    settings.final_tensor_name)
     saved.append(saved_model_dir)
   if tflite_path:
-    tflite_converter.save_model(
-        tflite_converter.convert(graph_def,
-                                 graph_names.INPUT_NAME,
-                                 settings.final_tensor_name,
-                                 settings.tflite_quantization,
-                                 tflite_converter.calibration_images(
-                                     splits['training'].filenames),
-                                 what='the retrained graph'), tflite_path)
+    tflite_converter.save_model(tflite_metadata.add_metadata(
+        tflite_converter.convert(
+            graph_def, graph_names.INPUT_NAME, settings.final_tensor_name,
+            settings.tflite_quantization,
+            tflite_converter.calibration_images(splits['training'].filenames),
+            what='the retrained graph'), labels), tflite_path)
     saved.append(tflite_path)
   export_seconds = time.perf_counter() - start
   if result.interrupted:

@@ -20,8 +20,10 @@ CALIBRATION_IMAGES = 300
 # label_image.py --imagenet: the embedded module's own classifier, frozen once.
 IMAGENET_GRAPH = 'tf_files/imagenet_graph.pb'
 IMAGENET_LABELS = 'tf_files/imagenet_labels.txt'
-# label_image.py's size for an input that fixes none.
+# label_image.py's size for an input that fixes none, and its labels when
+# the model carries none.
 DEFAULT_INPUT_SIZE = 224
+DEFAULT_LABELS = 'tf_files/retrained_labels.txt'
 MAX_IMAGE_SIZE = 4096  # pixels a side, for --input_height/--input_width
 MAX_RANDOM_SEED = 2**31 - 1
 _OP_NAME = re.compile(r'[A-Za-z0-9.][A-Za-z0-9_.\-]*')
@@ -130,7 +132,7 @@ def from_flags(flag_values):
 class LabelConfig:
   """What to label with which graph; defaults fit this project's graphs."""
   graph: str = 'tf_files/retrained_graph.pb'
-  labels: str = 'tf_files/retrained_labels.txt'
+  labels: str | None = None  # None: a .tflite's own, else DEFAULT_LABELS.
   images: list[str] = dataclasses.field(default_factory=list)
   image_dir: str = ''
   input_layer: str = graph_names.INPUT_NAME
@@ -151,7 +153,23 @@ class ConvertConfig:
   output_file: str = 'tf_files/optimized_graph.tflite'
   input_array: str = graph_names.INPUT_NAME
   output_array: str = graph_names.FINAL_TENSOR_NAME
+  labels: str = DEFAULT_LABELS
   quantization: str = 'none'
   image_dir: str = ''
   input_mean: float = graph_names.INPUT_MEAN
   input_std: float = graph_names.INPUT_STD
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+  """What evaluate.py measures; defaults are the codelab's."""
+  models: list[str] = dataclasses.field(default_factory=list)
+  image_dir: str = DEFAULT_IMAGE_DIR
+  testing_percentage: float = 10
+  validation_percentage: float = 10
+  labels: str | None = None  # None: a .tflite's own, else label_image's.
+  input_layer: str = LabelConfig.input_layer
+  output_layer: str = LabelConfig.output_layer
+  input_mean: float = LabelConfig.input_mean
+  input_std: float = LabelConfig.input_std
+  batch_size: int = LabelConfig.batch_size

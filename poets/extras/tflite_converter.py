@@ -8,11 +8,13 @@ TensorFlow's converter on a frozen graph in one of three ways:
 
   none     float32, as the .pb: the same scores to about 1e-6.
   dynamic  weights stored as int8, arithmetic in float: about 1/4 the size.
-  int8     full-integer: weights, activations, input and output all int8
-           (each tensor with a scale and zero point), calibrated on a few
-           hundred photos decoded and resized exactly as for the bottlenecks.
+  int8     full-integer: weights and activations int8 (each tensor with a
+           scale and zero point), calibrated on a few hundred photos decoded
+           and resized exactly as for the bottlenecks; input and output are
+           uint8, the camera's pixels and what MediaPipe Tasks takes.
 
-The labels file of the .pb serves the .tflite unchanged.
+Every .tflite carries its labels and its input's normalization as metadata
+(poets.core.tflite_metadata), so MediaPipe Tasks loads it alone.
 """
 
 import contextlib
@@ -28,7 +30,9 @@ from poets.core import export
 from poets.core import frozen_graphs
 from poets.core import image_decoding
 from poets.core import image_listing
+from poets.core import labeling
 from poets.core import tflite_interpreter
+from poets.core import tflite_metadata
 from poets.errors import PoetsError
 
 
@@ -50,19 +54,27 @@ def calibration_images(paths, count=settings.CALIBRATION_IMAGES):
 
 class _Calibration:
   """The representative dataset: one normalized image per sample, decoded in
-  parallel; images that do not decode are left out and counted."""
+  parallel; images that do not decode are left out and counted.
+
+  A black and a white image come first, so the input's range is exactly
+  the pixels' range: the uint8 input then takes a camera's pixel values
+  unchanged, as MediaPipe Tasks feeds them.
+  """
 
   def __init__(self, paths, height, width, input_mean, input_std):
     self.paths = paths
     self.used = 0
+    self._extremes = [np.full([1, height, width, 3], (pixel - input_mean) /
+                              input_std, np.float32) for pixel in (0, 255)]
     self._dataset = image_decoding.in_parallel_batches(
         tf.data.Dataset.from_tensor_slices(image_decoding.file_names(paths)),
         lambda path: image_decoding.decode_and_normalize(
             tf.io.read_file(path), height, width, input_mean, input_std),
-        1,
-        skip_failures=True)
+        1, skip_failures=True)
 
   def __call__(self):
+    for image in self._extremes:
+      yield [image]
     for batch in self._dataset:
       self.used += 1
       yield [batch.numpy()]
@@ -114,8 +126,8 @@ def convert(graph_def, input_name, output_name, quantization,
                                input_mean, input_std)
     converter.representative_dataset = calibration
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
   try:
     with _quiet_converter():
       model = converter.convert()
@@ -156,6 +168,7 @@ def convert_graph_file(config):
     raise PoetsError(f'--output_file {config.output_file} is a folder; pass '
                      'a file name such as tf_files/optimized_graph.tflite.')
   files.check_writable(os.path.dirname(config.output_file), '--output_file')
+  labels = labeling.read_labels(config.labels)
   calibration_paths = []
   if config.quantization == 'int8':
     calibration_paths = calibration_images(
@@ -169,5 +182,8 @@ def convert_graph_file(config):
                               (config.output_array, '--output_array'))]
   model = convert(graph_def, *names, config.quantization, calibration_paths,
                   config.input_mean, config.input_std, path)
+  model = tflite_metadata.add_metadata(
+      model, labels, config.input_mean, config.input_std,
+      labels_source=f'--labels {config.labels}')
   save_model(model, config.output_file)
   return len(model)
