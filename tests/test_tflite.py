@@ -314,7 +314,7 @@ def test_every_tflite_carries_its_labels(exported, quantization):
   config = exported[quantization]
   with open(config.output_tflite, 'rb') as f:
     assert tflite_metadata.read_labels(f.read()) == COLOURS
-  run = labeling.label_images(labeling.LabelConfig(
+  run = labeling.label_images(settings.LabelConfig(
       graph=config.output_tflite, images=_photos(config)[::20]))
   assert _top1(run) == COLOURS
 
@@ -323,7 +323,7 @@ def test_given_labels_win_over_the_models_own(exported, tmp_path):
   config = exported['none']
   named = tmp_path / 'labels.txt'
   named.write_text('azure\nemerald\nruby\n')
-  run = labeling.label_images(labeling.LabelConfig(
+  run = labeling.label_images(settings.LabelConfig(
       graph=config.output_tflite, labels=str(named),
       images=_photos(config)[::20]))
   assert _top1(run) == ['azure', 'emerald', 'ruby']
