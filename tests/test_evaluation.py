@@ -27,7 +27,7 @@ def _config(retrained, *models, **kwargs):
 def float_tflite(retrained, tmp_path_factory):
   config, _ = retrained
   path = str(tmp_path_factory.mktemp('evaluate') / 'optimized_graph.tflite')
-  tflite_converter.convert_graph_file(tflite_converter.ConvertConfig(
+  tflite_converter.convert_graph_file(settings.ConvertConfig(
       graph_def_file=config.output_graph, output_file=path,
       labels=config.output_labels))
   return path
