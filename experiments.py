@@ -33,11 +33,14 @@ training and the rest), validation_accuracy.png, and a folder per run with
 its graph, labels and retrain.log (everything the run printed, as
 retrain.py prints it). <experiments_dir>/index.md lists every experiment. All
 runs share --bottleneck_dir, so only the first run of a network makes
-bottlenecks. Summaries go to <summaries_dir>/<experiment>/<run>/, so
+bottlenecks. Each run's TensorBoard summaries go in its own folder (or, with
+--summaries_dir, to <summaries_dir>/<experiment>/<run>/), out of the
+tf_files/training_summaries that the codelab's TensorBoard shows, so
 
-  tensorboard --logdir tf_files/training_summaries/experiments/<experiment>
+  tensorboard --logdir tf_files/experiments/<experiment>
 
-overlays one experiment's curves.
+overlays one experiment's curves, and its HParams tab lists every run with
+its swept values and final test accuracy, cross entropy and time.
 """
 
 import shlex
@@ -88,26 +91,29 @@ def main(argv):
   cli.refuse_positional(argv, 'experiments.py')
   startup.begin_script()  # Before anything imports TensorFlow.
   # pylint: disable=g-import-not-at-top
+  from poets import pipeline
+  from poets.extras import dashboards
   from poets.extras import experiment_reports
   from poets.extras import experiment_runs
   verbosity = FLAGS.logging_verbosity.lower().replace('warn', 'warning')
   logging.set_verbosity(verbosity)
-  summaries_root = FLAGS.summaries_dir or experiment_plan.DEFAULT_SUMMARIES_ROOT
   flag_names = [flag.name
                 for flag in FLAGS.get_key_flags_for_module(retrain)]
   try:
-    sweeps = [
-        experiment_plan.parse_sweep(text, flag_names) for text in FLAGS.sweep
-    ]
-    experiment = experiment_plan.plan(sweeps, config_for, FLAGS.experiments_dir,
-                                      summaries_root,
-                                      shlex.join(['python'] + sys.argv))
+    sweeps = [experiment_plan.parse_sweep(text, flag_names)
+              for text in FLAGS.sweep]
+    experiment = experiment_plan.plan(sweeps, config_for,
+                                      FLAGS.experiments_dir,
+                                      FLAGS.summaries_dir or None,
+                                      shlex.join(['python'] + sys.argv),
+                                      check_inputs=pipeline.check_inputs)
     for note in experiment.notes:
       print(note)
     # From here on Ctrl-C and SIGTERM stop the sweep, never the table.
     with experiment_runs.stop_requests() as stop:
       outcomes = experiment_runs.run_all(experiment.runs, verbosity, stop)
       report = experiment_reports.write_report(outcomes, experiment)
+      dashboards.write_hparams(experiment, outcomes)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
   except KeyboardInterrupt:

@@ -6,29 +6,27 @@ flags.
 """
 
 import dataclasses
-import datetime
 import os
 import time
 
 from absl import logging
+import tensorflow as tf
 
 from poets import files
+from poets import outputs
+from poets import summaries
 from poets.core import bottlenecks
 from poets.core import export
 from poets.core import graph_names
 from poets.core import image_listing
 from poets.core import modules
-from poets.core import tflite_metadata
 from poets.core import training
 from poets.errors import PoetsError
+from poets.extras import dashboards
 from poets.extras import saved_model
 from poets.extras import tensorboard_graph
 from poets.extras import tflite_converter
-
-try:
-  import fcntl
-except ImportError:  # Windows: no flock, so no lock; see _claim_summaries.
-  fcntl = None
+from poets.core import tflite_metadata
 
 
 @dataclasses.dataclass
@@ -44,45 +42,19 @@ class RunResult:
   export_seconds: float
 
 
-# Held by every run writing into a --summaries_dir; see _claim_summaries.
-SUMMARIES_LOCK = '.retrain_running.lock'
-
-
-def default_summaries_dir(module_name):
-  return os.path.join('tf_files', 'training_summaries', module_name)
-
-
-# Where an earlier run's event folders go, inside --summaries_dir. TensorBoard
-# lists runs (and opens the Graphs tab on the first) in name order; "~" sorts
-# after "train" and "validation" there, so the current run comes first.
-EARLIER_RUNS = '~previous_runs'
-
-
-def _set_aside_earlier_run(summaries_dir):
-  """Moves an earlier run's event folders into a dated sub-folder.
-
-  The original deleted --summaries_dir at every start. Moving keeps the old
-  curves (TensorBoard shows them as their own runs, after the current one)
-  out of the new ones.
-  """
-  earlier = [name for name in ('train', 'validation', 'retrained_graph')
-             if os.path.isdir(os.path.join(summaries_dir, name))]
-  if not earlier:
-    return
-  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')
-  destination = os.path.join(summaries_dir, EARLIER_RUNS, stamp)
-  os.makedirs(destination)
-  for name in earlier:
-    os.rename(os.path.join(summaries_dir, name),
-              os.path.join(destination, name))
-  logging.info('Moved the event files of an earlier run in %s to %s, so they '
-               'stay out of this run\'s curves (nothing was deleted).',
-               summaries_dir, destination)
+# The event folders of one run, training's, export's and the dashboards',
+# with the files each may hold (summaries.claim marks them as this run's).
+RUN_FOLDERS = {
+    **{name: (summaries.EVENT_FILES,) for name in summaries.EVENT_FOLDERS},
+    dashboards.TEST_RUN: (summaries.EVENT_FILES,),
+    dashboards.PROJECTOR_RUN: (summaries.EVENT_FILES, '*.tsv', '*.bytes',
+                               dashboards.PROJECTOR_CONFIG, dashboards.SPRITE),
+}
 
 
 def _check_tflite(settings):
   tflite_converter.check_quantization(settings.tflite_quantization,
-                                      '--tflite_quantization')
+                            '--tflite_quantization')
   path = settings.output_tflite
   if not path:
     if settings.tflite_quantization != 'none':
@@ -103,7 +75,9 @@ def _check_tflite(settings):
 def _output_files(settings):
   """Each output file with its flag, finished and interrupted alike."""
   named = [(settings.output_graph, '--output_graph'),
-           (settings.output_labels, '--output_labels')] + [
+           (settings.output_labels, '--output_labels'),
+           (outputs.manifest_path(settings.output_labels),
+            '--output_labels')] + [
                (settings.checkpoint_path + suffix, '--checkpoint_path')
                for suffix in ('', '.index', '.data-00000-of-00001')]
   if settings.output_tflite:
@@ -133,8 +107,9 @@ def _check_outputs(settings):
     folders.append((settings.intermediate_output_graphs_dir,
                     '--intermediate_output_graphs_dir'))
   folders += [(os.path.join(settings.summaries_dir, name), '--summaries_dir')
-              for name in ('train', 'validation', 'retrained_graph',
-                           EARLIER_RUNS)]
+              for name in RUN_FOLDERS] + [
+                  (summaries.previous_runs_dir(settings.summaries_dir),
+                   '--summaries_dir')]
   for path, flag in folders:
     files.check_writable(path, flag)
   for path, flag in [(settings.checkpoint_path, '--checkpoint_path'),
@@ -148,28 +123,13 @@ def _check_outputs(settings):
       saved_model.check_saved_model_dir(path)
 
 
-def _claim_summaries(summaries_dir):
-  """Sets an earlier run's event folders aside, unless a run is still
-  writing them; returns the lock to hold until this run ends.
-
-  Every run holds a shared lock on a file in --summaries_dir while it runs;
-  setting aside needs the lock alone, so the folders of a run still going
-  stay where they are, and the two runs' event files sit side by side, told
-  apart by their process ids (summaries.event_writer).
-  """
-  os.makedirs(summaries_dir, exist_ok=True)
-  lock = open(os.path.join(summaries_dir, SUMMARIES_LOCK), 'a')
-  if fcntl is None:
-    _set_aside_earlier_run(summaries_dir)
-    return lock
+def _write_graph_summary(graph_def, summaries_dir, module_name):
   try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    _set_aside_earlier_run(summaries_dir)
-  except BlockingIOError:
-    logging.warning('Another run is writing to %s; its event files stay '
-                    'there, beside this run\'s.', summaries_dir)
-  fcntl.flock(lock, fcntl.LOCK_SH)
-  return lock
+    tensorboard_graph.write_graph_summary(graph_def, summaries_dir, module_name)
+  except (OSError, tf.errors.OpError) as e:
+    logging.warning('Could not write the graph for TensorBoard to %s (%s); '
+                    'the outputs are saved.', summaries_dir,
+                    getattr(e, 'strerror', None) or e.message)
 
 
 def _check_usable(splits, labels):
@@ -181,24 +141,37 @@ def _check_usable(splits, labels):
         'images that decode to at least two class folders.')
 
 
+def check_inputs(settings):
+  """What `run` checks before any work, for callers that start runs
+  elsewhere (experiments.py, before its first run): the image folder, the
+  module, and the folders runs share. Raises PoetsError."""
+  image_listing.create_image_lists(settings.image_dir, settings.testing_percentage,
+                            settings.validation_percentage)
+  modules.module_info(modules.resolve_module(
+      settings.architecture, settings.tfhub_module, settings.model_dir,
+      settings.input_size))
+  files.check_writable(settings.bottleneck_dir, '--bottleneck_dir')
+  files.check_writable(settings.model_dir, '--model_dir')
+
+
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
   # Images first: a mistyped --image_dir is reported before the embedded
   # module is built.
   start = time.perf_counter()
   image_lists = image_listing.create_image_lists(settings.image_dir,
-                                                 settings.testing_percentage,
-                                                 settings.validation_percentage)
+                                          settings.testing_percentage,
+                                          settings.validation_percentage)
   if settings.images_per_class is not None:
-    image_lists = image_listing.limit_training_images(image_lists,
-                                                      settings.images_per_class,
-                                                      settings.random_seed)
+    image_lists = image_listing.limit_training_images(
+        image_lists, settings.images_per_class, settings.random_seed)
   listing_seconds = time.perf_counter() - start
   spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
                                 settings.model_dir, settings.input_size)
   if not settings.summaries_dir:
-    settings = settings.replace(summaries_dir=default_summaries_dir(spec.name))
+    settings = settings.replace(summaries_dir=summaries.default_dir(spec.name))
   _check_outputs(settings)
+  summaries.check(settings.summaries_dir, settings.image_dir, RUN_FOLDERS)
   labels = image_lists.labels
   module = modules.module_info(spec)
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks', spec.name,
@@ -218,7 +191,7 @@ def run(settings):
                len(cache.failed))
   _check_usable(splits, labels)
 
-  with _claim_summaries(settings.summaries_dir), export.FrozenGraphs(
+  with summaries.claim(settings.summaries_dir, RUN_FOLDERS), export.FrozenGraphs(
       spec, len(labels), settings.final_tensor_name) as frozen_graphs:
 
     def save_intermediate(step, layer):
@@ -234,30 +207,26 @@ def run(settings):
 
     start = time.perf_counter()
     graph_def = frozen_graphs.freeze(result.layer)
-    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir,
-                                          spec.name)
-  outputs = [settings.output_graph, settings.output_labels,
-             settings.saved_model_dir, settings.output_tflite]
-  if result.interrupted:
-    # Beside the finished outputs, never over them.
-    outputs = [path and files.interrupted_path(path) for path in outputs]
-  graph_path, labels_path, saved_model_dir, tflite_path = outputs
-  export.save_graph(graph_def, graph_path)
-  export.save_labels(labels, labels_path)
-  saved = [graph_path, labels_path]
-  if saved_model_dir:
-    saved_model.export_saved_model(graph_def, saved_model_dir,
-                                   settings.final_tensor_name)
-    saved.append(saved_model_dir)
-  if tflite_path:
-    tflite_converter.save_model(tflite_metadata.add_metadata(
-        tflite_converter.convert(
+    run_set = outputs.RunSet(settings.output_graph, settings.output_labels,
+                             settings.saved_model_dir, settings.output_tflite)
+    if result.interrupted:
+      # Beside the finished outputs, never over them.
+      run_set = outputs.RunSet(*[path and files.interrupted_path(path)
+                                 for path in dataclasses.astuple(run_set)])
+    saved = outputs.save(
+        run_set, graph_def, labels,
+        lambda graph_def, folder: saved_model.build_saved_model(
+            graph_def, folder, settings.final_tensor_name),
+        lambda graph_def: tflite_metadata.add_metadata(tflite_converter.convert(
             graph_def, graph_names.INPUT_NAME, settings.final_tensor_name,
             settings.tflite_quantization,
             tflite_converter.calibration_images(splits['training'].filenames),
-            what='the retrained graph'), labels), tflite_path)
-    saved.append(tflite_path)
+            what='the retrained graph'), labels))
+    # After the outputs: a summary that cannot be written loses no layer.
+    _write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   export_seconds = time.perf_counter() - start
+  dashboards.write_run(settings.summaries_dir, settings, module, splits,
+                       labels, result)
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
                     'the layer trained so far to %s (beside the finished '

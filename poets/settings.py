@@ -143,6 +143,7 @@ class LabelConfig:
   input_std: float = graph_names.INPUT_STD
   top_k: int = 5
   batch_size: int = graph_names.BATCH_SIZE
+  allow_io_ops: bool = False  # Run graphs holding frozen_graphs.IO_OPS.
 
 
 @dataclasses.dataclass
@@ -158,6 +159,7 @@ class ConvertConfig:
   image_dir: str = ''
   input_mean: float = graph_names.INPUT_MEAN
   input_std: float = graph_names.INPUT_STD
+  allow_io_ops: bool = False  # Convert graphs holding frozen_graphs.IO_OPS.
 
 
 @dataclasses.dataclass

@@ -3,6 +3,7 @@
 import csv
 import glob
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -149,6 +150,37 @@ def test_an_unknown_architecture_is_refused_before_any_run(tmp_path):
                           '--architecture=mobilenet_0.25_244: must be one of '
                           'efficientnet_lite0, ')
   assert '\n' not in error and 'inception_v3' in error
+  assert not (tmp_path / 'e').exists() and not (tmp_path / 's').exists()
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--image_dir={tmp}/nowhere', "Image directory '{tmp}/nowhere' not found"),
+    ('--image_dir={tmp}/one_class', 'needs at least 2 class folders'),
+    ('--tfhub_module={tmp}/no_module', "Module directory '{tmp}/no_module'"),
+    ('--bottleneck_dir={tmp}/one_class/red/red_000.jpg', 'Cannot write to'),
+])
+def test_inputs_are_checked_before_the_first_run(tmp_path, tf2_module, flag,
+                                                 message):
+  """As retrain.py checks them: one ERROR line, no run started, no folder of
+  failed runs left behind."""
+  make_image_dir(tmp_path / 'photos')
+  make_image_dir(tmp_path / 'one_class', colours={'red': (200, 0, 0)})
+  FLAGS.unparse_flags()
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      cli.parse_flags_or_exit([
+          'experiments.py', f'--image_dir={tmp_path / "photos"}',
+          f'--tfhub_module={tf2_module}',
+          f'--bottleneck_dir={tmp_path / "bottlenecks"}',
+          f'--experiments_dir={tmp_path / "e"}',
+          f'--summaries_dir={tmp_path / "s"}', flag.format(tmp=tmp_path),
+          '--sweep', 'learning_rate=0.01,1.0'])
+      experiments_script.main(['experiments.py'])
+  finally:
+    FLAGS.unparse_flags()
+  error = exit_info.value.code
+  assert error.startswith('ERROR: ') and '\n' not in error
+  assert message.format(tmp=tmp_path) in error
   assert not (tmp_path / 'e').exists() and not (tmp_path / 's').exists()
 
 
@@ -356,3 +388,43 @@ def test_a_stopped_sweep_still_writes_its_table_and_cleans_up(
   time.sleep(2)  # The stopped run's child is gone, not left training.
   with open(long_log) as f:
     assert f.read() == log
+
+
+def test_a_run_that_saved_before_the_stop_is_reported_finished(
+    tmp_path, monkeypatch):
+  """The stop arrives after the run's child saved its outputs and its
+  result: that run finished, and the table says ok."""
+  experiment = experiment_plan.plan(
+      [experiment_plan.parse_sweep('learning_rate=0.01', FLAG_NAMES)],
+      lambda overrides: settings.RetrainSettings(), str(tmp_path / 'out'))
+  (run,) = experiment.runs
+  finished = fake_outcome(run, 0.9).result
+  stop = experiment_runs.StopRequests()
+
+  class SavedThenStopped:
+    """A child that wrote its result just before Ctrl-C reached the sweep."""
+
+    def __init__(self, argv, **kwargs):
+      self.job_path = argv[-1]
+
+    def wait(self):
+      with open(self.job_path + '.result', 'wb') as f:
+        pickle.dump(('ok', finished), f)
+      stop(signal.SIGINT, None)
+      return 0
+
+    def poll(self):
+      return 0
+
+  monkeypatch.setattr(subprocess, 'Popen', SavedThenStopped)
+  (outcome,) = experiment_runs.run_all(experiment.runs, stop=stop)
+  assert outcome.status == 'ok'
+
+
+def test_sweep_summaries_stay_out_of_the_codelab_tensorboard_folder(tmp_path):
+  experiment = experiment_plan.plan(
+      [experiment_plan.parse_sweep('learning_rate=0.01,1.0', FLAG_NAMES)],
+      lambda overrides: settings.RetrainSettings(), str(tmp_path / 'out'))
+  assert experiment.summaries_dir == experiment.dir
+  assert [run.config.summaries_dir for run in experiment.runs] == [
+      run.dir for run in experiment.runs]

@@ -163,7 +163,7 @@ class FreshCopy:
       assert done.returncode == 0, (
           f'{page} command failed: {command}\n{done.stderr[-3000:]}')
       assert not [line for line in done.stderr.splitlines()
-                  if startup.is_start_up_line(line)], command
+                  if startup.is_library_line(line)], command
       if any(script in command for script in TRAINING_SCRIPTS):
         # The real default module trained: a run that printed no accuracy
         # did not do what the page promises.

@@ -8,6 +8,7 @@ each .tflite must label every photo as the .pb does.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,13 +17,13 @@ import pytest
 
 from conftest import make_image_dir
 from conftest import make_tf2_module
+from poets.core import labeling
+from poets.extras import tflite_converter
+from poets.core import tflite_interpreter
 from poets import pipeline
 from poets import settings
-from poets.core import labeling
-from poets.core import tflite_interpreter
 from poets.errors import PoetsError
 from poets.core import tflite_metadata
-from poets.extras import tflite_converter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = ['blue', 'green', 'red']
@@ -60,11 +61,9 @@ def _photos(config):
 
 
 def _label(graph, config, **kwargs):
-  run = labeling.label_images(
-      settings.LabelConfig(graph=graph,
-                           labels=config.output_labels,
-                           images=kwargs.pop('images', None) or _photos(config),
-                           **kwargs))
+  run = labeling.label_images(settings.LabelConfig(
+      graph=graph, labels=config.output_labels,
+      images=kwargs.pop('images', None) or _photos(config), **kwargs))
   assert all(r.error is None for r in run.results)
   return run
 
@@ -141,12 +140,14 @@ def _convert(config, **kwargs):
 
 @pytest.mark.parametrize('quantization', settings.QUANTIZATIONS)
 def test_converting_an_existing_graph_as_the_codelab_did(exported, tmp_path,
-                                                         quantization):
+                                                         capfd, quantization):
   config = exported['none']
   output = str(tmp_path / 'optimized_graph.lite')
   _convert(config, output_file=output, input_array='import/Placeholder:0',
            output_array='final_result', quantization=quantization,
            image_dir=config.image_dir)
+  # The converter's own print of its int8 settings stays off the terminal.
+  assert 'fully_quantize' not in capfd.readouterr().err
   assert _top1(_label(output, config)) == _top1(
       _label(config.output_graph, config))
 
@@ -176,8 +177,7 @@ def test_converter_mistakes_are_one_line(exported, tmp_path):
   def error(**kwargs):
     kwargs = {'graph_def_file': graph, 'output_file': out,
               'labels': config.output_labels, **kwargs}
-    return _error(tflite_converter.convert_graph_file,
-                  settings.ConvertConfig(**kwargs))
+    return _error(tflite_converter.convert_graph_file, settings.ConvertConfig(**kwargs))
 
   assert error(input_array='input') == (
       f"--input_array: no operation 'input' in {graph}; its inputs are: "
@@ -247,12 +247,9 @@ def test_damaged_tflite_models_are_one_line(exported, tmp_path):
   photo = _photos(config)[:1]
 
   def error(graph, **kwargs):
-    return _error(
-        labeling.label_images,
-        settings.LabelConfig(graph=str(graph),
-                             labels=config.output_labels,
-                             images=photo,
-                             **kwargs))
+    return _error(labeling.label_images, settings.LabelConfig(
+        graph=str(graph), labels=config.output_labels, images=photo,
+        **kwargs))
 
   assert error(truncated) == (
       f'--graph {truncated} is a damaged TensorFlow Lite model (The model is '
@@ -270,11 +267,9 @@ def test_damaged_tflite_models_are_one_line(exported, tmp_path):
                                         input_height=224)
   wrong_labels = tmp_path / 'labels.txt'
   wrong_labels.write_text('a\nb\n')
-  assert _error(
-      labeling.label_images,
-      settings.LabelConfig(
-          graph=config.output_tflite, labels=str(wrong_labels),
-          images=photo)).startswith(f'--labels {wrong_labels} has 2 labels but')
+  assert _error(labeling.label_images, settings.LabelConfig(
+      graph=config.output_tflite, labels=str(wrong_labels),
+      images=photo)).startswith(f'--labels {wrong_labels} has 2 labels but')
 
 
 def _script(name, *args):
@@ -307,6 +302,31 @@ def test_scripts_convert_then_label_without_noise(exported, tmp_path):
       done.stdout)] == COLOURS
   for noise in ('XNNPACK', 'deprecat', 'Traceback'):
     assert noise not in done.stderr
+
+
+def test_tflite_convert_replaces_only_tflite_models(exported, tmp_path):
+  """The same path as input and output overwrote the input graph."""
+  graph = tmp_path / 'graph.pb'
+  shutil.copy(exported['none'].output_graph, graph)
+  before = graph.read_bytes()
+  labels = exported['none'].output_labels
+  for output, message in [(graph, 'is the --graph_def_file itself'),
+                          (tmp_path / '.' / 'graph.pb', 'itself')]:
+    assert message in _error(tflite_converter.convert_graph_file, settings.ConvertConfig(
+        graph_def_file=str(graph), output_file=str(output),
+        labels=labels))
+  notes = tmp_path / 'notes.tflite'
+  notes.write_text('my notes')
+  assert 'exists and is not a TensorFlow Lite model' in _error(
+      tflite_converter.convert_graph_file, settings.ConvertConfig(
+          graph_def_file=str(graph), output_file=str(notes),
+          labels=labels))
+  assert graph.read_bytes() == before
+  assert notes.read_text() == 'my notes'
+  old = tmp_path / 'old.tflite'
+  shutil.copy(exported['none'].output_tflite, old)
+  tflite_converter.convert_graph_file(settings.ConvertConfig(
+      graph_def_file=str(graph), output_file=str(old), labels=labels))
 
 
 @pytest.mark.parametrize('quantization', settings.QUANTIZATIONS)

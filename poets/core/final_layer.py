@@ -10,7 +10,7 @@ import dataclasses
 import tensorflow as tf
 
 from poets.core import graph_names
-from poets.core import summaries
+from poets.core import summary_ops
 from poets.errors import PoetsError
 
 
@@ -49,27 +49,27 @@ def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
       layer_weights = tf.compat.v1.Variable(
           tf.random.truncated_normal([bottleneck_size, class_count],
                                      stddev=0.001), name='final_weights')
-      summaries.variable_summaries(layer_weights)
+      summary_ops.variable_summaries(layer_weights)
     with tf.name_scope('biases'):
       layer_biases = tf.compat.v1.Variable(tf.zeros([class_count]),
                                            name='final_biases')
-      summaries.variable_summaries(layer_biases)
+      summary_ops.variable_summaries(layer_biases)
     with tf.name_scope('Wx_plus_b'):
       logits = tf.matmul(bottleneck_input, layer_weights) + layer_biases
-      summaries.summary('histogram', 'pre_activations', logits)
+      summary_ops.summary('histogram', 'pre_activations', logits)
   final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
   if final_tensor.op.name != final_tensor_name:
     # TensorFlow renamed it: the module already has an op of that name.
     raise PoetsError(f"--final_tensor_name '{final_tensor_name}' is already "
                      'the name of an operation in the graph; choose another.')
-  summaries.summary('histogram', 'activations', final_tensor)
+  summary_ops.summary('histogram', 'activations', final_tensor)
   layer = FinalLayer(bottleneck_input, ground_truth_input, final_tensor)
   if learning_rate is None:
     return layer
   with tf.name_scope('cross_entropy'):
     layer.cross_entropy = tf.compat.v1.losses.sparse_softmax_cross_entropy(
         labels=ground_truth_input, logits=logits)
-  summaries.summary('scalar', 'cross_entropy', layer.cross_entropy)
+  summary_ops.summary('scalar', 'cross_entropy', layer.cross_entropy)
   with tf.name_scope('train'):
     optimizer = tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
     # Only the new layer learns; the module stays as it was pretrained.
@@ -82,7 +82,7 @@ def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
     with tf.name_scope('accuracy'):
       layer.evaluation_step = tf.reduce_mean(
           tf.cast(correct_prediction, tf.float32))
-  summaries.summary('scalar', 'accuracy', layer.evaluation_step)
+  summary_ops.summary('scalar', 'accuracy', layer.evaluation_step)
   return layer
 
 

@@ -25,11 +25,12 @@ import tensorflow as tf
 
 from poets import files
 from poets import interrupts
+from poets import settings as settings_module
 from poets.core import feeds
 from poets.core import final_layer
 from poets.core import image_decoding
 from poets.core import modules
-from poets.core import summaries
+from poets.core import summary_ops
 from poets.errors import PoetsError
 
 
@@ -41,6 +42,8 @@ class Evaluation:
   predictions: np.ndarray
   ground_truth: np.ndarray
   confusion: np.ndarray  # [true class, predicted class] counts
+  scores: np.ndarray | None = None  # float32 [n, classes]: final_result
+  filenames: list = dataclasses.field(default_factory=list)  # of each image
 
   @property
   def precision(self):
@@ -175,14 +178,14 @@ def _validation_batch_size(requested, available):
 
 def evaluate(session, layer, bottlenecks, ground_truth, class_count):
   """Runs the layer on bottlenecks; returns an Evaluation."""
-  accuracy, predictions = session.run(
-      [layer.evaluation_step, layer.prediction],
+  accuracy, predictions, scores = session.run(
+      [layer.evaluation_step, layer.prediction, layer.final_tensor],
       {layer.bottleneck_input: bottlenecks,
        layer.ground_truth_input: ground_truth})
   confusion = np.zeros([class_count, class_count], np.int64)
   np.add.at(confusion, (ground_truth, predictions), 1)
   return Evaluation(float(accuracy), len(ground_truth), predictions,
-                    ground_truth, confusion)
+                    ground_truth, confusion, scores)
 
 
 def log_class_table(evaluation, labels):
@@ -212,11 +215,53 @@ def _warn_empty(splits, labels):
                       'have some.', name, ', '.join(missing))
 
 
-def _diverged(step, learning_rate):
+# A loss this many times that of guessing means the steps overshoot.
+EXPLODED_FACTOR = 100
+# Prints as 0.000000: the new layer's scores have saturated at 0 and 1.
+COLLAPSED_BELOW = 5e-7
+
+
+def _lower_learning_rate(learning_rate):
+  return (f'a smaller --learning_rate (now {learning_rate:g}; the default is '
+          f'{settings_module.RetrainSettings.learning_rate:g})')
+
+
+def _diverged(step, learning_rate, loss_text):
   return PoetsError(
-      f'Training diverged at step {step}: the loss became NaN or infinite. '
-      f'Retry with a smaller --learning_rate (now {learning_rate:g}; try '
-      f'{learning_rate / 10:g}). Nothing was exported.')
+      f'Training diverged at step {step}: the cross entropy became '
+      f'{loss_text}. Retry with {_lower_learning_rate(learning_rate)}. '
+      'Nothing was exported.')
+
+
+@dataclasses.dataclass
+class LossCheck:
+  """Stops a run whose loss explodes; warns once when it collapses.
+
+  A new layer starts near the loss of guessing, log(class_count). Far above
+  it (or NaN, or infinite) each step overshoots and the weights grow by
+  orders of magnitude; at 0.000000 the softmax has saturated, so the scores
+  label_image.py prints are 1 and 0, whatever the photo.
+  """
+  class_count: int
+  learning_rate: float
+  collapsed: bool = False
+
+  def __call__(self, step, cross_entropy):
+    guessing = np.log(max(self.class_count, 2))
+    if not np.isfinite(cross_entropy):
+      raise _diverged(step, self.learning_rate, 'NaN or infinite')
+    if cross_entropy > EXPLODED_FACTOR * guessing:
+      raise _diverged(step, self.learning_rate,
+                      f'{cross_entropy:.3g}, over {EXPLODED_FACTOR} times '
+                      f'that of guessing among {self.class_count} classes '
+                      f'({guessing:.2f})')
+    if cross_entropy < COLLAPSED_BELOW and not self.collapsed:
+      self.collapsed = True
+      logging.warning(
+          'Step %d: Cross entropy = %f: the new layer\'s scores have '
+          'saturated at 0 and 1, so they no longer say how sure it is; '
+          'retry with %s.', step, cross_entropy,
+          _lower_learning_rate(self.learning_rate))
 
 
 def train(settings, splits, labels, module_spec=None, save_intermediate=None):
@@ -257,10 +302,11 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
     layer_variables = final_layer.layer_variables_of(graph)
     saver = tf.compat.v1.train.Saver(layer_variables)
     init = tf.compat.v1.global_variables_initializer()
-    train_writer = summaries.event_writer(
+    train_writer = summary_ops.event_writer(
         os.path.join(settings.summaries_dir, 'train'), graph)
-    validation_writer = summaries.event_writer(
+    validation_writer = summary_ops.event_writer(
         os.path.join(settings.summaries_dir, 'validation'))
+  check_loss = LossCheck(class_count, settings.learning_rate)
   validation = splits['validation']
   validation_batch_size = _validation_batch_size(
       settings.validation_batch_size, len(validation.ground_truth))
@@ -304,19 +350,19 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
             # The histogram summaries refuse NaN weights: a diverged run.
             if not all(np.isfinite(value).all()
                        for value in session.run(layer_variables)):
-              raise _diverged(step, settings.learning_rate) from None
+              raise _diverged(step, settings.learning_rate,
+                              'NaN or infinite') from None
             raise
           train_writer.add_summary(train_summary, step)
           train_accuracy, cross_entropy = session.run(
               [layer.evaluation_step, layer.cross_entropy],
               {layer.bottleneck_input: bottlenecks,
                layer.ground_truth_input: ground_truth})
-          if not np.isfinite(cross_entropy):
-            raise _diverged(step, settings.learning_rate)
           logging.info('%s: Step %d: Train accuracy = %.1f%%', _now(), step,
                        train_accuracy * 100)
           logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
                        cross_entropy)
+          check_loss(step, cross_entropy)
           if len(validation.ground_truth):
             batch, truth, _ = _random_batch(validation, validation_batch_size,
                                             rng)
@@ -357,6 +403,7 @@ def _final_test(session, layer, split, settings, labels, rng):
   bottlenecks, truth, chosen = _random_batch(split, settings.test_batch_size,
                                              rng)
   evaluation = evaluate(session, layer, bottlenecks, truth, len(labels))
+  evaluation.filenames = [split.filenames[index] for index in chosen]
   logging.info('Final test accuracy = %.1f%% (N=%d)',
                evaluation.accuracy * 100, evaluation.count)
   if settings.print_misclassified_test_images:

@@ -17,13 +17,11 @@ import re
 
 from poets import files
 from poets import settings
+from poets import startup
 from poets.errors import PoetsError
 from poets.extras import experiment_reports
 
 DEFAULT_EXPERIMENTS_DIR = os.path.join('tf_files', 'experiments')
-DEFAULT_SUMMARIES_ROOT = os.path.join('tf_files', 'training_summaries',
-                                      'experiments')
-
 # Sweep keys that are not retrain flags.
 IMAGES_PER_CLASS = 'images_per_class'
 DEVICE = 'device'
@@ -76,7 +74,7 @@ class Experiment:
   """
   name: str  # '2026-11-24_185950_learning_rate'
   dir: str  # <experiments_dir>/<name>: table, plots, one folder per run
-  summaries_dir: str  # <summaries_root>/<name>: one folder per run
+  summaries_dir: str  # TensorBoard's --logdir for it: one folder per run
   sweeps: list[Sweep]
   runs: list[Run]
   started: str  # 'YYYY-MM-DD HH:MM:SS'
@@ -172,6 +170,23 @@ def _without_missing_gpu(sweeps):
       NO_GPU_NOTE]
 
 
+def _check_inputs(configs, check):
+  """Each run's image folder and module, checked by `check` (a run's own
+  first check, pipeline.check_inputs) each distinct one once, so that a typo
+  stops the command before it writes anything. Their log lines are left to
+  the runs, which log them."""
+  checked = set()
+  for config in configs:
+    inputs = (config.image_dir, config.testing_percentage,
+              config.validation_percentage, config.architecture,
+              config.tfhub_module, config.model_dir, config.input_size,
+              config.bottleneck_dir)
+    if inputs not in checked:
+      with startup.warnings_only():
+        check(config)
+      checked.add(inputs)
+
+
 def _new_folder(parent, stem):
   """Creates and returns parent/stem (or stem_2, ...): never an old one."""
   for attempt in itertools.count(1):
@@ -184,14 +199,17 @@ def _new_folder(parent, stem):
 
 
 def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
-         summaries_root=DEFAULT_SUMMARIES_ROOT, command=''):
+         summaries_root=None, command='', check_inputs=None):
   """The Experiment of the cross product of `sweeps`, the first slowest.
 
   `make_config(overrides)` returns the base RetrainSettings with the retrain
   flags in `overrides` ({flag: value text}) changed, raising PoetsError for a
   value a flag does not take. All configs are made before the experiment's
-  folder, so a bad value stops the command before it writes anything.
-  `command` is the command line, kept with the results.
+  folder, so a bad value stops the command before it writes anything; with
+  `check_inputs` (pipeline.check_inputs), so does a missing image folder or
+  module, as in retrain.py. `command` is the command line, kept with the results. Each
+  run's summaries go to <summaries_root>/<experiment>/<run>, by default its
+  own folder.
   """
   if not sweeps:
     raise PoetsError('Pass at least one --sweep key=value1,value2,... (e.g. '
@@ -201,8 +219,10 @@ def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
     if keys.count(key) > 1:
       raise PoetsError(f'--sweep {key} is given twice; list all its values '
                        'in one.')
+  summaries_root = summaries_root or experiments_dir
   files.check_writable(experiments_dir, '--experiments_dir')
   files.check_writable(summaries_root, '--summaries_dir')
+  experiment_reports.check_index(experiments_dir)
   sweeps, notes = _without_missing_gpu(sweeps)
   grid = []
   for combination in itertools.product(*(sweep.values for sweep in sweeps)):
@@ -210,6 +230,8 @@ def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
     grid.append((values, make_config({key: value for key, value
                                       in values.items()
                                       if key not in SPECIAL_KEYS})))
+  if check_inputs:
+    _check_inputs((config for _, config in grid), check_inputs)
   now = datetime.datetime.now()
   name = _new_folder(experiments_dir,
                      f'{now:%Y-%m-%d_%H%M%S}_{"+".join(keys)}')

@@ -186,7 +186,8 @@ def _run_child(run, job_path, verbosity, stop):
     # it (a second Ctrl-C can land mid-export); the detail keeps what.
     return Outcome(run, 'interrupted' if interrupted else status, payload,
                    seconds=seconds, warnings=warnings)
-  if interrupted or payload.training.interrupted:
+  # A stop that came after the run saved its outputs found it finished.
+  if payload.training.interrupted:
     return Outcome(run, 'interrupted', 'stopped on request', payload,
                    seconds, warnings)
   return Outcome(run, 'ok', '', payload, seconds, warnings)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow.python.framework import function_def_to_graph
 
 from poets.core import export
-from poets.core import summaries
+from poets.core import summary_ops
 
 
 # Constants of at most this many values keep them in the Graphs tab (the
@@ -176,7 +176,7 @@ def write_graph_summary(graph_def, summaries_dir, module_name):
   learner can read the input and output layer names there."""
   shown = tensorboard_graph_def(graph_def, module_name)
   with tf.Graph().as_default():  # FileWriter refuses to run eagerly.
-    writer = summaries.event_writer(
+    writer = summary_ops.event_writer(
         os.path.join(summaries_dir, 'retrained_graph'))
     writer.add_graph(None, graph_def=shown)
     writer.close()

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from poets import files
 from poets import settings
+from poets import startup
 from poets.core import export
 from poets.core import frozen_graphs
 from poets.core import image_decoding
@@ -83,13 +84,10 @@ class _Calibration:
 @contextlib.contextmanager
 def _quiet_converter():
   """The converter logs 'Using experimental converter: If you encountered a
-  problem please file a bug' at INFO on every call; not for our users."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(min(verbosity, logging.WARNING))
-  try:
+  problem please file a bug' at INFO on every call, and prints its int8
+  settings to stderr; neither is for our users."""
+  with startup.warnings_only(), startup.without_library_lines():
     yield
-  finally:
-    logging.set_verbosity(verbosity)
 
 
 def _image_size(tensor, what):
@@ -149,6 +147,27 @@ def convert(graph_def, input_name, output_name, quantization,
   return model
 
 
+def check_replaceable(output_file, graph_def_file):
+  """Refuses an --output_file that is the input graph, or an existing file
+  that is not a TensorFlow Lite model: only models are replaced."""
+  if os.path.exists(output_file) and os.path.samefile(output_file,
+                                                      graph_def_file):
+    raise PoetsError(f'--output_file {output_file} is the --graph_def_file '
+                     'itself; pass another name, such as '
+                     'tf_files/optimized_graph.tflite.')
+  if not os.path.lexists(output_file):
+    return
+  try:
+    with open(output_file, 'rb') as f:
+      ours = os.path.isfile(output_file) and tflite_interpreter.is_tflite(f.read(8))
+  except OSError:
+    ours = False
+  if not ours:
+    raise PoetsError(f'--output_file {output_file} exists and is not a '
+                     'TensorFlow Lite model, so it is not replaced; pass '
+                     'another name, such as tf_files/optimized_graph.tflite.')
+
+
 def save_model(model, path):
   files.atomic_write(path, model)
 
@@ -167,6 +186,7 @@ def convert_graph_file(config):
   if os.path.isdir(config.output_file):
     raise PoetsError(f'--output_file {config.output_file} is a folder; pass '
                      'a file name such as tf_files/optimized_graph.tflite.')
+  check_replaceable(config.output_file, config.graph_def_file)
   files.check_writable(os.path.dirname(config.output_file), '--output_file')
   labels = labeling.read_labels(config.labels)
   calibration_paths = []
@@ -175,6 +195,9 @@ def convert_graph_file(config):
         image_listing.given_images([], config.image_dir))
   path = config.graph_def_file
   graph_def = frozen_graphs.load_graph_def(path, '--graph_def_file')
+  if not config.allow_io_ops:
+    # The converter runs what it can of a graph while it folds constants.
+    frozen_graphs.check_io_ops(graph_def, path, '--graph_def_file')
   graph = frozen_graphs.import_graph(graph_def, path, '--graph_def_file')
   names = [frozen_graphs.find_tensor(graph, name, flag, path).name
            .removeprefix(f'{frozen_graphs.PREFIX}/')
