@@ -135,7 +135,7 @@ def test_an_index_md_of_the_users_is_never_overwritten(tmp_path):
   (tmp_path / 'out').mkdir()
   (tmp_path / 'out' / 'index.md').write_text('# My lab notes\n')
   with pytest.raises(PoetsError, match='holds an index.md that '
-                     'experiment_runs.py did not write'):
+                     'experiments.py did not write'):
     _experiment(tmp_path, 'learning_rate=0.01,1.0')
   assert (tmp_path / 'out' / 'index.md').read_text() == '# My lab notes\n'
   assert os.listdir(tmp_path / 'out') == ['index.md']
