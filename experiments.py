@@ -116,6 +116,8 @@ def main(argv):
       dashboards.write_hparams(experiment, outcomes)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
+  except Exception as e:  # A full disk, a denied permission.
+    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
   except KeyboardInterrupt:
     sys.exit('Interrupted before the first run; no table written.')
   print(report.markdown)

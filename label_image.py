@@ -151,6 +151,8 @@ def main(argv):
     run = labeling.label_images(config)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
+  except Exception as e:  # A full disk, a denied permission.
+    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
   for warning in run.warnings:
     print(f'WARNING: {warning}', file=sys.stderr)
   sys.stdout.write(label_output.format_run(run, FLAGS.output_format))

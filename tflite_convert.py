@@ -98,6 +98,8 @@ def main(argv):
     size = tflite_converter.convert_graph_file(config)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
+  except Exception as e:  # A full disk, a denied permission.
+    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
   print(f'Wrote {config.output_file} ({size / 1e6:.1f} MB, quantization '
         f'{config.quantization}).')
 

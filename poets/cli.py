@@ -14,6 +14,7 @@ import typing
 
 from absl import flags
 
+from poets import files
 from poets.core.networks import architectures
 from poets import settings
 
@@ -123,3 +124,12 @@ def define_module_flags(defaults):
       ['architecture', 'tfhub_module'],
       lambda f: not (f['architecture'] and f['tfhub_module']),
       'pass either --architecture or --tfhub_module, not both')
+
+
+def environment_error_line(error):
+  """The one line a script prints for `error`, a full disk or a denied
+  permission (files.environment_error); re-raises any other error."""
+  line = files.environment_error(error)
+  if line is None:
+    raise error
+  return line

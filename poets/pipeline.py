@@ -16,17 +16,19 @@ from poets import files
 from poets import outputs
 from poets import summaries
 from poets.core import bottlenecks
+from poets.core import cut_cache
 from poets.core import export
+from poets.core import fine_tuning
 from poets.core import graph_names
 from poets.core import image_listing
 from poets.core import modules
+from poets.core import tflite_metadata
 from poets.core import training
 from poets.errors import PoetsError
 from poets.extras import dashboards
 from poets.extras import saved_model
 from poets.extras import tensorboard_graph
 from poets.extras import tflite_converter
-from poets.core import tflite_metadata
 
 
 @dataclasses.dataclass
@@ -123,15 +125,6 @@ def _check_outputs(settings):
       saved_model.check_saved_model_dir(path)
 
 
-def _write_graph_summary(graph_def, summaries_dir, module_name):
-  try:
-    tensorboard_graph.write_graph_summary(graph_def, summaries_dir, module_name)
-  except (OSError, tf.errors.OpError) as e:
-    logging.warning('Could not write the graph for TensorBoard to %s (%s); '
-                    'the outputs are saved.', summaries_dir,
-                    getattr(e, 'strerror', None) or e.message)
-
-
 def _check_usable(splits, labels):
   trained = set(splits['training'].ground_truth.tolist())
   if len(trained) < 2:
@@ -139,6 +132,26 @@ def _check_usable(splits, labels):
         f'Fewer than 2 classes have usable training images (have: '
         f'{", ".join(labels[i] for i in sorted(trained)) or "none"}); add '
         'images that decode to at least two class folders.')
+
+
+def train(settings, labels, spec, module, splits, cut=None, cut_splits=None,
+          save_intermediate=None):
+  """Trains the new layer on `splits`' bottlenecks; with a fine_tuning.Cut,
+  then the top blocks with it on `cut_splits`' cuts. Returns the
+  TrainingResult of the last."""
+  result = training.train(settings, splits, labels, spec, save_intermediate,
+                          final_test=cut is None)
+  if cut is None or result.interrupted:
+    return result
+  logging.info('Fine-tuning the top %d blocks with the new layer for %d '
+               'steps', settings.fine_tune_blocks, settings.fine_tune_steps)
+  return training.train(
+      settings, cut_splits, labels, spec, save_intermediate,
+      fine_tuning.FineTuning(
+          cut, fine_tuning.bottom_module(cut, module), result.layer,
+          first_step=settings.how_many_training_steps,
+          steps=settings.fine_tune_steps,
+          learning_rate=settings.fine_tune_learning_rate))
 
 
 def check_inputs(settings):
@@ -154,6 +167,25 @@ def check_inputs(settings):
   files.check_writable(settings.model_dir, '--model_dir')
 
 
+def log_image_lists(image_lists):
+  """Says which folders became which labels, where they differ, and how many
+  images of each class went to training, validation and testing."""
+  for image_class in image_lists.classes:
+    if image_class.dir != image_class.label:
+      logging.info("Folder '%s' becomes the label '%s'.", image_class.dir,
+                   image_class.label)
+  splits = ('training', 'validation', 'testing')
+  counts = [[len(c.split(name)) for name in splits]
+            for c in image_lists.classes]
+  counts.append([sum(column) for column in zip(*counts)])
+  names = image_lists.labels + ['total']
+  width = max(len(name) for name in names + ['class'])
+  rows = [f'{"class":<{width}}  training  validation  testing']
+  rows += [f'{name:<{width}}  {training:8d}  {validation:10d}  {testing:7d}'
+           for name, (training, validation, testing) in zip(names, counts)]
+  logging.info('Images per class:\n%s', '\n'.join(rows))
+
+
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
   # Images first: a mistyped --image_dir is reported before the embedded
@@ -166,6 +198,7 @@ def run(settings):
     image_lists = image_listing.limit_training_images(
         image_lists, settings.images_per_class, settings.random_seed)
   listing_seconds = time.perf_counter() - start
+  log_image_lists(image_lists)
   spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
                                 settings.model_dir, settings.input_size)
   if not settings.summaries_dir:
@@ -178,9 +211,21 @@ def run(settings):
                module.image_size[0], module.image_size[1],
                module.bottleneck_size)
 
+  cut = cut_splits = None
+  if settings.fine_tune_blocks:
+    cut = fine_tuning.find_cut(spec, settings.fine_tune_blocks)
+    logging.info('Fine-tuning the top %d blocks of %s: caching the %s input '
+                 'of block %d per image', settings.fine_tune_blocks,
+                 spec.name, 'x'.join(map(str, cut.shape)), cut.block)
+
   start = time.perf_counter()
-  splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
-                                                settings.bottleneck_dir)
+  if cut:
+    cut_splits, cache = cut_cache.cache_cuts(image_lists, module, cut,
+                                             settings.bottleneck_dir)
+    splits = fine_tuning.pretrained_bottlenecks(cut, cut_splits)
+  else:
+    splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
+                                                  settings.bottleneck_dir)
   bottleneck_seconds = time.perf_counter() - start
   split_sizes = {name: len(split.ground_truth)
                  for name, split in splits.items()}
@@ -192,7 +237,7 @@ def run(settings):
   _check_usable(splits, labels)
 
   with summaries.claim(settings.summaries_dir, RUN_FOLDERS), export.FrozenGraphs(
-      spec, len(labels), settings.final_tensor_name) as frozen_graphs:
+      spec, len(labels), settings.final_tensor_name, cut) as frozen_graphs:
 
     def save_intermediate(step, layer):
       path = os.path.join(settings.intermediate_output_graphs_dir,
@@ -201,8 +246,8 @@ def run(settings):
       export.save_graph(frozen_graphs.freeze(layer), path)
 
     start = time.perf_counter()
-    result = training.train(settings, splits, labels, spec,
-                            save_intermediate)
+    result = train(settings, labels, spec, module, splits, cut, cut_splits,
+                   save_intermediate)
     training_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -222,11 +267,18 @@ def run(settings):
             settings.tflite_quantization,
             tflite_converter.calibration_images(splits['training'].filenames),
             what='the retrained graph'), labels))
-    # After the outputs: a summary that cannot be written loses no layer.
-    _write_graph_summary(graph_def, settings.summaries_dir, spec.name)
+    # After the outputs, and its writer only warns: a summary that cannot
+    # be written loses no layer.
+    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   export_seconds = time.perf_counter() - start
-  dashboards.write_run(settings.summaries_dir, settings, module, splits,
-                       labels, result)
+  try:
+    dashboards.write_run(settings.summaries_dir, settings, module, splits,
+                         labels, result)
+  except (OSError, tf.errors.OpError) as e:
+    line = files.environment_error(e)
+    if line is None:
+      raise
+    logging.warning('Could not write the dashboards: %s', line)
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
                     'the layer trained so far to %s (beside the finished '

@@ -232,3 +232,36 @@ def test_decode_in_batches_keeps_the_good_images_and_says_why_not_the_rest(
                                                unreadable=True)
   assert not failures[3].unreadable
   assert failures[3].reason.startswith('Unknown image file format.')
+
+
+def test_a_link_into_another_class_keeps_its_photos_in_their_class(
+    tmp_path, caplog):
+  """daisy/r -> ../roses trained every rose as a daisy, and roses
+  disappeared."""
+  root = tmp_path / 'photos'
+  make_image_dir(root, per_class=4)
+  os.symlink('../red', root / 'blue' / 'r')
+  os.symlink('../green/green_000.jpg', root / 'blue' / 'g.jpg')
+  lists = image_listing.create_image_lists(str(root), 0, 0)
+  found = {c.dir: sorted(_all_images(c)) for c in lists.classes}
+  assert found == {colour: [f'{colour}_{i:03d}.jpg' for i in range(4)]
+                   for colour in ('blue', 'green', 'red')}
+  assert caplog.text.count('a link into the class folder') == 2
+
+
+def test_an_unreadable_folder_is_reported(tmp_path, caplog, monkeypatch):
+  root = tmp_path / 'photos'
+  make_image_dir(root, per_class=3)
+  make_image_dir(root / 'red', per_class=2, colours={'closed': (200, 0, 0)})
+  scandir = os.scandir
+
+  def denied(path='.'):
+    if os.fspath(path).endswith('closed'):
+      raise PermissionError(13, 'Permission denied', os.fspath(path))
+    return scandir(path)
+
+  monkeypatch.setattr(os, 'scandir', denied)
+  lists = image_listing.create_image_lists(str(root), 0, 0)
+  assert len(_all_images(lists.classes[2])) == 3
+  assert (f'Cannot read the folder {root / "red" / "closed"} (Permission '
+          'denied); its photos are left out.') in caplog.text

@@ -21,6 +21,7 @@ call; then it brings the index up to date.
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import time
 
@@ -114,8 +115,9 @@ class _Entry:
   cache_path: str
 
 
-def _entries(image_lists, bottleneck_dir, module_name):
-  """Every image, split by split and class by class within a split.
+def entries_of(image_lists, cache_path):
+  """Every image, split by split and class by class within a split, with
+  its cache file `cache_path(class folder, image name)`.
 
   In that order each split is one block of rows, sorted by class as training
   needs, so the splits can be slices of one array instead of copies.
@@ -125,8 +127,12 @@ def _entries(image_lists, bottleneck_dir, module_name):
       for image_name in image_class.split(split):
         yield _Entry(split, class_index,
                      image_lists.image_path(class_index, image_name),
-                     bottleneck_path(bottleneck_dir, image_class.dir,
-                                     image_name, module_name))
+                     cache_path(image_class.dir, image_name))
+
+
+def _entries(image_lists, bottleneck_dir, module_name):
+  return entries_of(image_lists, functools.partial(
+      bottleneck_path, bottleneck_dir, module_name=module_name))
 
 
 def _index_names(entries, bottleneck_dir):
@@ -135,7 +141,7 @@ def _index_names(entries, bottleneck_dir):
   return [os.fsencode(e.cache_path[len(prefix):]) for e in entries]
 
 
-def _existing(paths):
+def existing(paths):
   """Which of `paths` exist: one listing per folder, not one stat per file."""
   listed = {}
   found = np.zeros(len(paths), bool)
@@ -188,7 +194,7 @@ def _read_cache(entries, names, values, identities, index, bottleneck_dir,
   """
   bottleneck_size = values.shape[1]
   cached = []
-  for row in np.flatnonzero(_existing([e.cache_path for e in entries])):
+  for row in np.flatnonzero(existing([e.cache_path for e in entries])):
     try:
       identities[row] = cache_index.identity_of(entries[row].cache_path)
       cached.append(row)
@@ -248,14 +254,15 @@ def foreign_cache_message(bottleneck_dir, other_size, bottleneck_size):
           '(or move that folder away) and rerun.')
 
 
-def _compute(entries, todo, module_spec, summary):
-  """Runs the images at indices `todo` through the module, batch by batch.
+def compute(entries, todo, load_module, summary):
+  """Runs the images at indices `todo` through the module that
+  `load_module()` loads into the current graph, batch by batch.
 
   Yields (index, bottleneck) as results arrive; images that fail to read or
   decode are recorded in `summary.failed` and skipped.
   """
   with tf.Graph().as_default() as graph:
-    module = modules.load_module(module_spec)
+    module = load_module()
     decoded = image_decoding.decode_in_batches(
         [entries[i].image_path for i in todo], module.decode,
         graph_names.BATCH_SIZE)
@@ -317,7 +324,7 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir):
   logging.info('Bottlenecks: %d created (%d replacing bad cache files), %d '
                'reused, %d failed', summary.created, summary.recomputed,
                summary.reused, len(summary.failed))
-  return _by_split(entries, values, have), summary
+  return by_split(entries, values, have), summary
 
 
 def _create_missing(entries, values, identities, have, module_spec, summary,
@@ -332,7 +339,9 @@ def _create_missing(entries, values, identities, have, module_spec, summary,
   # batch; on the way out (even Ctrl-C) it finishes what was computed.
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
     pending = collections.deque()
-    for index, bottleneck in _compute(entries, todo, module_spec, summary):
+    for index, bottleneck in compute(
+        entries, todo, functools.partial(modules.load_module, module_spec),
+        summary):
       # The value as the file holds it, so cold and warm runs agree.
       values[index] = bottleneck
       have[index] = True
@@ -353,7 +362,7 @@ def _finish_write(pending, identities):
   identities[index] = write.result()  # A failed write stops the run now.
 
 
-def _by_split(entries, values, have):
+def by_split(entries, values, have):
   """The splits as slices of `values`, without the images that failed."""
   kept = np.flatnonzero(have)
   if len(kept) < len(entries):

@@ -15,10 +15,13 @@ the embedded module's own ImageNet classifier, is frozen here the same way.
 """
 
 
+import functools
+
 import tensorflow as tf
 
 from poets import files
 from poets.core import final_layer
+from poets.core import fine_tuning
 from poets.core import graph_names
 from poets.core import modules
 
@@ -75,8 +78,10 @@ class FrozenGraphs:
   the layer's values. Use it in a `with` block, which closes its session.
   """
 
-  def __init__(self, module_spec, class_count, final_tensor_name):
+  def __init__(self, module_spec, class_count, final_tensor_name, cut=None):
     self._module_spec = module_spec
+    # A fine_tuning.Cut: the network is built in two, its top trainable.
+    self._cut = cut
     self._class_count = class_count
     self._final_tensor_name = final_tensor_name
     self._session = None
@@ -84,15 +89,19 @@ class FrozenGraphs:
   def _build(self):
     graph = tf.Graph()
     with graph.as_default():
-      module = modules.load_module(self._module_spec)
-      height, width = module.image_size
+      if self._cut:
+        height = width = self._cut.image_size
+        apply = functools.partial(fine_tuning.network, self._cut)
+      else:
+        module = modules.load_module(self._module_spec)
+        height, width = module.image_size
+        apply = module.apply
       resized_input = tf.compat.v1.placeholder(
           tf.float32, [None, height, width, 3], name=graph_names.INPUT_NAME)
       if resized_input.op.name != graph_names.INPUT_NAME:
         raise AssertionError(f'input placeholder became {resized_input.name}')
       layer = final_layer.add_final_retrain_ops(
-          self._class_count, self._final_tensor_name,
-          module.apply(resized_input))
+          self._class_count, self._final_tensor_name, apply(resized_input))
       init = tf.compat.v1.global_variables_initializer()
     self._session = tf.compat.v1.Session(graph=graph)
     self._session.run(init)
@@ -100,13 +109,15 @@ class FrozenGraphs:
     self._output = layer.final_tensor.op.name
 
   def freeze(self, layer):
-    """The graph with `layer` (TrainingResult.layer: the layer's variable
-    values by name), frozen and pruned."""
+    """The graph with `layer` (TrainingResult.layer: the trained variables'
+    values by name; fine-tuned blocks it lacks keep their pretrained
+    values), frozen and pruned."""
     if self._session is None:
       self._build()
     with self._session.graph.as_default():  # Variable.load needs it.
       for variable in self._variables:
-        variable.load(layer[variable.op.name], self._session)
+        if variable.op.name in layer:
+          variable.load(layer[variable.op.name], self._session)
     return freeze(self._session, self._output)
 
   def __enter__(self):

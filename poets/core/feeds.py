@@ -11,19 +11,20 @@ import numpy as np
 FEED_ALIGNMENT = 64
 
 
-def feedable_empty(shape):
-  """An uninitialised float32 array TensorFlow can be fed without a copy."""
-  size = int(np.prod(shape)) * 4
+def feedable_empty(shape, dtype=np.float32):
+  """An uninitialised array TensorFlow can be fed without a copy."""
+  dtype = np.dtype(dtype)
+  size = int(np.prod(shape)) * dtype.itemsize
   raw = np.empty(size + FEED_ALIGNMENT, np.uint8)
   start = -raw.ctypes.data % FEED_ALIGNMENT
-  return raw[start:start + size].view(np.float32).reshape(shape)
+  return raw[start:start + size].view(dtype).reshape(shape)
 
 
 def feedable(values):
   """`values`, or a copy TensorFlow can be fed without copying it again."""
   if (values.ctypes.data % FEED_ALIGNMENT == 0 and
-      values.flags.c_contiguous and values.dtype == np.float32):
+      values.flags.c_contiguous):
     return values
-  aligned = feedable_empty(values.shape)
+  aligned = feedable_empty(values.shape, values.dtype)
   aligned[...] = values
   return aligned

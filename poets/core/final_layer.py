@@ -9,6 +9,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from poets.core import fine_tuning
 from poets.core import graph_names
 from poets.core import summary_ops
 from poets.errors import PoetsError
@@ -26,12 +27,14 @@ class FinalLayer:
 
 
 def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
-                          ground_truth_tensor=None, learning_rate=None):
+                          ground_truth_tensor=None, learning_rate=None,
+                          fine_tuned=None):
   """Adds the new softmax layer on top of `bottleneck_tensor`.
 
   Both inputs are placeholders with defaults, named as the original's, so
   evaluation can feed them. Without a learning rate the graph is for
-  evaluation and export only: no loss, no training ops.
+  evaluation and export only: no loss, no training ops. `fine_tuned`,
+  (variables, learning rate), trains those too, at their own rate.
   """
   bottleneck_size = bottleneck_tensor.shape[-1]
   with tf.name_scope(graph_names.INPUT_SCOPE):
@@ -72,9 +75,19 @@ def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
   summary_ops.summary('scalar', 'cross_entropy', layer.cross_entropy)
   with tf.name_scope('train'):
     optimizer = tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
-    # Only the new layer learns; the module stays as it was pretrained.
-    layer.train_step = optimizer.minimize(
-        layer.cross_entropy, var_list=[layer_weights, layer_biases])
+    layer_variables = [layer_weights, layer_biases]
+    if fine_tuned is None:
+      # Only the new layer learns; the module stays as it was pretrained.
+      layer.train_step = optimizer.minimize(layer.cross_entropy,
+                                            var_list=layer_variables)
+    else:
+      variables, rate = fine_tuned
+      gradients = tf.gradients(layer.cross_entropy,
+                               layer_variables + variables)
+      layer.train_step = tf.group(
+          optimizer.apply_gradients(zip(gradients[:2], layer_variables)),
+          tf.compat.v1.train.GradientDescentOptimizer(rate).apply_gradients(
+              zip(gradients[2:], variables)))
   with tf.name_scope('accuracy'):
     with tf.name_scope('correct_prediction'):
       layer.prediction = tf.argmax(final_tensor, 1)
@@ -87,6 +100,8 @@ def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
 
 
 def layer_variables_of(graph):
-  """The new layer's variables: what is trained, saved and exported."""
-  return graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
-                              scope=graph_names.LAYER_SCOPE)
+  """What is trained, saved and exported: the new layer's variables, and
+  the fine-tuned blocks' when there are some."""
+  return graph.get_collection(
+      tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
+      scope=graph_names.LAYER_SCOPE) + fine_tuning.top_variables_of(graph)

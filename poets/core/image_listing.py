@@ -100,7 +100,16 @@ def _identity(path):
   return status.st_dev, status.st_ino
 
 
-def find_images(class_path, seen=None):
+def _inside(path, folders):
+  """The first of `folders` (real paths) that `path` leads into, or None."""
+  real = os.path.realpath(path)
+  for folder in folders:
+    if os.path.commonpath([real, folder]) == folder:
+      return folder
+  return None
+
+
+def find_images(class_path, seen=None, other_classes=()):
   """Image files under a class folder, recursively, skipping hidden entries.
 
   Links are followed, but each real folder and file is taken once: a link
@@ -108,21 +117,39 @@ def find_images(class_path, seen=None):
   photo reached twice could land in both training and test. `seen` holds
   the (device, inode) of everything taken so far, to share it between
   folders; returns (relative paths, sorted; how many were left out as
-  already found).
+  already found). A link into one of `other_classes` (real paths of the
+  other class folders) is left out with a warning: its photos belong to
+  the class the user filed them in. A folder that cannot be read is
+  reported, not silently skipped.
   """
+
+  def unreadable(error):
+    logging.warning('Cannot read the folder %s (%s); its photos are left '
+                    'out.', error.filename, error.strerror)
+
+  def leads_elsewhere(path):
+    other = os.path.islink(path) and _inside(path, other_classes)
+    if other:
+      logging.warning('Skipping %s: a link into the class folder %s, whose '
+                      'photos stay in that class.', path, other)
+    return other
+
   seen = set() if seen is None else seen
   if _identity(class_path) in seen:  # A link to a folder already searched.
     return [], 1
   seen.add(_identity(class_path))
   by_identity = {}  # One stat per file: listing time matters at scale.
   repeated = 0
-  for root, dirs, files in os.walk(class_path, followlinks=True):
+  for root, dirs, files in os.walk(class_path, followlinks=True,
+                                   onerror=unreadable):
     kept = []
     # Real folders before links to them, then by name, so the way to a
     # folder that is kept does not vary.
     for name in sorted((d for d in dirs if not d.startswith('.')),
                        key=lambda d: (os.path.islink(os.path.join(root, d)),
                                       d)):
+      if leads_elsewhere(os.path.join(root, name)):
+        continue
       identity = _identity(os.path.join(root, name))
       if identity in seen:
         repeated += 1
@@ -137,6 +164,8 @@ def find_images(class_path, seen=None):
           os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS):
         continue
       path = os.path.join(root, name)
+      if other_classes and leads_elsewhere(path):
+        continue
       try:
         status = os.stat(path)
         identity = status.st_dev, status.st_ino
@@ -197,10 +226,15 @@ def create_image_lists(image_dir, testing_percentage, validation_percentage):
   classes = []
   dir_names = class_dirs(image_dir)
   seen = {_identity(image_dir)}
+  real_dirs = {name: os.path.realpath(os.path.join(image_dir, name))
+               for name in dir_names}
   for dir_name in dir_names:
     class_path = os.path.join(image_dir, dir_name)
     logging.info("Looking for images in '%s'", dir_name)
-    images, repeated = find_images(class_path, seen)
+    own = real_dirs[dir_name]
+    images, repeated = find_images(
+        class_path, seen, [real for real in real_dirs.values()
+                           if os.path.commonpath([real, own]) != real])
     if repeated:
       logging.warning('%s: %d links lead to folders or photos already found; '
                       'each is used once.', class_path, repeated)

@@ -1,19 +1,18 @@
 """TensorBoard summaries: the event files and the layer's summaries' tags."""
 
-import os
-
 import tensorflow as tf
 
+from poets import summaries
 
-def event_writer(directory, graph=None):
+
+def event_writer(directory, graph=None, suffix=''):
   """A FileWriter whose file name carries this process's id.
 
   Event files are named by the second and the host only; two runs writing
   into one --summaries_dir at once would otherwise share one file and
   corrupt it.
   """
-  return tf.compat.v1.summary.FileWriter(directory, graph,
-                                         filename_suffix=f'.{os.getpid()}')
+  return summaries.TolerantWriter(directory, graph, suffix)
 
 
 def summary(kind, name, value):

@@ -28,6 +28,7 @@ from poets import interrupts
 from poets import settings as settings_module
 from poets.core import feeds
 from poets.core import final_layer
+from poets.core import fine_tuning
 from poets.core import image_decoding
 from poets.core import modules
 from poets.core import summary_ops
@@ -69,6 +70,19 @@ class TrainingResult:
   layer: dict = dataclasses.field(default_factory=dict)
 
 
+def _kernel_summaries(variables):
+  """Each fine-tuned kernel's histogram, and that of its change since
+  training began, which shows the blocks learning where the first hardly
+  moves."""
+  for variable in variables:
+    scope, name = variable.op.name.rsplit('/', 1)
+    if name == 'kernel':
+      with tf.name_scope(f'{scope}/'):
+        summary_ops.summary('histogram', name, variable)
+        summary_ops.summary('histogram', f'{name}_change',
+                 variable - variable.initial_value)
+
+
 def _class_ranges(ground_truth, class_count):
   """Start offset and count of each class in a class-sorted split."""
   counts = np.bincount(ground_truth, minlength=class_count)
@@ -102,14 +116,16 @@ class _CachedBatches:
 
   def __init__(self, split, class_count, batch_size, seed):
     all_bottlenecks = tf.compat.v1.placeholder(
-        tf.float32, split.bottlenecks.shape, name='training_bottlenecks')
+        split.bottlenecks.dtype, split.bottlenecks.shape,
+        name='training_bottlenecks')
     self.feed = {all_bottlenecks: feeds.feedable(split.bottlenecks)}
     offsets, counts = _class_ranges(split.ground_truth, class_count)
     indices, self.ground_truth = _sample_indices(
         offsets, counts, tf.random.uniform([batch_size], seed=seed),
         tf.random.uniform([batch_size], seed=None if seed is None else
                           seed + 1))
-    self.bottlenecks = tf.gather(all_bottlenecks, indices)
+    self.bottlenecks = tf.cast(tf.gather(all_bottlenecks, indices),
+                               tf.float32)
 
 
 class _DistortedBatches:
@@ -264,7 +280,8 @@ class LossCheck:
           _lower_learning_rate(self.learning_rate))
 
 
-def train(settings, splits, labels, module_spec=None, save_intermediate=None):
+def train(settings, splits, labels, module_spec=None, save_intermediate=None,
+          fine_tune=None, final_test=True):
   """Trains the final layer on cached bottlenecks (or distorted images).
 
   `settings` is the run's RetrainSettings; `splits` maps split names to
@@ -275,6 +292,10 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
   Ctrl-C (or SIGTERM, see poets/interrupts.py) stops training after the
   current step and saves the checkpoint beside the finished one
   (files.interrupted_path); the caller still exports what was trained.
+
+  With `fine_tune` (a fine_tuning.FineTuning) the splits hold cuts, not
+  bottlenecks, and the fine-tuned blocks train with the layer, from the
+  layer's values in `fine_tune.start`, for its steps.
   """
   class_count = len(labels)
   _warn_empty(splits, labels)
@@ -287,25 +308,37 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
     if settings.distortions.enabled:
       batches = _DistortedBatches(splits['training'], class_count,
                                   settings.train_batch_size,
+                                  fine_tune.bottom if fine_tune else
                                   modules.load_module(module_spec),
                                   settings.distortions, seed)
     else:
       batches = _CachedBatches(splits['training'], class_count,
                                settings.train_batch_size, seed)
-    layer = final_layer.add_final_retrain_ops(class_count,
-                                              settings.final_tensor_name,
-                                              batches.bottlenecks,
-                                              batches.ground_truth,
-                                              settings.learning_rate)
+    features, fine_tuned = batches.bottlenecks, None
+    if fine_tune:
+      cut_input = fine_tuning.cut_input(fine_tune.cut, batches.bottlenecks)
+      features = fine_tuning.top(fine_tune.cut, cut_input)
+      fine_tuned = (fine_tuning.top_variables_of(graph),
+                    fine_tune.learning_rate)
+      _kernel_summaries(fine_tuned[0])
+    layer = final_layer.add_final_retrain_ops(
+        class_count, settings.final_tensor_name, features,
+        batches.ground_truth, settings.learning_rate, fine_tuned)
+    if fine_tune:
+      layer.bottleneck_input = cut_input  # What evaluation feeds.
     merged = tf.compat.v1.summary.merge_all()
     # Only the new layer: export puts it on top of a freshly loaded module.
     layer_variables = final_layer.layer_variables_of(graph)
     saver = tf.compat.v1.train.Saver(layer_variables)
     init = tf.compat.v1.global_variables_initializer()
+    # The fine-tuning graph holds the top's weights; the Graphs tab shows
+    # the top in the exported graph instead (retrained_graph).
+    suffix = '.fine_tune' if fine_tune else ''
     train_writer = summary_ops.event_writer(
-        os.path.join(settings.summaries_dir, 'train'), graph)
+        os.path.join(settings.summaries_dir, 'train'),
+        None if fine_tune else graph, suffix)
     validation_writer = summary_ops.event_writer(
-        os.path.join(settings.summaries_dir, 'validation'))
+        os.path.join(settings.summaries_dir, 'validation'), suffix=suffix)
   check_loss = LossCheck(class_count, settings.learning_rate)
   validation = splits['validation']
   validation_batch_size = _validation_batch_size(
@@ -313,8 +346,17 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
   curve = []
   step = 0
   interrupted = False
+  first_step, end_step = 0, settings.how_many_training_steps
+  if fine_tune:
+    first_step = fine_tune.first_step
+    end_step = first_step + fine_tune.steps
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
+    if fine_tune:
+      with graph.as_default():  # Variable.load needs it.
+        for variable in layer_variables:
+          if variable.op.name in fine_tune.start:
+            variable.load(fine_tune.start[variable.op.name], session)
     # Cheaper per call than session.run.
     train_step = session.make_callable(layer.train_step,
                                        feed_list=list(batches.feed))
@@ -330,14 +372,14 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
           save_intermediate):
         save_intermediate(step, layer_values())
 
-    steps_done = 0
+    steps_done = first_step
     try:
       with interrupts.at_step_boundaries() as boundary:
-        for step in range(settings.how_many_training_steps):
+        for step in range(first_step, end_step):
           steps_done = step
           if boundary.stop_requested:
             raise KeyboardInterrupt
-          is_last_step = step + 1 == settings.how_many_training_steps
+          is_last_step = step + 1 == end_step
           if step % settings.eval_step_interval and not is_last_step:
             train_step(*batches.feed.values())
             save_if_due(step)
@@ -375,21 +417,28 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
             logging.info('%s: Step %d: Validation accuracy = %.1f%% (N=%d)',
                          _now(), step, validation_accuracy * 100, len(truth))
           save_if_due(step)
-        steps_done = settings.how_many_training_steps
+        steps_done = end_step
     except KeyboardInterrupt:
       interrupted = True
       logging.warning('Interrupted at step %d of %d; saving what was trained.',
-                      steps_done, settings.how_many_training_steps)
+                      steps_done, end_step)
     checkpoint_path = settings.checkpoint_path
     if interrupted:
       checkpoint_path = files.interrupted_path(checkpoint_path)
-    os.makedirs(os.path.dirname(checkpoint_path) or '.', exist_ok=True)
-    saver.save(session, checkpoint_path, write_state=False)
+    try:
+      os.makedirs(os.path.dirname(checkpoint_path) or '.', exist_ok=True)
+      saver.save(session, checkpoint_path, write_state=False)
+    except (OSError, tf.errors.OpError) as e:
+      line = files.environment_error(e)
+      if line is None:
+        raise
+      # The layer's values are kept in memory: export still has them.
+      logging.warning('Could not save the checkpoint: %s', line)
     values = layer_values()
     train_writer.close()
     validation_writer.close()
     test = None
-    if not interrupted:
+    if final_test and not interrupted:
       test = _final_test(session, layer, splits['testing'], settings, labels,
                          rng)
   return TrainingResult(steps_done, interrupted, test, curve, values)

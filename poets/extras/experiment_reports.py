@@ -200,7 +200,8 @@ def curves_figure(outcomes):
 
 
 # The parts of a run's time, bottom to top of its bar.
-_TIME_PARTS = (('bottleneck_seconds', 'making bottlenecks', 'tab:orange'),
+_TIME_PARTS = (('bottleneck_seconds', 'making bottlenecks or the cut cache',
+                'tab:orange'),
                ('training_seconds', 'training', 'tab:green'),
                ('other_seconds', 'start-up, loading, export', 'lightgrey'))
 # Colours of the runs that share the other keys' values: none of the above.

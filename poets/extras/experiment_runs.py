@@ -215,8 +215,13 @@ def run_child(job_path):
     except KeyboardInterrupt:
       outcome = ('interrupted', 'stopped on request before it finished')
     except Exception as e:  # pylint: disable=broad-except
-      # A bug, not a setting: keep the traceback in the log, let the sweep
-      # go on.
-      logging.exception('The run crashed.')
-      outcome = ('failed', f'crashed: {type(e).__name__}: {e}')
+      line = files.environment_error(e)
+      if line:  # A full disk, a denied permission: the machine's.
+        logging.error('%s', line)
+        outcome = ('failed', line)
+      else:
+        # A bug, not a setting: keep the traceback in the log, let the
+        # sweep go on.
+        logging.exception('The run crashed.')
+        outcome = ('failed', f'crashed: {type(e).__name__}: {e}')
     files.atomic_write(job_path + '.result', pickle.dumps(outcome))

@@ -173,6 +173,23 @@ def _network(state, path):
   return network
 
 
+def apply_conv(x, conv, kernel, bias, relu6):
+  """The folded convolution `conv` (+ ReLU6) with weights `kernel`, `bias`."""
+  s = conv.stride
+  if conv.depthwise:
+    x = tf.nn.depthwise_conv2d(x, kernel, [1, s, s, 1], 'SAME')
+  else:
+    x = tf.nn.conv2d(x, kernel, s, 'SAME')
+  x = tf.nn.bias_add(x, bias)
+  return tf.nn.relu6(x) if relu6 else x
+
+
+def normalize(images):
+  """Images in [0, 1] as the checkpoint was trained on them: (pixel - 127)
+  / 128, not mean/std."""
+  return (images * 255.0 - 127.0) / 128.0
+
+
 class _ConvLayer(tf.Module):
   """A folded convolution (+ ReLU6) whose weights are tf.Variables."""
 
@@ -181,19 +198,12 @@ class _ConvLayer(tf.Module):
     with self.name_scope:
       self.kernel = tf.Variable(conv.kernel, trainable=False, name='kernel')
       self.bias = tf.Variable(conv.bias, trainable=False, name='bias')
-    self._stride = conv.stride
-    self._depthwise = conv.depthwise
+    self._conv = conv
     self._relu6 = relu6
 
   @tf.Module.with_name_scope
   def __call__(self, x):
-    s = self._stride
-    if self._depthwise:
-      x = tf.nn.depthwise_conv2d(x, self.kernel, [1, s, s, 1], 'SAME')
-    else:
-      x = tf.nn.conv2d(x, self.kernel, s, 'SAME')
-    x = tf.nn.bias_add(x, self.bias)
-    return tf.nn.relu6(x) if self._relu6 else x
+    return apply_conv(x, self._conv, self.kernel, self.bias, self._relu6)
 
 
 class _MBConv(tf.Module):
@@ -239,15 +249,19 @@ class EfficientNetLite(tf.Module):
                                        input_signature=[self.input_spec])
 
   def _features(self, images):
-    # The checkpoint was trained on (pixel - 127) / 128, not on mean/std.
-    x = (images * 255.0 - 127.0) / 128.0
-    x = self.stem(x)
+    x = self.stem(normalize(images))
     for block in self.blocks:
       x = block(x)
     return tf.reduce_mean(self.head(x), axis=[1, 2])
 
   def _logits(self, images):
     return tf.matmul(self._features(images), self.fc_kernel) + self.fc_bias
+
+
+def read_network(variant):
+  """The pretrained network of `variant`, BatchNorm folded, as NumPy."""
+  weights = weights_path(variant)
+  return _network(read_state_dict(weights), weights)
 
 
 def build_module(variant, weights, export_dir):
