@@ -51,8 +51,8 @@ flags.register_validator('labels', lambda path: path is None or cli.is_path(
     path), 'must name a file (not empty, no NUL)')
 for _name in ('input_mean', 'testing_percentage', 'validation_percentage'):
   flags.register_validator(_name, cli.is_finite, 'must be a finite number')
-flags.register_validator('input_std', lambda std: cli.is_finite(std) and std,
-                         'must be a finite number other than 0')
+flags.register_validator('input_std', settings.is_valid_input_std,
+                         settings.INPUT_STD_RULE)
 
 FLAGS = flags.FLAGS
 

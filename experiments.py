@@ -95,7 +95,7 @@ def main(argv):
   from poets.extras import dashboards
   from poets.extras import experiment_reports
   from poets.extras import experiment_runs
-  verbosity = FLAGS.logging_verbosity.lower().replace('warn', 'warning')
+  verbosity = cli.absl_verbosity(FLAGS.logging_verbosity)
   logging.set_verbosity(verbosity)
   flag_names = [flag.name
                 for flag in FLAGS.get_key_flags_for_module(retrain)]

@@ -86,8 +86,8 @@ flags.register_validator('image', lambda paths: all(map(cli.is_path, paths)),
                          'must name files (not empty, no NUL)')
 flags.register_validator('input_mean', cli.is_finite,
                          'must be a finite number')
-flags.register_validator('input_std', lambda std: cli.is_finite(std) and std,
-                         'must be a finite number other than 0')
+flags.register_validator('input_std', settings.is_valid_input_std,
+                         settings.INPUT_STD_RULE)
 
 FLAGS = flags.FLAGS
 

@@ -152,11 +152,9 @@ for _name in ('test_batch_size', 'validation_batch_size'):
   flags.register_validator(
       _name, lambda n: cli.batch_size_or_all(n) and n <= MAX_BATCH_SIZE,
       f'must be -1 (the whole set) or from 1 to {MAX_BATCH_SIZE}')
-flags.register_validator(
-    'final_tensor_name', settings.is_valid_final_tensor_name,
-    'must be an operation name (letters, digits, ".", "_", "-", starting with '
-    'a letter or digit) not taken by the graph (input, final_retrain_ops, '
-    'cross_entropy, train, accuracy, Placeholder)')
+flags.register_validator('final_tensor_name',
+                         settings.is_valid_final_tensor_name,
+                         settings.FINAL_TENSOR_NAME_RULE)
 flags.register_multi_flags_validator(
     ['testing_percentage', 'validation_percentage'],
     lambda f: f['testing_percentage'] + f['validation_percentage'] < 100,
@@ -178,8 +176,7 @@ def main(argv):
   cli.refuse_positional(argv, 'retrain.py')
   startup.begin_script()  # Before anything imports TensorFlow.
   from poets import pipeline  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
-                                                                'warning'))
+  logging.set_verbosity(cli.absl_verbosity(FLAGS.logging_verbosity))
   run_settings = settings_from_flags()
   for warning in settings.warnings(run_settings):
     logging.warning('%s', warning)

@@ -69,9 +69,8 @@ flags.register_validator('image_dir', cli.is_optional_path,
                          'must not hold NUL')
 flags.register_validator('input_mean', cli.is_finite,
                          'must be a finite number')
-flags.register_validator('input_std',
-                         lambda std: cli.is_finite(std) and std > 0,
-                         'must be a positive finite number')
+flags.register_validator('input_std', settings.is_valid_input_std,
+                         settings.INPUT_STD_RULE)
 flags.register_multi_flags_validator(
     ['quantization', 'image_dir'],
     lambda f: f['quantization'] != 'int8' or f['image_dir'],

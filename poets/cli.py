@@ -44,6 +44,11 @@ def refuse_positional(argv, script):
     sys.exit(USAGE_ERROR)
 
 
+def absl_verbosity(logging_verbosity):
+  """The original's --logging_verbosity (DEBUG ... FATAL) as absl names it."""
+  return logging_verbosity.lower().replace('warn', 'warning')
+
+
 def is_finite(value):
   return value is None or math.isfinite(value)
 

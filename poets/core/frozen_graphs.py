@@ -16,6 +16,7 @@ import re
 from google.protobuf import message
 import tensorflow as tf
 
+from poets import errors
 from poets import files
 from poets.core import tflite_interpreter
 from poets.errors import PoetsError
@@ -124,9 +125,8 @@ def import_graph(graph_def, path, flag='--graph'):
     try:
       tf.compat.v1.import_graph_def(graph_def, name=PREFIX)
     except (ValueError, tf.errors.OpError) as e:
-      first_line = str(e).strip().splitlines()[0]
       raise PoetsError(f'{flag} {path} cannot be loaded by this TensorFlow '
-                       f'({first_line}); re-export it with retrain.py.') from e
+                       f'({errors.first_line(e)}); re-export it with retrain.py.') from e
   return graph
 
 

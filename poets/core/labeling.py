@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from poets import errors
 from poets import files
 from poets import outputs
 from poets import settings
@@ -313,7 +314,7 @@ def _saved_model_classifier(config):
           path).signature_def.get('serving_default')
     except (RuntimeError, OSError, ValueError, tf.errors.OpError) as e:
       raise PoetsError(f'--graph {path} is a SavedModel this TensorFlow '
-                       f'cannot load ({str(e).strip().splitlines()[0]}); '
+                       f'cannot load ({errors.first_line(e)}); '
                        're-export it with retrain.py --saved_model_dir.'
                        ) from e
     if signature is None or len(signature.inputs) != 1 or len(
@@ -342,11 +343,9 @@ def _tflite_classifier(data, config):
 def label_images(config):
   """Labels every image of `config` with a frozen graph, a TensorFlow Lite
   model (told apart by content) or a SavedModel folder; returns a LabelRun.
-  Raises PoetsError for a problem with the model, labels or flags; a bad image only gets an
-  error in its ImageResult."""
-  if config.input_std <= 0:
-    raise PoetsError(f'--input_std={config.input_std:g} must be positive '
-                     '(255 for this project\'s graphs).')
+  Raises PoetsError for a problem with the model, labels or flags; a bad
+  image only gets an error in its ImageResult."""
+  settings.check_input_std(config.input_std)
   if config.top_k < 1 or config.batch_size < 1:
     raise PoetsError('--top_k and --batch_size must be at least 1.')
   paths = image_listing.given_images(config.images, config.image_dir)
@@ -376,7 +375,7 @@ def _run(classifier, pixels, config):
   except tf.errors.OpError as e:
     raise PoetsError(
         f'--graph {config.graph} failed while labelling '
-        f'({tflite_interpreter.first_line(e)}); check --output_layer '
+        f'({errors.first_line(e)}); check --output_layer '
         f"'{config.output_layer}' with --list_layers.") from e
 
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 import numpy as np
 
+from poets import errors
 from poets import files
 from poets.errors import PoetsError
 
@@ -114,8 +115,7 @@ _CSV_MEASURES = ('test_accuracy', 'accuracy_low', 'accuracy_high',
 
 def short_reason(message, length=REASON_LENGTH):
   """A message's first line, at most `length` characters, for a table cell."""
-  lines = [line for line in message.splitlines() if line.strip()]
-  text = ' '.join(lines[0].split()) if lines else ''
+  text = ' '.join(errors.first_line(message).split())
   return text if len(text) <= length else text[:length - 1] + '…'
 
 
