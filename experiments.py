@@ -52,6 +52,7 @@ from absl import logging
 
 import retrain  # Defines the retrain flags: the base of every run.
 from poets import cli
+from poets import interrupts
 from poets import startup
 from poets.errors import PoetsError
 from poets.extras import experiment_plan
@@ -109,8 +110,9 @@ def main(argv):
                                       check_inputs=pipeline.check_inputs)
     for note in experiment.notes:
       print(note)
-    # From here on Ctrl-C and SIGTERM stop the sweep, never the table.
-    with experiment_runs.stop_requests() as stop:
+    # From here on Ctrl-C and SIGTERM stop the sweep, never the table: each
+    # goes on to the run in progress, which saves what it trained.
+    with interrupts.StopSignals(pass_on=True) as stop:
       outcomes = experiment_runs.run_all(experiment.runs, verbosity, stop)
       report = experiment_reports.write_report(outcomes, experiment)
       dashboards.write_hparams(experiment, outcomes)
