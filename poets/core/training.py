@@ -1,9 +1,9 @@
-"""Training: the new softmax layer, its loop, evaluation and summaries.
+"""Training: the loop that trains the new layer, its evaluation and the test.
 
-The fourth stage. The graph mirrors the original retrain.py op for op and name
-for name (`input/BottleneckInputPlaceholder`, `input/GroundTruthInput`,
-`final_retrain_ops/...`, `final_result`, `cross_entropy`, `accuracy`) so
-TensorBoard looks as the codelab describes.
+The fourth stage. The layer (poets.core.final_layer) keeps the original's
+names but one (poets.core.graph_names): its scope is TF Hub's retrain.py's
+`final_retrain_ops`, where the codelab's script had `final_training_ops`;
+docs/differences.md lists the differences.
 
 What differs is where a training batch comes from. The original read each
 sampled bottleneck from its text file at every step. Here all training
@@ -11,8 +11,8 @@ bottlenecks are fed at every step, as the one array that holds them
 (TensorFlow takes an aligned array without copying it), and each step
 samples its batch with TensorFlow ops (a class uniformly, then an image of
 it, as the original did), so a step is a single session call. With
-distortions on, the batch comes from a tf.data pipeline that decodes, distorts and runs the module
-on sampled images instead.
+distortions on, the batch comes from a tf.data pipeline that decodes,
+distorts and runs the module on sampled images instead.
 """
 
 import dataclasses
@@ -110,8 +110,8 @@ class _CachedBatches:
   """Training batches sampled in-graph from all training bottlenecks.
 
   They are fed at every step rather than held in a variable: a variable
-  would be a second copy of them all (410 MB at 100,000 photos), and feeding
-  the aligned array costs no copy.
+  would be a second copy of them all, and feeding the aligned array costs
+  no copy.
   """
 
   def __init__(self, split, class_count, batch_size, seed):
