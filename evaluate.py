@@ -28,7 +28,6 @@ from absl import flags
 from poets import cli
 from poets import settings
 from poets import startup
-from poets.errors import PoetsError
 
 DEFAULTS = settings.EvaluateConfig()
 
@@ -67,10 +66,8 @@ def main(argv):
       input_layer=FLAGS.input_layer, output_layer=FLAGS.output_layer,
       input_mean=FLAGS.input_mean, input_std=FLAGS.input_std,
       batch_size=FLAGS.batch_size)
-  try:
+  with cli.one_line_errors():
     photos, results = evaluation.evaluate(config)
-  except PoetsError as e:
-    sys.exit(f'ERROR: {e}')
   sys.stdout.write(evaluation.format_report(config, photos, results))
 
 

@@ -101,25 +101,22 @@ def main(argv):
   flag_names = [flag.name
                 for flag in FLAGS.get_key_flags_for_module(retrain)]
   try:
-    sweeps = [experiment_plan.parse_sweep(text, flag_names)
-              for text in FLAGS.sweep]
-    experiment = experiment_plan.plan(sweeps, config_for,
-                                      FLAGS.experiments_dir,
-                                      FLAGS.summaries_dir or None,
-                                      shlex.join(['python'] + sys.argv),
-                                      check_inputs=pipeline.check_inputs)
-    for note in experiment.notes:
-      print(note)
-    # From here on Ctrl-C and SIGTERM stop the sweep, never the table: each
-    # goes on to the run in progress, which saves what it trained.
-    with interrupts.StopSignals(pass_on=True) as stop:
-      outcomes = experiment_runs.run_all(experiment.runs, verbosity, stop)
-      report = experiment_reports.write_report(outcomes, experiment)
-      dashboards.write_hparams(experiment, outcomes)
-  except PoetsError as e:
-    sys.exit(f'ERROR: {e}')
-  except Exception as e:  # A full disk, a denied permission.
-    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
+    with cli.one_line_errors():
+      sweeps = [experiment_plan.parse_sweep(text, flag_names)
+                for text in FLAGS.sweep]
+      experiment = experiment_plan.plan(sweeps, config_for,
+                                        FLAGS.experiments_dir,
+                                        FLAGS.summaries_dir or None,
+                                        shlex.join(['python'] + sys.argv),
+                                        check_inputs=pipeline.check_inputs)
+      for note in experiment.notes:
+        print(note)
+      # From here on Ctrl-C and SIGTERM stop the sweep, never the table:
+      # each goes on to the run in progress, which saves what it trained.
+      with interrupts.StopSignals(pass_on=True) as stop:
+        outcomes = experiment_runs.run_all(experiment.runs, verbosity, stop)
+        report = experiment_reports.write_report(outcomes, experiment)
+        dashboards.write_hparams(experiment, outcomes)
   except KeyboardInterrupt:
     sys.exit('Interrupted before the first run; no table written.')
   print(report.markdown)

@@ -42,7 +42,6 @@ from poets import cli
 from poets import interrupts
 from poets import settings
 from poets import startup
-from poets.errors import PoetsError
 
 DEFAULTS = settings.RetrainSettings()
 # Batches are sampled with replacement into memory; more than this many
@@ -182,11 +181,8 @@ def main(argv):
     logging.warning('%s', warning)
   with interrupts.StopSignals() as stop:  # SIGTERM acts as Ctrl-C.
     try:
-      result = pipeline.run(run_settings)
-    except PoetsError as e:
-      sys.exit(f'ERROR: {e}')
-    except Exception as e:  # A full disk, a denied permission.
-      sys.exit(f'ERROR: {cli.environment_error_line(e)}')
+      with cli.one_line_errors():
+        result = pipeline.run(run_settings)
     except KeyboardInterrupt:
       print('Interrupted; finished bottleneck files and outputs are intact.',
             file=sys.stderr)

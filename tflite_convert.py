@@ -26,7 +26,6 @@ Tasks' ImageClassifier loads it with no other file. retrain.py
 result through `label_image.py --graph tf_files/optimized_graph.tflite`.
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -35,7 +34,6 @@ from absl import logging
 from poets import cli
 from poets import settings
 from poets import startup
-from poets.errors import PoetsError
 
 DEFAULTS = settings.ConvertConfig()
 
@@ -93,12 +91,8 @@ def main(argv):
       quantization=FLAGS.quantization, image_dir=FLAGS.image_dir,
       input_mean=FLAGS.input_mean, input_std=FLAGS.input_std,
       allow_io_ops=FLAGS.allow_io_ops)
-  try:
+  with cli.one_line_errors():
     size = tflite_converter.convert_graph_file(config)
-  except PoetsError as e:
-    sys.exit(f'ERROR: {e}')
-  except Exception as e:  # A full disk, a denied permission.
-    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
   print(f'Wrote {config.output_file} ({size / 1e6:.1f} MB, quantization '
         f'{config.quantization}).')
 
