@@ -125,8 +125,9 @@ def import_graph(graph_def, path, flag='--graph'):
     try:
       tf.compat.v1.import_graph_def(graph_def, name=PREFIX)
     except (ValueError, tf.errors.OpError) as e:
-      raise PoetsError(f'{flag} {path} cannot be loaded by this TensorFlow '
-                       f'({errors.first_line(e)}); re-export it with retrain.py.') from e
+      raise PoetsError(
+          f'{flag} {path} cannot be loaded by this TensorFlow '
+          f'({errors.first_line(e)}); re-export it with retrain.py.') from e
   return graph
 
 

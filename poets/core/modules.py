@@ -177,9 +177,10 @@ def _module_dir(spec):
 
 
 def _not_a_module(spec, error):
-  return PoetsError(f"Could not load the module in '{spec.handle}' "
-                    f'({errors.first_line(error)}); is it a SavedModel or TF1 Hub '
-                    'module?')
+  return PoetsError(
+      f"Could not load the module in '{spec.handle}' "
+      f'({errors.first_line(error)}); is it a SavedModel or TF1 Hub '
+      'module?')
 
 
 def _no_feature_vector(spec):

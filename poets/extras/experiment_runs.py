@@ -67,7 +67,8 @@ def run_all(runs, verbosity='info', stop=None):
   """Runs each in a child process, one after another; returns Outcomes.
 
   Once `stop` (interrupts.StopSignals(pass_on=True), which passes each
-  signal on to the run in progress) has received a signal, the sweep stops and the outcomes so far come back, the run that was stopped
+  signal on to the run in progress) has received a signal, the sweep stops
+  and the outcomes so far come back, the run that was stopped
   'interrupted'.
   """
   stop = stop or interrupts.StopSignals(pass_on=True)
