@@ -15,6 +15,7 @@ from conftest import encode, solid_image
 from poets import settings
 from poets.core import frozen_graphs
 from poets.core import labeling
+from poets.core import labels_file
 from poets.errors import PoetsError
 from poets.extras import tflite_converter
 
@@ -156,4 +157,4 @@ def test_any_output_gets_one_line(tmp_path, output, what):
 ])
 def test_labels_in_any_common_encoding(encoding, data):
   del encoding  # The test's name.
-  assert labeling.decode_labels(data) == ['daisy', 'rosé']
+  assert labels_file.decode(data) == ['daisy', 'rosé']

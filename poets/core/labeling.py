@@ -14,7 +14,6 @@ and the labels packed in it (poets.core.tflite_metadata) serve when no
 labels file is named.
 """
 
-import codecs
 import contextlib
 import dataclasses
 import hashlib
@@ -26,13 +25,13 @@ import numpy as np
 import tensorflow as tf
 
 from poets import errors
-from poets import files
 from poets import outputs
 from poets import settings
 from poets.core import frozen_graphs
 from poets.core import graph_names
 from poets.core import image_decoding
 from poets.core import image_listing
+from poets.core import labels_file
 from poets.core import tflite_interpreter
 from poets.core import tflite_metadata
 from poets.errors import PoetsError
@@ -100,34 +99,6 @@ def list_layers(graph_path):
       frozen_graphs.import_graph(graph_def, graph_path))
 
 
-# A labels file names one class per line; ImageNet's 1000 take 30 kB.
-MAX_LABELS_BYTES = 64 * 2**20
-_LABELS_FIX = ('pass the labels file written beside the graph (--output_labels '
-               'of retrain.py)')
-
-
-def decode_labels(data):
-  """The lines of a labels file in UTF-8 (with or without a byte-order
-  mark) or UTF-16 (with one); anything else is read as Latin-1, which
-  decodes every byte, as editors on older Windows machines saved it."""
-  if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-    text = data.decode('utf-16', errors='replace')
-  else:
-    try:
-      text = data.decode('utf-8-sig')
-    except UnicodeDecodeError:
-      text = data.decode('latin-1')
-  labels = [line.rstrip() for line in text.splitlines()]
-  while labels and not labels[-1]:
-    labels.pop()
-  return labels
-
-
-def read_labels(path):
-  return decode_labels(files.read_regular_file(path, '--labels',
-                                               MAX_LABELS_BYTES, _LABELS_FIX))
-
-
 def _mismatch(graph_def, labels_data, labels_path, config):
   """Why the labels are not the ones written with `graph_def`, or None.
 
@@ -161,11 +132,10 @@ def read_model_and_labels(config):
     elif config.labels is None:
       return data, None, None
     path = config.labels or settings.DEFAULT_LABELS
-    labels_data = files.read_regular_file(path, '--labels', MAX_LABELS_BYTES,
-                                          _LABELS_FIX)
+    labels_data = labels_file.read_bytes(path)
     problem = _mismatch(graph_def, labels_data, path, config)
     if problem is None:
-      return data, graph_def, decode_labels(labels_data)
+      return data, graph_def, labels_file.decode(labels_data)
     if attempt == 0:
       time.sleep(0.5)
   raise PoetsError(problem)
@@ -366,7 +336,7 @@ def _labels(classifier, labels, config):
   if config.labels is None and classifier.labels is not None:
     return classifier.labels, f'The labels packed in {config.graph}'
   path = config.labels or settings.DEFAULT_LABELS
-  return labels or read_labels(path), f'--labels {path}'
+  return labels or labels_file.read(path), f'--labels {path}'
 
 
 def _run(classifier, pixels, config):

@@ -32,7 +32,7 @@ from poets.core import export
 from poets.core import frozen_graphs
 from poets.core import image_decoding
 from poets.core import image_listing
-from poets.core import labeling
+from poets.core import labels_file
 from poets.core import tflite_interpreter
 from poets.core import tflite_metadata
 from poets.errors import PoetsError
@@ -187,7 +187,7 @@ def convert_graph_file(config):
                      'a file name such as tf_files/optimized_graph.tflite.')
   check_replaceable(config.output_file, config.graph_def_file)
   files.check_writable(os.path.dirname(config.output_file), '--output_file')
-  labels = labeling.read_labels(config.labels)
+  labels = labels_file.read(config.labels)
   calibration_paths = []
   if config.quantization == 'int8':
     calibration_paths = calibration_images(
