@@ -98,7 +98,8 @@ def main(argv):
     sweeps = [experiments.parse_sweep(text, flag_names) for text in FLAGS.sweep]
     experiment = experiments.plan(sweeps, config_for, FLAGS.experiments_dir,
                                   summaries_root,
-                                  shlex.join(['python'] + sys.argv))
+                                  shlex.join(['python'] + sys.argv),
+                                  check_inputs=True)
     for note in experiment.notes:
       print(note)
     # From here on Ctrl-C and SIGTERM stop the sweep, never the table.

@@ -19,7 +19,8 @@ batches with `--output_format text|json|csv`. Before retraining anything, try
 classes.
 
 A TensorFlow Lite model (retrain.py --output_tflite, or tflite_convert.py)
-takes the same flags: `--graph tf_files/optimized_graph.tflite`.
+takes the same flags: `--graph tf_files/optimized_graph.tflite`; the labels
+packed in it serve unless --labels is given.
 """
 
 import os
@@ -46,7 +47,9 @@ MAX_BATCH_SIZE = 4096
 cli.define_flags(DEFAULTS, {
     'graph': ('The frozen graph (.pb) or TensorFlow Lite model (.tflite, '
               'told apart by content) to run.'),
-    'labels': "The graph's labels file, one label per output.",
+    'labels': ("The graph's labels file, one label per output; default: the "
+               'labels packed in a .tflite, else '
+               f'{labeling.DEFAULT_LABELS}.'),
     'image_dir': 'A folder whose images (searched recursively) to label.',
     'input_layer': ('Name of the input layer: Placeholder for this project, '
                     'input (MobileNet) or Mul (Inception v3) for the '
@@ -75,9 +78,10 @@ flags.DEFINE_bool('imagenet', False,
                   f'instead of --graph and --labels (written once to '
                   f'{export.IMAGENET_GRAPH} and {export.IMAGENET_LABELS}).')
 
-for _name in ('graph', 'labels'):
-  flags.register_validator(_name, cli.is_path,
-                           'must name a file (not empty, no NUL)')
+flags.register_validator('graph', cli.is_path,
+                         'must name a file (not empty, no NUL)')
+flags.register_validator('labels', lambda path: path is None or cli.is_path(
+    path), 'must name a file (not empty, no NUL)')
 flags.register_validator('image_dir', cli.is_optional_path,
                          'must not hold NUL')
 flags.register_validator('image', lambda paths: all(map(cli.is_path, paths)),

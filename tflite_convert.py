@@ -19,9 +19,11 @@ none keeps float32, dynamic stores the weights as int8, int8 quantizes
 everything and calibrates on a few hundred photos from --image_dir, decoded
 and resized as retrain.py does, then scaled by --input_mean/--input_std (the
 defaults fit this project's graphs; the codelab's MobileNet graphs take
---input_mean=128 --input_std=128). retrain.py --output_tflite does the same
-at the end of training. Label photos with the result through
-`label_image.py --graph tf_files/optimized_graph.tflite`.
+--input_mean=128 --input_std=128). The labels (--labels, the graph's labels
+file) and that normalization go into the model as metadata, so MediaPipe
+Tasks' ImageClassifier loads it with no other file. retrain.py
+--output_tflite does the same at the end of training. Label photos with the
+result through `label_image.py --graph tf_files/optimized_graph.tflite`.
 """
 
 import sys
@@ -46,6 +48,8 @@ cli.define_flags(DEFAULTS, {
     'input_array': ('Name of the input layer: Placeholder for this project, '
                     "input (MobileNet) for the codelab's graphs."),
     'output_array': 'Name of the output layer.',
+    'labels': ('The graph\'s labels file (retrain.py --output_labels), packed '
+               'into the model with its input normalization as metadata.'),
     'image_dir': ('Photos to calibrate int8 on (searched recursively; '
                   f'{tflite.CALIBRATION_IMAGES} evenly spread ones used).'),
     'input_mean': 'Subtracted from each calibration pixel (0-255).',
@@ -56,7 +60,8 @@ flags.DEFINE_enum('quantization', DEFAULTS.quantization, tflite.QUANTIZATIONS,
                   'none (float32), dynamic (int8 weights, float arithmetic) '
                   'or int8 (full-integer, calibrated on --image_dir).')
 
-for _name in ('graph_def_file', 'output_file', 'input_array', 'output_array'):
+for _name in ('graph_def_file', 'output_file', 'input_array', 'output_array',
+              'labels'):
   flags.register_validator(_name, cli.is_path,
                            'must name a file or layer (not empty, no NUL)')
 flags.register_validator('image_dir', cli.is_optional_path,
@@ -81,6 +86,7 @@ def main(argv):
   config = tflite.ConvertConfig(
       graph_def_file=FLAGS.graph_def_file, output_file=FLAGS.output_file,
       input_array=FLAGS.input_array, output_array=FLAGS.output_array,
+      labels=FLAGS.labels,
       quantization=FLAGS.quantization, image_dir=FLAGS.image_dir,
       input_mean=FLAGS.input_mean, input_std=FLAGS.input_std)
   try:

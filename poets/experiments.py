@@ -227,6 +227,22 @@ def _without_missing_gpu(sweeps):
       NO_GPU_NOTE]
 
 
+def _check_inputs(configs):
+  """Each run's image folder and module, checked as a run checks them first
+  (each distinct one once), so that a typo stops the command before it
+  writes anything. Their log lines are left to the runs, which log them."""
+  checked = set()
+  for config in configs:
+    inputs = (config.image_dir, config.testing_percentage,
+              config.validation_percentage, config.architecture,
+              config.tfhub_module, config.model_dir, config.input_size,
+              config.bottleneck_dir)
+    if inputs not in checked:
+      with startup.warnings_only():
+        pipeline.check_inputs(config)
+      checked.add(inputs)
+
+
 def _new_folder(parent, stem):
   """Creates and returns parent/stem (or stem_2, ...): never an old one."""
   for attempt in itertools.count(1):
@@ -239,14 +255,16 @@ def _new_folder(parent, stem):
 
 
 def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
-         summaries_root=DEFAULT_SUMMARIES_ROOT, command=''):
+         summaries_root=DEFAULT_SUMMARIES_ROOT, command='',
+         check_inputs=False):
   """The Experiment of the cross product of `sweeps`, the first slowest.
 
   `make_config(overrides)` returns the base RetrainSettings with the retrain
   flags in `overrides` ({flag: value text}) changed, raising PoetsError for a
   value a flag does not take. All configs are made before the experiment's
-  folder, so a bad value stops the command before it writes anything.
-  `command` is the command line, kept with the results.
+  folder, so a bad value stops the command before it writes anything; with
+  `check_inputs`, so does a missing image folder or module, as in
+  retrain.py. `command` is the command line, kept with the results.
   """
   if not sweeps:
     raise PoetsError('Pass at least one --sweep key=value1,value2,... (e.g. '
@@ -265,6 +283,8 @@ def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
     grid.append((values, make_config({key: value for key, value
                                       in values.items()
                                       if key not in SPECIAL_KEYS})))
+  if check_inputs:
+    _check_inputs(config for _, config in grid)
   now = datetime.datetime.now()
   name = _new_folder(experiments_dir,
                      f'{now:%Y-%m-%d_%H%M%S}_{"+".join(keys)}')

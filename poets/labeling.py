@@ -8,7 +8,8 @@ the [0, 1] input of this project's graphs. A tf.data pipeline decodes the
 images in parallel and the graph runs on batches of them; an image that
 cannot be read or decoded is reported and the others are still labelled.
 A TensorFlow Lite model, told apart from a graph by its content, takes the
-same flags and gets the same pixels; poets.tflite_model runs it.
+same flags and gets the same pixels; poets.tflite_model runs it, and the
+labels packed in it serve when no labels file is named.
 """
 
 import contextlib
@@ -26,15 +27,17 @@ from poets import frozen_graphs
 from poets import images
 from poets import tflite_model
 from poets.errors import PoetsError
+from poets.extras import tflite_metadata
 
 DEFAULT_INPUT_SIZE = 224
+DEFAULT_LABELS = 'tf_files/retrained_labels.txt'
 
 
 @dataclasses.dataclass
 class LabelConfig:
   """What to label with which graph; defaults fit this project's graphs."""
   graph: str = 'tf_files/retrained_graph.pb'
-  labels: str = 'tf_files/retrained_labels.txt'
+  labels: str | None = None  # None: a .tflite's own, else DEFAULT_LABELS.
   images: list[str] = dataclasses.field(default_factory=list)
   image_dir: str = ''
   input_layer: str = export.INPUT_NAME
@@ -123,10 +126,10 @@ def read_labels(path):
   return labels
 
 
-def _check_labels(labels, classes, config):
+def _check_labels(labels, source, classes, config):
   if len(labels) != classes:
     raise PoetsError(
-        f'--labels {config.labels} has {len(labels)} labels but '
+        f'{source} has {len(labels)} labels but '
         f"--output_layer '{config.output_layer}' of {config.graph} gives "
         f'{classes} scores; pass the labels file written with this graph.')
 
@@ -243,6 +246,19 @@ class _Classifier:
   fixed_batch: int | None  # None: any batch size.
   classes: int | None  # None: known only once it has run.
   scores: Callable[[np.ndarray], np.ndarray]  # [N,H,W,3] -> [N,classes]
+  labels: list[str] | None = None  # Those the model carries, if any.
+
+
+def _session_classifier(session, input_tensor, output_tensor, config):
+  height, width = _input_size(input_tensor, config)
+  known = output_tensor.shape.rank and output_tensor.shape[-1] is not None
+  return _Classifier(
+      height, width,
+      # A graph exported for one image at a time (the codelab's Mul is
+      # [1,299,299,3]) gets batches of exactly its size, padded at the end.
+      input_tensor.shape[0] if input_tensor.shape.rank else None,
+      output_tensor.shape[-1] if known else None,
+      lambda pixels: session.run(output_tensor, {input_tensor: pixels}))
 
 
 @contextlib.contextmanager
@@ -253,16 +269,38 @@ def _graph_classifier(data, config):
                                            '--input_layer', config.graph)
   output_tensor = frozen_graphs.find_tensor(graph, config.output_layer,
                                             '--output_layer', config.graph)
-  height, width = _input_size(input_tensor, config)
-  known = output_tensor.shape.rank and output_tensor.shape[-1] is not None
   with tf.compat.v1.Session(graph=graph) as session:
-    yield _Classifier(
-        height, width,
-        # A graph exported for one image at a time (the codelab's Mul is
-        # [1,299,299,3]) gets batches of exactly its size, padded at the end.
-        input_tensor.shape[0] if input_tensor.shape.rank else None,
-        output_tensor.shape[-1] if known else None,
-        lambda pixels: session.run(output_tensor, {input_tensor: pixels}))
+    yield _session_classifier(session, input_tensor, output_tensor, config)
+
+
+def is_saved_model(path):
+  return os.path.isfile(os.path.join(path, 'saved_model.pb'))
+
+
+@contextlib.contextmanager
+def _saved_model_classifier(config):
+  """A SavedModel folder (retrain.py --saved_model_dir): the one input and
+  output of its serving signature, whatever the layer flags say."""
+  path = config.graph
+  with tf.compat.v1.Session(graph=tf.Graph()) as session:
+    try:
+      signature = tf.compat.v1.saved_model.load(
+          session, [tf.compat.v1.saved_model.SERVING],
+          path).signature_def.get('serving_default')
+    except (RuntimeError, OSError, ValueError, tf.errors.OpError) as e:
+      raise PoetsError(f'--graph {path} is a SavedModel this TensorFlow '
+                       f'cannot load ({str(e).strip().splitlines()[0]}); '
+                       're-export it with retrain.py --saved_model_dir.'
+                       ) from e
+    if signature is None or len(signature.inputs) != 1 or len(
+        signature.outputs) != 1:
+      raise PoetsError(f'--graph {path} is a SavedModel without a '
+                       'serving_default signature of one input and one '
+                       'output; export it with retrain.py --saved_model_dir.')
+    input_tensor, output_tensor = [
+        session.graph.get_tensor_by_name(next(iter(tensors.values())).name)
+        for tensors in (signature.inputs, signature.outputs)]
+    yield _session_classifier(session, input_tensor, output_tensor, config)
 
 
 @contextlib.contextmanager
@@ -273,12 +311,13 @@ def _tflite_classifier(data, config):
                               tflite_model.shape_text(model.input))
   yield _Classifier(height, width, tflite_model.fixed_batch(model),
                     int(model.output['shape'][-1]),
-                    lambda pixels: tflite_model.run(model, pixels))
+                    lambda pixels: tflite_model.run(model, pixels),
+                    tflite_metadata.read_labels(data))
 
 
 def label_images(config):
-  """Labels every image of `config` with a frozen graph or a TensorFlow
-  Lite model (told apart by content); returns a LabelRun. Raises PoetsError
+  """Labels every image of `config` with a frozen graph, a TensorFlow Lite
+  model (told apart by content) or a SavedModel folder; returns a LabelRun. Raises PoetsError
   for a problem with the model, labels or flags; a bad image only gets an
   error in its ImageResult."""
   if config.input_std <= 0:
@@ -287,16 +326,28 @@ def label_images(config):
   if config.top_k < 1 or config.batch_size < 1:
     raise PoetsError('--top_k and --batch_size must be at least 1.')
   paths = find_images(config.images, config.image_dir)
-  data = frozen_graphs.read_model_file(config.graph)
-  with (_tflite_classifier if tflite_model.is_tflite(data) else
-        _graph_classifier)(data, config) as classifier:
+  if is_saved_model(config.graph):
+    model = _saved_model_classifier(config)
+  else:
+    data = frozen_graphs.read_model_file(config.graph)
+    model = (_tflite_classifier if tflite_model.is_tflite(data) else
+             _graph_classifier)(data, config)
+  with model as classifier:
     return _label(paths, classifier, config)
 
 
+def _labels(classifier, config):
+  """The label names and where they came from, for errors."""
+  if config.labels is None and classifier.labels is not None:
+    return classifier.labels, f'The labels packed in {config.graph}'
+  path = config.labels or DEFAULT_LABELS
+  return read_labels(path), f'--labels {path}'
+
+
 def _label(paths, classifier, config):
-  labels = read_labels(config.labels)
+  labels, source = _labels(classifier, config)
   if classifier.classes is not None:
-    _check_labels(labels, classifier.classes, config)
+    _check_labels(labels, source, classifier.classes, config)
   fixed_batch = classifier.fixed_batch
   graph = tf.Graph()
   with graph.as_default():
@@ -319,7 +370,7 @@ def _label(paths, classifier, config):
       seconds += time.perf_counter() - start
       batches += 1
       scores = np.reshape(values, [len(pixels), -1])[:count]
-      _check_labels(labels, scores.shape[1], config)
+      _check_labels(labels, source, scores.shape[1], config)
       for index, image_scores in zip(batch_indices, scores):
         results[index] = ImageResult(
             paths[index], _top(image_scores, labels, config.top_k))

@@ -20,6 +20,7 @@ from poets import modules
 from poets import tflite
 from poets import training
 from poets.errors import PoetsError
+from poets.extras import tflite_metadata
 
 try:
   import fcntl
@@ -177,6 +178,19 @@ def _check_usable(splits, labels):
         'images that decode to at least two class folders.')
 
 
+def check_inputs(settings):
+  """What `run` checks before any work, for callers that start runs
+  elsewhere (experiments.py, before its first run): the image folder, the
+  module, and the folders runs share. Raises PoetsError."""
+  images.create_image_lists(settings.image_dir, settings.testing_percentage,
+                            settings.validation_percentage)
+  modules.module_info(modules.resolve_module(
+      settings.architecture, settings.tfhub_module, settings.model_dir,
+      settings.input_size))
+  files.check_writable(settings.bottleneck_dir, '--bottleneck_dir')
+  files.check_writable(settings.model_dir, '--model_dir')
+
+
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
   # Images first: a mistyped --image_dir is reported before the embedded
@@ -244,11 +258,11 @@ def run(settings):
                               settings.final_tensor_name)
     saved.append(saved_model_dir)
   if tflite_path:
-    tflite.save_model(tflite.convert(
+    tflite.save_model(tflite_metadata.add_metadata(tflite.convert(
         graph_def, export.INPUT_NAME, settings.final_tensor_name,
         settings.tflite_quantization,
         tflite.calibration_images(splits['training'].filenames),
-        what='the retrained graph'), tflite_path)
+        what='the retrained graph'), labels), tflite_path)
     saved.append(tflite_path)
   export_seconds = time.perf_counter() - start
   if result.interrupted:

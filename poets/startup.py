@@ -12,7 +12,13 @@ They say nothing a user can act on, turn a one-line `ERROR:` into seven, and
 make a search for ERROR find TensorFlow's. `import_tensorflow` sends stderr
 through a filter while TensorFlow loads and lists its devices; the filter drops
 exactly the known start-up lines and passes on everything else as it arrives.
-POETS_SHOW_TF_LOGS=1 leaves TensorFlow as it is, start-up lines and all.
+After start-up TensorFlow's C++ library logs only FATAL lines
+(TF_CPP_MIN_LOG_LEVEL=3): its ERROR lines, such as libjpeg's `jpeg_mem.cc:331]
+Premature end of JPEG data` for a photo our own line already skips, repeat
+what a Python exception or our log says. The TensorFlow Lite converter prints
+a line of its settings straight to stderr, with no log level;
+`library_lines_filtered` drops it around the conversion.
+POETS_SHOW_TF_LOGS=1 leaves TensorFlow as it is, all its lines included.
 
 `plain_log_lines` makes absl's log lines read like the original scripts':
 `INFO: Looking for images in 'daisy'`, without absl's
@@ -52,6 +58,10 @@ _START_UP_LINES = re.compile('|'.join([
     r'To enable the following instructions: [\w ]+, in other operations, '
     r'rebuild TensorFlow with the appropriate compiler flags\.',
 ]))
+# What the int8 converter prints of its settings, with no log prefix.
+_CONVERTER_LINE = re.compile(
+    r'fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, '
+    r'output_inference_type: \w+')
 
 
 def is_start_up_line(line):
@@ -59,17 +69,24 @@ def is_start_up_line(line):
   return _START_UP_LINES.fullmatch(line) is not None
 
 
+def is_library_line(line):
+  """Whether `line` is a start-up line or another known line of TensorFlow's
+  C++ library that says nothing to a user."""
+  return is_start_up_line(line) or _CONVERTER_LINE.fullmatch(line) is not None
+
+
 def _pass_on(read_fd, write_fd):
-  """Copies `read_fd` to `write_fd` line by line to EOF, less start-up lines."""
+  """Copies `read_fd` to `write_fd` line by line to EOF, less known library
+  lines."""
   with open(read_fd, 'rb') as pipe:
     for line in pipe:
       text = line.decode('utf-8', 'replace').rstrip('\r\n')
-      if not is_start_up_line(text):
+      if not is_library_line(text):
         os.write(write_fd, line)
 
 
 @contextlib.contextmanager
-def start_up_lines_filtered():
+def library_lines_filtered():
   """Within the block, stderr (fd 2, C++ included) goes through the filter.
 
   The filter is a forked process reading a pipe, not a temporary file read
@@ -103,11 +120,19 @@ def start_up_lines_filtered():
     os.waitpid(filter_pid, 0)
 
 
+def without_library_lines():
+  """library_lines_filtered, for a block that may print known library lines;
+  nothing is filtered with POETS_SHOW_TF_LOGS=1 or where there is no fork."""
+  if os.environ.get(SHOW_TF_LOGS) == '1' or not hasattr(os, 'fork'):
+    return contextlib.nullcontext()
+  return library_lines_filtered()
+
+
 def import_tensorflow():
   """Imports TensorFlow and lists its devices without the start-up lines.
 
   Call it before anything imports TensorFlow. Also hides TensorFlow's C++
-  INFO and WARNING lines after start-up (TF_CPP_MIN_LOG_LEVEL=2, unless set)
+  log lines after start-up, FATAL aside (TF_CPP_MIN_LOG_LEVEL=3, unless set),
   and its Python deprecation notices about tf.compat.v1, which are not for
   users. With POETS_SHOW_TF_LOGS=1 TensorFlow is left as it is.
   """
@@ -115,15 +140,26 @@ def import_tensorflow():
   if os.environ.get(SHOW_TF_LOGS) == '1':
     import tensorflow as tf
     return tf
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   # Already loaded (a test, a notebook): its start-up lines are long gone.
   quiet = 'tensorflow' not in sys.modules and hasattr(os, 'fork')
-  with start_up_lines_filtered() if quiet else contextlib.nullcontext():
+  with library_lines_filtered() if quiet else contextlib.nullcontext():
     import tensorflow as tf
     # The first look for devices is what tries cuInit.
     tf.config.list_physical_devices()
   tf.get_logger().setLevel('ERROR')
   return tf
+
+
+@contextlib.contextmanager
+def warnings_only():
+  """Within the block, absl logs warnings and errors only."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(min(verbosity, logging.WARNING))
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 class PlainFormatter(std_logging.Formatter):

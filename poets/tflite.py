@@ -8,11 +8,13 @@ TensorFlow's converter on a frozen graph in one of three ways:
 
   none     float32, as the .pb: the same scores to about 1e-6.
   dynamic  weights stored as int8, arithmetic in float: about 1/4 the size.
-  int8     full-integer: weights, activations, input and output all int8
-           (each tensor with a scale and zero point), calibrated on a few
-           hundred photos decoded and resized exactly as for the bottlenecks.
+  int8     full-integer: weights and activations int8 (each tensor with a
+           scale and zero point), calibrated on a few hundred photos decoded
+           and resized exactly as for the bottlenecks; input and output are
+           uint8, the camera's pixels and what MediaPipe Tasks takes.
 
-The labels file of the .pb serves the .tflite unchanged.
+Every .tflite carries its labels and its input's normalization as metadata
+(poets.extras.tflite_metadata), so MediaPipe Tasks loads it alone.
 """
 
 import contextlib
@@ -28,8 +30,10 @@ from poets import files
 from poets import frozen_graphs
 from poets import images
 from poets import labeling
+from poets import startup
 from poets import tflite_model
 from poets.errors import PoetsError
+from poets.extras import tflite_metadata
 
 QUANTIZATIONS = ('none', 'dynamic', 'int8')
 CALIBRATION_IMAGES = 300
@@ -52,11 +56,18 @@ def calibration_images(paths, count=CALIBRATION_IMAGES):
 
 class _Calibration:
   """The representative dataset: one normalized image per sample, decoded in
-  parallel; images that do not decode are left out and counted."""
+  parallel; images that do not decode are left out and counted.
+
+  A black and a white image come first, so the input's range is exactly
+  the pixels' range: the uint8 input then takes a camera's pixel values
+  unchanged, as MediaPipe Tasks feeds them.
+  """
 
   def __init__(self, paths, height, width, input_mean, input_std):
     self.paths = paths
     self.used = 0
+    self._extremes = [np.full([1, height, width, 3], (pixel - input_mean) /
+                              input_std, np.float32) for pixel in (0, 255)]
     self._dataset = images.in_parallel_batches(
         tf.data.Dataset.from_tensor_slices(images.file_names(paths)),
         lambda path: labeling.normalize(tf.io.read_file(path), height, width,
@@ -64,6 +75,8 @@ class _Calibration:
         1, skip_failures=True)
 
   def __call__(self):
+    for image in self._extremes:
+      yield [image]
     for batch in self._dataset:
       self.used += 1
       yield [batch.numpy()]
@@ -72,13 +85,10 @@ class _Calibration:
 @contextlib.contextmanager
 def _quiet_converter():
   """The converter logs 'Using experimental converter: If you encountered a
-  problem please file a bug' at INFO on every call; not for our users."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(min(verbosity, logging.WARNING))
-  try:
+  problem please file a bug' at INFO on every call, and prints its int8
+  settings to stderr; neither is for our users."""
+  with startup.warnings_only(), startup.without_library_lines():
     yield
-  finally:
-    logging.set_verbosity(verbosity)
 
 
 def _image_size(tensor, what):
@@ -115,8 +125,8 @@ def convert(graph_def, input_name, output_name, quantization,
                                input_mean, input_std)
     converter.representative_dataset = calibration
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
   try:
     with _quiet_converter():
       model = converter.convert()
@@ -150,6 +160,7 @@ class ConvertConfig:
   output_file: str = 'tf_files/optimized_graph.tflite'
   input_array: str = export.INPUT_NAME
   output_array: str = 'final_result'
+  labels: str = 'tf_files/retrained_labels.txt'
   quantization: str = 'none'
   image_dir: str = ''
   input_mean: float = 0.0
@@ -171,6 +182,7 @@ def convert_graph_file(config):
     raise PoetsError(f'--output_file {config.output_file} is a folder; pass '
                      'a file name such as tf_files/optimized_graph.tflite.')
   files.check_writable(os.path.dirname(config.output_file), '--output_file')
+  labels = labeling.read_labels(config.labels)
   calibration_paths = []
   if config.quantization == 'int8':
     calibration_paths = calibration_images(
@@ -184,5 +196,8 @@ def convert_graph_file(config):
                               (config.output_array, '--output_array'))]
   model = convert(graph_def, *names, config.quantization, calibration_paths,
                   config.input_mean, config.input_std, path)
+  model = tflite_metadata.add_metadata(
+      model, labels, config.input_mean, config.input_std,
+      labels_source=f'--labels {config.labels}')
   save_model(model, config.output_file)
   return len(model)

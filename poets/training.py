@@ -27,6 +27,7 @@ from poets import files
 from poets import images
 from poets import interrupts
 from poets import modules
+from poets import settings as settings_module
 from poets.bottlenecks import FEED_ALIGNMENT, feedable_empty
 from poets.errors import PoetsError
 
@@ -336,11 +337,53 @@ def _warn_empty(splits, labels):
                       'have some.', name, ', '.join(missing))
 
 
-def _diverged(step, learning_rate):
+# A loss this many times that of guessing means the steps overshoot.
+EXPLODED_FACTOR = 100
+# Prints as 0.000000: the new layer's scores have saturated at 0 and 1.
+COLLAPSED_BELOW = 5e-7
+
+
+def _lower_learning_rate(learning_rate):
+  return (f'a smaller --learning_rate (now {learning_rate:g}; the default is '
+          f'{settings_module.RetrainSettings.learning_rate:g})')
+
+
+def _diverged(step, learning_rate, loss_text):
   return PoetsError(
-      f'Training diverged at step {step}: the loss became NaN or infinite. '
-      f'Retry with a smaller --learning_rate (now {learning_rate:g}; try '
-      f'{learning_rate / 10:g}). Nothing was exported.')
+      f'Training diverged at step {step}: the cross entropy became '
+      f'{loss_text}. Retry with {_lower_learning_rate(learning_rate)}. '
+      'Nothing was exported.')
+
+
+@dataclasses.dataclass
+class LossCheck:
+  """Stops a run whose loss explodes; warns once when it collapses.
+
+  A new layer starts near the loss of guessing, log(class_count). Far above
+  it (or NaN, or infinite) each step overshoots and the weights grow by
+  orders of magnitude; at 0.000000 the softmax has saturated, so the scores
+  label_image.py prints are 1 and 0, whatever the photo.
+  """
+  class_count: int
+  learning_rate: float
+  collapsed: bool = False
+
+  def __call__(self, step, cross_entropy):
+    guessing = np.log(max(self.class_count, 2))
+    if not np.isfinite(cross_entropy):
+      raise _diverged(step, self.learning_rate, 'NaN or infinite')
+    if cross_entropy > EXPLODED_FACTOR * guessing:
+      raise _diverged(step, self.learning_rate,
+                      f'{cross_entropy:.3g}, over {EXPLODED_FACTOR} times '
+                      f'that of guessing among {self.class_count} classes '
+                      f'({guessing:.2f})')
+    if cross_entropy < COLLAPSED_BELOW and not self.collapsed:
+      self.collapsed = True
+      logging.warning(
+          'Step %d: Cross entropy = %f: the new layer\'s scores have '
+          'saturated at 0 and 1, so they no longer say how sure it is; '
+          'retry with %s.', step, cross_entropy,
+          _lower_learning_rate(self.learning_rate))
 
 
 def train(settings, splits, labels, module_spec=None, save_intermediate=None):
@@ -383,6 +426,7 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
                                 graph)
     validation_writer = event_writer(
         os.path.join(settings.summaries_dir, 'validation'))
+  check_loss = LossCheck(class_count, settings.learning_rate)
   validation = splits['validation']
   validation_batch_size = _validation_batch_size(
       settings.validation_batch_size, len(validation.ground_truth))
@@ -426,19 +470,19 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
             # The histogram summaries refuse NaN weights: a diverged run.
             if not all(np.isfinite(value).all()
                        for value in session.run(layer_variables)):
-              raise _diverged(step, settings.learning_rate) from None
+              raise _diverged(step, settings.learning_rate,
+                              'NaN or infinite') from None
             raise
           train_writer.add_summary(train_summary, step)
           train_accuracy, cross_entropy = session.run(
               [layer.evaluation_step, layer.cross_entropy],
               {layer.bottleneck_input: bottlenecks,
                layer.ground_truth_input: ground_truth})
-          if not np.isfinite(cross_entropy):
-            raise _diverged(step, settings.learning_rate)
           logging.info('%s: Step %d: Train accuracy = %.1f%%', _now(), step,
                        train_accuracy * 100)
           logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
                        cross_entropy)
+          check_loss(step, cross_entropy)
           if len(validation.ground_truth):
             batch, truth, _ = _random_batch(validation, validation_batch_size,
                                             rng)

@@ -150,6 +150,37 @@ def test_an_unknown_architecture_is_refused_before_any_run(tmp_path):
   assert not (tmp_path / 'e').exists() and not (tmp_path / 's').exists()
 
 
+@pytest.mark.parametrize('flag, message', [
+    ('--image_dir={tmp}/nowhere', "Image directory '{tmp}/nowhere' not found"),
+    ('--image_dir={tmp}/one_class', 'needs at least 2 class folders'),
+    ('--tfhub_module={tmp}/no_module', "Module directory '{tmp}/no_module'"),
+    ('--bottleneck_dir={tmp}/one_class/red/red_000.jpg', 'Cannot write to'),
+])
+def test_inputs_are_checked_before_the_first_run(tmp_path, tf2_module, flag,
+                                                 message):
+  """As retrain.py checks them: one ERROR line, no run started, no folder of
+  failed runs left behind."""
+  make_image_dir(tmp_path / 'photos')
+  make_image_dir(tmp_path / 'one_class', colours={'red': (200, 0, 0)})
+  FLAGS.unparse_flags()
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      cli.parse_flags_or_exit([
+          'experiments.py', f'--image_dir={tmp_path / "photos"}',
+          f'--tfhub_module={tf2_module}',
+          f'--bottleneck_dir={tmp_path / "bottlenecks"}',
+          f'--experiments_dir={tmp_path / "e"}',
+          f'--summaries_dir={tmp_path / "s"}', flag.format(tmp=tmp_path),
+          '--sweep', 'learning_rate=0.01,1.0'])
+      experiments_script.main(['experiments.py'])
+  finally:
+    FLAGS.unparse_flags()
+  error = exit_info.value.code
+  assert error.startswith('ERROR: ') and '\n' not in error
+  assert message.format(tmp=tmp_path) in error
+  assert not (tmp_path / 'e').exists() and not (tmp_path / 's').exists()
+
+
 @pytest.mark.slow
 def test_images_per_class_keeps_test_set_and_counts_training_images(
     tmp_path, tf2_module):

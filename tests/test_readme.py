@@ -1,11 +1,14 @@
-"""The README is executed: its bash blocks run as a user would type them.
+"""The README and the docs are executed: their bash blocks run as a user
+would type them.
 
-In a copy of the repository's files (what a fresh clone holds), offline, in
-the README's order, so that one step's outputs feed the next as they would for
-a reader. Training steps are cut to a few; everything else runs as written.
-A README step that fails fails this test.
+In one copy of the repository's files (what a fresh clone holds), offline,
+the README first and then each page of docs/, each in its own order, so that
+one step's outputs feed the next as they would for a reader who did the
+README's codelab first. Training steps are cut to a few; everything else runs
+as written. A documented step that fails fails its page's test.
 """
 
+import importlib.util
 import os
 import re
 import shutil
@@ -27,14 +30,17 @@ NOT_RUN = {
     'tflite_convert ': "TensorFlow's own converter in the original codelab's "
                        'words, quoted to compare; tflite_convert.py is ours',
 }
-# Commands naming this project's 600-photo sample, which users do not have:
-# the exact command lines of measurements quoted in the README.
-PROJECT_DATA = '../shared/'
+# Commands that need an optional package run where it is installed (CI
+# installs requirements-beam.txt) and are left out elsewhere.
+NEEDS_PACKAGE = {'beam_bottlenecks.py': 'apache_beam'}
+# What users do not have: no documented command may name it.
+PROJECT_DATA = '../shared'
 # Beam runners on clusters, which a test machine does not have.
 CLUSTER_RUNNERS = ('FlinkRunner', 'SparkRunner', 'DataflowRunner')
 TRAINING_SCRIPTS = ('retrain.py', 'scripts.retrain')
 FEW_STEPS = '20'
 STEPS_FLAG = re.compile(r'--how_many_training_steps[= ]\d+')
+LAYOUT_PAGE = 'docs/layout.md'
 
 
 def readme_commands(markdown):
@@ -97,52 +103,116 @@ def test_commands_are_read_and_cut_as_a_user_would_type_them():
       'python label_image.py --image a.jpg']
 
 
-@pytest.mark.slow
-def test_readme_commands_run_on_a_fresh_copy_offline(tmp_path):
-  repo = copy_of_checkout(tmp_path / 'repo')
+def documented_pages():
+  """README.md, then docs/*.md: the pages whose commands a reader runs."""
+  docs = os.path.join(ROOT, 'docs')
+  return ['README.md'] + sorted(
+      f'docs/{name}' for name in os.listdir(docs) if name.endswith('.md'))
+
+
+def read_page(page):
+  with open(os.path.join(ROOT, page), encoding='utf-8') as f:
+    return f.read()
+
+
+def is_left_out(command):
+  if command.startswith(tuple(NOT_RUN)):
+    return True
+  if any(runner in command for runner in CLUSTER_RUNNERS):
+    return True
+  return any(script in command and importlib.util.find_spec(package) is None
+             for script, package in NEEDS_PACKAGE.items())
+
+
+class FreshCopy:
+  """One copy of the checkout, in which each page's commands run once."""
+
+  def __init__(self, repo):
+    self.repo = repo
+    self.ran = {}  # Page -> the commands it ran, as typed.
+    self.failed = {}  # Page -> the first line of why.
+    self.env = dict(os.environ)
+    self.env['PATH'] = os.pathsep.join([os.path.dirname(sys.executable),
+                                        self.env.get('PATH', '')])
+    # Offline: anything that tries the network fails at once.
+    for proxy in ('http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY'):
+      self.env[proxy] = 'http://127.0.0.1:9'
+    for name in ('TF_CPP_MIN_LOG_LEVEL', startup.SHOW_TF_LOGS):
+      self.env.pop(name, None)  # As a user's shell has them.
+
+  def run_page(self, page):
+    """Runs `page`'s commands, once, and returns those it ran."""
+    if page in self.failed:
+      pytest.fail(f'{page} failed earlier on this copy: {self.failed[page]}')
+    if page not in self.ran:
+      try:
+        self.ran[page] = self._run_commands(page)
+      except AssertionError as error:
+        self.failed[page] = str(error).splitlines()[0]
+        raise
+    return self.ran[page]
+
+  def _run_commands(self, page):
+    ran = []
+    for command in readme_commands(read_page(page)):
+      if is_left_out(command):
+        continue
+      done = subprocess.run(['bash', '-c', with_few_steps(command)],
+                            cwd=self.repo, env=self.env, capture_output=True,
+                            text=True, timeout=600)
+      assert done.returncode == 0, (
+          f'{page} command failed: {command}\n{done.stderr[-3000:]}')
+      assert not [line for line in done.stderr.splitlines()
+                  if startup.is_library_line(line)], command
+      if any(script in command for script in TRAINING_SCRIPTS):
+        # The real default module trained: a run that printed no accuracy
+        # did not do what the page promises.
+        assert re.search(r'^INFO: Final test accuracy = [\d.]+% \(N=\d+\)$',
+                         done.stderr, re.M), (command, done.stderr[-3000:])
+      ran.append(without_comment(command))
+    return ran
+
+
+@pytest.fixture(scope='module')
+def fresh_copy(tmp_path_factory):
+  repo = copy_of_checkout(tmp_path_factory.mktemp('clone') / 'repo')
   if repo is None:
     pytest.skip('not a git checkout: cannot tell which files a clone holds')
-  with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
-    commands = readme_commands(f.read())
-  env = dict(os.environ)
-  env['PATH'] = os.pathsep.join([os.path.dirname(sys.executable),
-                                 env.get('PATH', '')])
-  # Offline: anything that tries the network fails at once.
-  for proxy in ('http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY'):
-    env[proxy] = 'http://127.0.0.1:9'
-  for name in ('TF_CPP_MIN_LOG_LEVEL', startup.SHOW_TF_LOGS):
-    env.pop(name, None)  # As a user's shell has them.
-  ran = []
-  for command in commands:
-    if (command.startswith(tuple(NOT_RUN)) or PROJECT_DATA in command or
-        any(runner in command for runner in CLUSTER_RUNNERS)):
-      continue
-    done = subprocess.run(['bash', '-c', with_few_steps(command)], cwd=repo,
-                          env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, (
-        f'README command failed: {command}\n{done.stderr[-3000:]}')
-    assert not [line for line in done.stderr.splitlines()
-                if startup.is_start_up_line(line)], command
-    if any(script in command for script in TRAINING_SCRIPTS):
-      # The real default module trained: a run that printed no accuracy
-      # did not do what the README promises.
-      assert re.search(r'^INFO: Final test accuracy = [\d.]+% \(N=\d+\)$',
-                       done.stderr, re.M), (command, done.stderr[-3000:])
-    ran.append(without_comment(command))
-  # The run command of "Install, test, run", and the codelab's retrain and
-  # label_image steps.
-  assert 'python retrain.py' in ran
-  assert any(c.startswith('python label_image.py') for c in ran)
-  assert (tmp_path / 'repo' / 'tf_files' / 'retrained_graph.pb').exists()
+  return FreshCopy(repo)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('page', documented_pages())
+def test_page_commands_run_on_a_fresh_copy_offline(fresh_copy, page):
+  # Pages go on from where the README's codelab leaves a reader.
+  readme_ran = fresh_copy.run_page('README.md')
+  ran = fresh_copy.run_page(page)
+  if page == 'README.md':
+    # The run command of "Install, test, run", and the codelab's retrain and
+    # label_image steps.
+    assert 'python retrain.py' in ran
+    assert any(c.startswith('python label_image.py') for c in ran)
+    assert os.path.exists(os.path.join(fresh_copy.repo, 'tf_files',
+                                       'retrained_graph.pb'))
+  assert readme_ran
+
+
+@pytest.mark.parametrize('page', documented_pages())
+def test_pages_name_nothing_a_fresh_clone_lacks(page):
+  assert PROJECT_DATA not in read_page(page)
+
+
+def test_the_readme_links_every_docs_page():
+  readme = read_page('README.md')
+  unlinked = [page for page in documented_pages()[1:]
+              if f']({page})' not in readme]
+  assert not unlinked
 
 
 def test_project_layout_names_every_file_and_only_files_that_exist():
-  """The README's "Project layout" table is a reader's map: every script and
-  package module has its row, and every row names something that is there."""
-  with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
-    readme = f.read()
-  table = readme.split('## Project layout', 1)[1].split('\n## ', 1)[0]
+  """docs/layout.md's table is a reader's map: every script and package
+  module has its row, and every row names something that is there."""
+  table = read_page(LAYOUT_PAGE)
   listed = set(re.findall(r'^\| `([^`]+)`', table, re.MULTILINE))
   listed |= set(re.findall(r'^\| `[^`]+`, `([^`]+)`', table, re.MULTILINE))
   assert all(os.path.exists(os.path.join(ROOT, path)) for path in listed), (

@@ -58,13 +58,21 @@ def test_known_start_up_lines_are_recognised(line):
 ])
 def test_other_lines_are_not(line):
   assert not startup.is_start_up_line(line)
+  assert not startup.is_library_line(line)
+
+
+def test_the_int8_converters_settings_line_is_a_library_line():
+  line = ('fully_quantize: 0, inference_type: 6, input_inference_type: INT8, '
+          'output_inference_type: INT8')
+  assert startup.is_library_line(line)
+  assert not startup.is_start_up_line(line)
 
 
 def test_filter_drops_start_up_lines_and_keeps_the_rest_in_order():
   done = python(f"""
       import os, sys
       from poets import startup
-      with startup.start_up_lines_filtered():
+      with startup.library_lines_filtered():
         for line in {START_UP_LINES!r}:
           os.write(2, line.encode() + b'\\n')  # As C++ writes: fd 2.
         print('from Python', file=sys.stderr)
@@ -79,7 +87,7 @@ def test_a_python_crash_inside_the_filter_keeps_its_output_and_traceback():
   done = python(f"""
       import os
       from poets import startup
-      with startup.start_up_lines_filtered():
+      with startup.library_lines_filtered():
         os.write(2, {START_UP_LINES[0]!r}.encode() + b'\\n')
         os.write(2, b'written before the crash\\n')
         raise RuntimeError('a bug during import')
@@ -95,7 +103,7 @@ def test_a_hard_abort_inside_the_filter_still_shows_its_message():
   done = python("""
       import os
       from poets import startup
-      with startup.start_up_lines_filtered():
+      with startup.library_lines_filtered():
         os.write(2, b'F0000 00:00:1.0  1 x.cc:1] Check failed: x > 0\\n')
         os.write(2, b'*** Check failure stack trace: ***')  # No newline.
         os.abort()

@@ -22,6 +22,7 @@ from poets import settings
 from poets import tflite
 from poets import tflite_model
 from poets.errors import PoetsError
+from poets.extras import tflite_metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = ['blue', 'green', 'red']
@@ -98,11 +99,13 @@ def test_float_tflite_gives_the_pb_probabilities(exported):
                              atol=1e-4)
 
 
-def test_int8_model_has_int8_input_and_output(exported):
+def test_int8_model_takes_pixels_and_gives_uint8_scores(exported):
   layers = labeling.list_layers(exported['int8'].output_tflite)
-  assert layers.startswith('Inputs (--input_layer):\n  Placeholder int8 '
-                           '[?,32,32,3] (scale ')
-  assert '\nOutputs (--output_layer):\n  final_result int8 [?,3] (' in layers
+  # Scale 1/255, zero point 0: the input holds the pixels as they are.
+  assert layers.startswith('Inputs (--input_layer):\n  Placeholder uint8 '
+                           '[?,32,32,3] (scale 0.00392157, zero point 0)')
+  assert '\nOutputs (--output_layer):\n  final_result uint8 [?,3] (' in (
+      layers)
   assert labeling.list_layers(exported['none'].output_tflite) == (
       'Inputs (--input_layer):\n  Placeholder float32 [?,32,32,3]\n'
       'Outputs (--output_layer):\n  final_result float32 [?,3]\n')
@@ -129,18 +132,21 @@ def test_models_are_told_apart_by_content_not_name(exported, tmp_path):
 
 def _convert(config, **kwargs):
   size = tflite.convert_graph_file(tflite.ConvertConfig(
-      graph_def_file=config.output_graph, **kwargs))
+      graph_def_file=config.output_graph, labels=config.output_labels,
+      **kwargs))
   assert size == os.path.getsize(kwargs['output_file'])
 
 
 @pytest.mark.parametrize('quantization', tflite.QUANTIZATIONS)
 def test_converting_an_existing_graph_as_the_codelab_did(exported, tmp_path,
-                                                         quantization):
+                                                         capfd, quantization):
   config = exported['none']
   output = str(tmp_path / 'optimized_graph.lite')
   _convert(config, output_file=output, input_array='import/Placeholder:0',
            output_array='final_result', quantization=quantization,
            image_dir=config.image_dir)
+  # The converter's own print of its int8 settings stays off the terminal.
+  assert 'fully_quantize' not in capfd.readouterr().err
   assert _top1(_label(output, config)) == _top1(
       _label(config.output_graph, config))
 
@@ -168,7 +174,8 @@ def test_converter_mistakes_are_one_line(exported, tmp_path):
   out = str(tmp_path / 'm.tflite')
 
   def error(**kwargs):
-    kwargs = {'graph_def_file': graph, 'output_file': out, **kwargs}
+    kwargs = {'graph_def_file': graph, 'output_file': out,
+              'labels': config.output_labels, **kwargs}
     return _error(tflite.convert_graph_file, tflite.ConvertConfig(**kwargs))
 
   assert error(input_array='input') == (
@@ -191,6 +198,11 @@ def test_converter_mistakes_are_one_line(exported, tmp_path):
       f'--image_dir {tmp_path} holds no images')
   assert error(output_file=str(tmp_path)).startswith(
       f'--output_file {tmp_path} is a folder')
+  assert error(labels=str(text)) == (
+      f'--labels {text} has 2 labels but the model gives 3 scores; pass the '
+      'labels file written with this graph.')
+  assert error(labels=str(tmp_path / 'none.txt')).startswith(
+      f'Cannot read --labels {tmp_path / "none.txt"} (')
   assert not os.path.exists(out)
 
 
@@ -201,6 +213,7 @@ def test_int8_with_photos_that_do_not_decode_says_so(exported, tmp_path):
   assert _error(tflite.convert_graph_file, tflite.ConvertConfig(
       graph_def_file=exported['none'].output_graph,
       output_file=str(tmp_path / 'm.tflite'), quantization='int8',
+      labels=exported['none'].output_labels,
       image_dir=str(tmp_path / 'photos'))) == (
           'int8 needs calibration photos, but none of the 3 given could be '
           'decoded; pass photos like the ones the model will label.')
@@ -248,7 +261,7 @@ def test_damaged_tflite_models_are_one_line(exported, tmp_path):
       str(not_a_model), '--graph')
   assert error(config.output_tflite, input_layer='input').startswith(
       f"--input_layer: no tensor 'input' in {config.output_tflite}; its "
-      'inputs are: Placeholder int8 [?,32,32,3] (scale ')
+      'inputs are: Placeholder uint8 [?,32,32,3] (scale ')
   assert 'drop --input_height' in error(config.output_tflite,
                                         input_height=224)
   wrong_labels = tmp_path / 'labels.txt'
@@ -274,16 +287,56 @@ def test_scripts_convert_then_label_without_noise(exported, tmp_path):
   done = _script('tflite_convert.py', f'--graph_def_file={config.output_graph}',
                  f'--output_file={output}', '--input_array=Placeholder',
                  '--output_array=final_result', '--quantization=int8',
+                 f'--labels={config.output_labels}',
                  f'--image_dir={config.image_dir}')
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.startswith(f'Wrote {output} (')
   assert 'Using experimental converter' not in done.stderr
   photos = _photos(config)[::20]
-  done = _script('label_image.py', f'--graph={output}',
-                 f'--labels={config.output_labels}', '--output_format=json',
+  # No --labels: the model's own.
+  done = _script('label_image.py', f'--graph={output}', '--output_format=json',
                  '--top_k=1', *[f'--image={p}' for p in photos])
   assert done.returncode == 0, done.stderr[-2000:]
   assert [item['predictions'][0]['label'] for item in json.loads(
       done.stdout)] == COLOURS
   for noise in ('XNNPACK', 'deprecat', 'Traceback'):
     assert noise not in done.stderr
+
+
+@pytest.mark.parametrize('quantization', tflite.QUANTIZATIONS)
+def test_every_tflite_carries_its_labels(exported, quantization):
+  config = exported[quantization]
+  with open(config.output_tflite, 'rb') as f:
+    assert tflite_metadata.read_labels(f.read()) == COLOURS
+  run = labeling.label_images(labeling.LabelConfig(
+      graph=config.output_tflite, images=_photos(config)[::20]))
+  assert _top1(run) == COLOURS
+
+
+def test_given_labels_win_over_the_models_own(exported, tmp_path):
+  config = exported['none']
+  named = tmp_path / 'labels.txt'
+  named.write_text('azure\nemerald\nruby\n')
+  run = labeling.label_images(labeling.LabelConfig(
+      graph=config.output_tflite, labels=str(named),
+      images=_photos(config)[::20]))
+  assert _top1(run) == ['azure', 'emerald', 'ruby']
+
+
+@pytest.mark.parametrize('quantization', ['none', 'int8'])
+def test_mediapipe_image_classifier_loads_the_tflite_alone(exported,
+                                                           quantization):
+  """MediaPipe Tasks, the Task Library's successor, with the .tflite and
+  nothing else: it reads the normalization and the labels from the model."""
+  mediapipe = pytest.importorskip('mediapipe')
+  from mediapipe.tasks.python import vision
+  from mediapipe.tasks.python.core.base_options import BaseOptions
+  config = exported[quantization]
+  options = vision.ImageClassifierOptions(
+      base_options=BaseOptions(model_asset_path=config.output_tflite),
+      max_results=1)
+  photos = _photos(config)
+  with vision.ImageClassifier.create_from_options(options) as classifier:
+    found = [classifier.classify(mediapipe.Image.create_from_file(p))
+             .classifications[0].categories[0].category_name for p in photos]
+  assert found == [os.path.basename(os.path.dirname(p)) for p in photos]

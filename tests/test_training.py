@@ -15,6 +15,7 @@ import tensorflow as tf
 from poets import bottlenecks
 from poets import settings
 from poets import training
+from poets.errors import PoetsError
 
 
 def _events(directory):
@@ -380,3 +381,45 @@ def test_training_bottlenecks_are_fed_without_a_copy():
     [fed] = training._CachedBatches(split, 2, 10, 0).feed.values()
     assert fed.ctypes.data % bottlenecks.FEED_ALIGNMENT == 0
     np.testing.assert_array_equal(fed, split.bottlenecks)
+
+
+@pytest.mark.parametrize('learning_rate, loss', [
+    (1e38, 'NaN or infinite'),
+    (1e30, r'[\d.]+e\+\d+, over 100 times that of guessing among 2 classes '
+           r'\(0\.69\)'),
+])
+def test_a_loss_that_explodes_stops_training_with_the_fix(
+    tmp_path, learning_rate, loss):
+  splits, config = _two_class_run(tmp_path, 40, how_many_training_steps=20,
+                                  learning_rate=learning_rate)
+  # Photos unlike their labels, as real ones can be: a step that large
+  # overshoots instead of separating them.
+  rng = np.random.default_rng(0)
+  splits['training'] = bottlenecks.SplitBottlenecks(
+      rng.normal(size=[40, 4]).astype(np.float32),
+      rng.integers(0, 2, 40), splits['training'].filenames)
+  with pytest.raises(PoetsError, match=(
+      rf'^Training diverged at step 0: the cross entropy became {loss}\. '
+      rf'Retry with a smaller --learning_rate \(now {re.escape(f"{learning_rate:g}")}; the '
+      r'default is 0\.01\)\. Nothing was exported\.$')):
+    training.train(config, splits, ['a', 'b'])
+
+
+def test_a_loss_that_collapses_to_zero_warns_once_with_the_fix(tmp_path,
+                                                               caplog):
+  splits, config = _two_class_run(tmp_path, 40, how_many_training_steps=30,
+                                  eval_step_interval=10, learning_rate=100)
+  result = training.train(config, splits, ['a', 'b'])
+  warned = [r.getMessage() for r in caplog.records
+            if 'saturated' in r.getMessage()]
+  assert warned == [
+      "Step 0: Cross entropy = 0.000000: the new layer's scores have "
+      'saturated at 0 and 1, so they no longer say how sure it is; retry '
+      'with a smaller --learning_rate (now 100; the default is 0.01).']
+  assert result.steps_done == 30  # A warning: the run goes on.
+
+
+def test_the_default_learning_rate_neither_stops_nor_warns(tmp_path, caplog):
+  splits, config = _two_class_run(tmp_path, 40, how_many_training_steps=200)
+  training.train(config, splits, ['a', 'b'])
+  assert not [r for r in caplog.records if r.levelname == 'WARNING']

@@ -1,0 +1,1 @@
+"""Extras beside the core stages: what the codelab's second half adds."""
