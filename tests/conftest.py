@@ -177,6 +177,24 @@ def pytest_runtest_protocol(item):
   _current_test = None
 
 
+def _printable(text):
+  """`text` with any undecodable byte of a file name (a lone surrogate) as
+  its escape, so a worker can send it to the controller as UTF-8."""
+  return text.encode('utf-8', 'backslashreplace').decode('utf-8')
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item):
+  outcome = yield
+  if hasattr(item.config, 'workerinput'):
+    report = outcome.get_result()
+    report.sections = [(title, _printable(content))
+                       for title, content in report.sections]
+    if report.longrepr and _printable(str(report.longrepr)) != str(
+        report.longrepr):
+      report.longrepr = _printable(str(report.longrepr))
+
+
 def pytest_sessionfinish(session):
   if hasattr(session.config, 'workerinput'):
     session.config.workeroutput['processes_by_test'] = dict(
