@@ -82,7 +82,8 @@ def _accuracy(spec, module, image_lists, blocks, work):
                                DEFAULTS.fine_tune_learning_rate),
       summaries_dir=os.path.join(work, f'summaries_{blocks}'),
       checkpoint_path=os.path.join(work, f'checkpoint_{blocks}', 'retrain'))
-  cut = fine_tuning.find_cut(spec, blocks) if blocks else None
+  cut = (fine_tuning.find_cut(common.ARCHITECTURE, '', blocks) if blocks
+         else None)
   accuracies, outputs = [], []
   start = time.perf_counter()
   for fold in range(FLAGS.run_folds or FLAGS.folds):
