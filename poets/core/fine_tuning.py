@@ -197,8 +197,3 @@ def pretrained_bottlenecks(cut, splits):
 def network(cut, images):
   """The whole network, bottom and top: images -> features."""
   return top(cut, bottom(cut, images))
-
-
-def network(cut, images):
-  """The whole network, bottom and top: images -> features."""
-  return top(cut, bottom(cut, images))
