@@ -23,9 +23,11 @@ import math
 
 import tensorflow as tf
 
-from poets import bottlenecks
-from poets import efficientnet_lite
-from poets import modules
+from poets.core import feeds
+from poets.core import graph_names
+from poets.core import modules
+from poets.core.networks import architectures
+from poets.core.networks import efficientnet_lite
 from poets.errors import PoetsError
 
 FROZEN_SCOPE = 'frozen_blocks'
@@ -64,14 +66,14 @@ def find_cut(architecture, tfhub_module, fine_tune_blocks):
   the codelab's MobileNet and Inception graphs hold theirs as constants of a
   frozen graph, and a TF Hub module's layers are not reachable one by one.
   """
-  supported = ', '.join(efficientnet_lite.VARIANTS)
+  supported = ', '.join(architectures.EFFICIENTNET_LITE)
   if tfhub_module:
     raise PoetsError(
         f'--fine_tune_blocks {fine_tune_blocks} cannot train the layers of a '
         f'--tfhub_module; use one of the embedded networks ({supported}) or '
         '--fine_tune_blocks 0.')
-  name = (architecture or modules.DEFAULT_ARCHITECTURE).lower()
-  if name not in efficientnet_lite.VARIANTS:
+  name = (architecture or architectures.DEFAULT_ARCHITECTURE).lower()
+  if name not in architectures.EFFICIENTNET_LITE:
     raise PoetsError(
         f'--fine_tune_blocks {fine_tune_blocks} needs one of the embedded '
         f'networks ({supported}); {architecture} is a frozen graph that can '
@@ -184,10 +186,10 @@ def pretrained_bottlenecks(cut, splits):
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
     for name, split in splits.items():
-      values = bottlenecks.feedable_empty([len(split.ground_truth),
+      values = feeds.feedable_empty([len(split.ground_truth),
                                            features.shape[-1]])
-      for start in range(0, len(values), bottlenecks.BATCH_SIZE):
-        end = start + bottlenecks.BATCH_SIZE
+      for start in range(0, len(values), graph_names.BATCH_SIZE):
+        end = start + graph_names.BATCH_SIZE
         values[start:end] = session.run(
             features, {cuts: split.bottlenecks[start:end]})
       result[name] = dataclasses.replace(split, bottlenecks=values)
