@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import tarfile
-import urllib.request
 import zlib
 
 from absl import logging
@@ -132,8 +131,7 @@ def ensure_graph(network, model_dir):
 def _download(network, archive_path, model_dir):
   logging.info('Downloading %s to %s (once).', network.url, archive_path)
   try:
-    with urllib.request.urlopen(network.url, timeout=60) as response:
-      data = response.read()
+    files.download(network.url, archive_path)
   except (OSError, http.client.HTTPException, ValueError) as e:
     reason = getattr(e, 'reason', None) or e
     raise PoetsError(
@@ -141,7 +139,6 @@ def _download(network, archive_path, model_dir):
         f'downloaded ({reason}): put {network.archive} (from {network.url}) '
         f'in {os.path.join(model_dir, "")}, or use --architecture {SHIPPED} '
         '(shipped) or efficientnet_lite0 (built offline).') from e
-  files.atomic_write(archive_path, data)
 
 
 def _unpack(archive_path, model_dir):
