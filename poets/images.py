@@ -27,6 +27,9 @@ from poets.errors import PoetsError
 # The original's cap: above this many images per class the hash buckets
 # repeat, so some images would never be chosen.
 MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
+# A photo file larger than this is not read (a camera's largest RAW-sized
+# JPEG is a few hundred MB; a 60 GB sparse file would fill memory).
+MAX_IMAGE_BYTES = 512 * 2**20
 
 # Decoding goes by content, not extension, so the list only decides what
 # counts as a photo when walking a folder.
@@ -106,6 +109,10 @@ def _identity(path):
   return status.st_dev, status.st_ino
 
 
+def _mebibytes(size):
+  return f'{size / 2**20:,.0f} MiB'
+
+
 def _inside(path, folders):
   """The first of `folders` (real paths) that `path` leads into, or None."""
   real = os.path.realpath(path)
@@ -181,6 +188,10 @@ def find_images(class_path, seen=None, other_classes=()):
         # Reading one would wait for a writer (a pipe), or never end.
         logging.warning('Skipping %s: not a regular file (a pipe, a device '
                         'or a folder).', path)
+        continue
+      if status and status.st_size > MAX_IMAGE_BYTES:
+        logging.warning('Skipping %s: %s, larger than any photo.', path,
+                        _mebibytes(status.st_size))
         continue
       by_identity.setdefault(identity, []).append(
           name if folder == '.' else os.path.join(folder, name))
@@ -438,9 +449,13 @@ class FileDecoder:
     A pipe or a device is refused, not read: reading one could wait forever.
     """
     try:
-      if not stat.S_ISREG(os.stat(path).st_mode):
+      status = os.stat(path)
+      if not stat.S_ISREG(status.st_mode):
         return None, Failure('not a regular file (a pipe, a device or a '
                              'folder)', unreadable=True)
+      if status.st_size > MAX_IMAGE_BYTES:
+        return None, Failure(f'{_mebibytes(status.st_size)}, larger than '
+                             'any photo', unreadable=True)
       with open(path, 'rb') as f:
         contents = f.read()
     except OSError as e:
@@ -477,11 +492,13 @@ def decode_in_batches(paths, decode, batch_size):
   """Builds, in the current graph, the pipeline that decodes `paths`.
 
   `decode` turns one file's bytes into an image tensor (each module decodes
-  and resizes its own way). Only regular files go in: reading a pipe or a
-  device could wait forever.
+  and resizes its own way). Only regular files of at most MAX_IMAGE_BYTES
+  go in: reading a pipe or a device could wait forever, a huge file fill
+  memory.
   """
   regular = [position for position, path in enumerate(paths)
-             if os.path.isfile(path)]
+             if os.path.isfile(path) and
+             os.path.getsize(path) <= MAX_IMAGE_BYTES]
 
   def load(position, path):
     return position, decode(tf.io.read_file(path))
