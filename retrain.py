@@ -34,20 +34,15 @@ Hub URL, a .tar.gz URL or a local directory.
 
 import sys
 
+from absl import app
+from absl import flags
+from absl import logging
+
+from poets import cli
+from poets import interrupts
+from poets import settings
 from poets import startup
-
-startup.begin_script()  # Before anything else imports TensorFlow.
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-
-from poets import cli  # noqa: E402
-from poets import interrupts  # noqa: E402
-from poets import pipeline  # noqa: E402
-from poets import settings  # noqa: E402
-from poets import tflite  # noqa: E402
-from poets.errors import PoetsError  # noqa: E402
+from poets.errors import PoetsError
 
 DEFAULTS = settings.RetrainSettings()
 # Batches are sampled with replacement into memory; more than this many
@@ -135,11 +130,11 @@ cli.define_flags(DEFAULTS, {
     'fine_tune_learning_rate': (0, None),
 })
 cli.define_module_flags(DEFAULTS)
-flags.DEFINE_enum('tflite_quantization', DEFAULTS.tflite_quantization,
-                  tflite.QUANTIZATIONS,
-                  'How --output_tflite is stored: none (float32), dynamic '
-                  '(int8 weights, float arithmetic) or int8 (full-integer, '
-                  'calibrated on a few hundred of the training images).')
+flags.DEFINE_enum(
+    'tflite_quantization', DEFAULTS.tflite_quantization, settings.QUANTIZATIONS,
+    'How --output_tflite is stored: none (float32), dynamic '
+    '(int8 weights, float arithmetic) or int8 (full-integer, '
+    'calibrated on a few hundred of the training images).')
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much logging output should be produced.')
@@ -181,6 +176,8 @@ def settings_from_flags():
 
 def main(argv):
   cli.refuse_positional(argv, 'retrain.py')
+  startup.begin_script()  # Before anything imports TensorFlow.
+  from poets import pipeline  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
                                                                 'warning'))
   run_settings = settings_from_flags()

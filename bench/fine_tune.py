@@ -32,9 +32,9 @@ from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
-from poets import bottlenecks  # noqa: E402
-from poets import images  # noqa: E402
-from poets import modules  # noqa: E402
+from poets.core import bottlenecks  # noqa: E402
+from poets.core import image_listing  # noqa: E402
+from poets.core import modules  # noqa: E402
 from poets import pipeline  # noqa: E402
 from poets import settings as retrain_settings  # noqa: E402
 from poets.core import cut_cache  # noqa: E402
@@ -63,11 +63,11 @@ def _fold_lists(image_lists, fold, folds):
   for image_class in image_lists.classes:
     every = sorted(image_class.training + image_class.testing +
                    image_class.validation)
-    classes.append(images.ClassImages(
+    classes.append(image_listing.ClassImages(
         label=image_class.label, dir=image_class.dir,
         training=[name for i, name in enumerate(every) if i % folds != fold],
         testing=every[fold::folds], validation=[]))
-  return images.ImageLists(image_lists.image_dir, classes)
+  return image_listing.ImageLists(image_lists.image_dir, classes)
 
 
 def _accuracy(spec, module, image_lists, blocks, work):
@@ -158,7 +158,7 @@ def main(argv):
   blocks = [int(b) for b in FLAGS.blocks]
   with tempfile.TemporaryDirectory(prefix='bench_fine_tune_') as work:
     image_dir = common.photos(work)
-    image_lists = images.create_image_lists(image_dir, 0, 0)
+    image_lists = image_listing.create_image_lists(image_dir, 0, 0)
     print(f'{FLAGS.folds}-fold cross-validation on '
           f'{common.photo_count(image_dir)} photos; {common.load()}')
     print(f'{"N":>3}  {"mean":>6}  {"sd":>5}  {"min":>6}  {"max":>6}  '

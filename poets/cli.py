@@ -15,13 +15,10 @@ import typing
 from absl import flags
 
 from poets import files
-from poets import modules
+from poets.core.networks import architectures
 from poets import settings
 
 USAGE_ERROR = 2
-# The flags defined below belong to the script that asks for them, so its
-# --help lists them and experiments.py can adopt retrain.py's.
-flags.disclaim_key_flags()
 
 
 def parse_flags_or_exit(argv, known_only=False):
@@ -70,6 +67,9 @@ def define_flags(defaults, helps, bounds=None):
   and with the default of the `defaults` field of the same name, so a flag
   and the setting it fills cannot disagree. `bounds` maps a number flag to
   its (lower, upper) bound, None for no bound."""
+  # The flags belong to the script that asks for them, so its --help lists
+  # them and experiments.py can adopt retrain.py's.
+  flags.disclaim_key_flags()
   define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
             float: flags.DEFINE_float, str: flags.DEFINE_string}
   kinds = {field.name: field.type for field in dataclasses.fields(defaults)}
@@ -111,8 +111,9 @@ def define_module_flags(defaults):
   flags.register_validator('model_dir', is_path,
                            'must name a folder (not empty, no NUL)')
   flags.register_validator(
-      'architecture', modules.is_architecture,
-      f'must be one of {modules.architecture_choices()} (any letter case)')
+      'architecture', architectures.is_architecture,
+      f'must be one of {architectures.architecture_choices()} (any letter case)'
+  )
   flags.register_validator('tfhub_module', is_optional_path,
                            'must not hold NUL')
   flags.register_multi_flags_validator(

@@ -210,6 +210,11 @@ def _nearest_existing(path):
   return path
 
 
+def mebibytes(size):
+  """'61,440 MiB': a file size as messages give it."""
+  return f'{size / 2**20:,.0f} MiB'
+
+
 def read_regular_file(path, flag, limit, fix):
   """The bytes of `path`, refused in one line naming `flag` and `fix` unless
   it is a regular file of at most `limit` bytes.
@@ -228,17 +233,17 @@ def read_regular_file(path, flag, limit, fix):
       raise PoetsError(f'{flag} {path} is not a regular file (a pipe, a '
                        f'device or a socket); {fix}.')
     if status.st_size > limit:
-      raise PoetsError(f'{flag} {path} is {status.st_size / 2**20:,.0f} MiB, '
-                       f'more than the {limit / 2**20:,.0f} MiB such a file '
-                       f'can be; {fix}.')
+      raise PoetsError(f'{flag} {path} is {mebibytes(status.st_size)}, more '
+                       f'than the {mebibytes(limit)} such a file can be; '
+                       f'{fix}.')
     try:
       data = f.read(limit + 1)
     except OSError as e:
       raise PoetsError(f'Cannot read {flag} {path} ({e.strerror}); {fix}.'
                        ) from e
   if len(data) > limit:  # It grew while we read.
-    raise PoetsError(f'{flag} {path} grew past {limit / 2**20:,.0f} MiB '
-                     f'while it was read; {fix}.')
+    raise PoetsError(f'{flag} {path} grew past {mebibytes(limit)} while it '
+                     f'was read; {fix}.')
   return data
 
 

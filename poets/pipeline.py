@@ -12,20 +12,23 @@ import time
 from absl import logging
 import tensorflow as tf
 
-from poets import bottlenecks
-from poets import export
 from poets import files
-from poets import images
-from poets import modules
 from poets import outputs
 from poets import summaries
-from poets import tflite
-from poets import training
+from poets.core import bottlenecks
 from poets.core import cut_cache
+from poets.core import export
 from poets.core import fine_tuning
+from poets.core import graph_names
+from poets.core import image_listing
+from poets.core import modules
+from poets.core import tflite_metadata
+from poets.core import training
 from poets.errors import PoetsError
 from poets.extras import dashboards
-from poets.extras import tflite_metadata
+from poets.extras import saved_model
+from poets.extras import tensorboard_graph
+from poets.extras import tflite_converter
 
 
 @dataclasses.dataclass
@@ -52,7 +55,7 @@ RUN_FOLDERS = {
 
 
 def _check_tflite(settings):
-  tflite.check_quantization(settings.tflite_quantization,
+  tflite_converter.check_quantization(settings.tflite_quantization,
                             '--tflite_quantization')
   path = settings.output_tflite
   if not path:
@@ -119,7 +122,7 @@ def _check_outputs(settings):
   if settings.saved_model_dir:
     for path in (settings.saved_model_dir,
                  files.interrupted_path(settings.saved_model_dir)):
-      export.check_saved_model_dir(path)
+      saved_model.check_saved_model_dir(path)
 
 
 def _check_usable(splits, labels):
@@ -155,7 +158,7 @@ def check_inputs(settings):
   """What `run` checks before any work, for callers that start runs
   elsewhere (experiments.py, before its first run): the image folder, the
   module, and the folders runs share. Raises PoetsError."""
-  images.create_image_lists(settings.image_dir, settings.testing_percentage,
+  image_listing.create_image_lists(settings.image_dir, settings.testing_percentage,
                             settings.validation_percentage)
   modules.module_info(modules.resolve_module(
       settings.architecture, settings.tfhub_module, settings.model_dir,
@@ -188,11 +191,11 @@ def run(settings):
   # Images first: a mistyped --image_dir is reported before the embedded
   # module is built.
   start = time.perf_counter()
-  image_lists = images.create_image_lists(settings.image_dir,
+  image_lists = image_listing.create_image_lists(settings.image_dir,
                                           settings.testing_percentage,
                                           settings.validation_percentage)
   if settings.images_per_class is not None:
-    image_lists = images.limit_training_images(
+    image_lists = image_listing.limit_training_images(
         image_lists, settings.images_per_class, settings.random_seed)
   listing_seconds = time.perf_counter() - start
   log_image_lists(image_lists)
@@ -257,16 +260,16 @@ def run(settings):
                                  for path in dataclasses.astuple(run_set)])
     saved = outputs.save(
         run_set, graph_def, labels,
-        lambda graph_def, folder: export.build_saved_model(
+        lambda graph_def, folder: saved_model.build_saved_model(
             graph_def, folder, settings.final_tensor_name),
-        lambda graph_def: tflite_metadata.add_metadata(tflite.convert(
-            graph_def, export.INPUT_NAME, settings.final_tensor_name,
+        lambda graph_def: tflite_metadata.add_metadata(tflite_converter.convert(
+            graph_def, graph_names.INPUT_NAME, settings.final_tensor_name,
             settings.tflite_quantization,
-            tflite.calibration_images(splits['training'].filenames),
+            tflite_converter.calibration_images(splits['training'].filenames),
             what='the retrained graph'), labels))
     # After the outputs, and its writer only warns: a summary that cannot
     # be written loses no layer.
-    export.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
+    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   export_seconds = time.perf_counter() - start
   try:
     dashboards.write_run(settings.summaries_dir, settings, module, splits,

@@ -219,7 +219,7 @@ def tf1_hub_module(tmp_path_factory):
 def lite0_dir(tmp_path_factory):
   """The default network, built once (seconds) into a model_dir of its own
   for the tests that only read it; building it is tested on its own."""
-  from poets import efficientnet_lite
+  from poets.core.networks import efficientnet_lite
   model_dir = tmp_path_factory.mktemp('models')
   return efficientnet_lite.ensure_module('efficientnet_lite0', str(model_dir))
 

@@ -1,7 +1,7 @@
 """--fine_tune_blocks: the cut cache, training the top, exporting it.
 
 Most tests use a tiny EfficientNet-shaped network built here (three MBConv
-blocks on 32x32 images), so they take a second; one run of the real
+blocks on 32x32 image_listing), so they take a second; one run of the real
 EfficientNet-Lite0 checks the whole path a user takes, up to labelling with
 label_image's defaults.
 """
@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from poets import efficientnet_lite
-from poets import export
+from poets.core.networks import efficientnet_lite
+from poets.core import export
+from poets.core import image_decoding
+from poets.core import image_listing
+from poets.core import labeling
+from poets.core import modules
+from poets.core import training
 from poets import files
-from poets import images
-from poets import labeling
-from poets import modules
 from poets import pipeline
 from poets import settings
-from poets import training
 from poets.core import cut_cache
 from poets.core import fine_tuning
 from poets.errors import PoetsError
@@ -64,14 +65,14 @@ def tiny_cut():
 def tiny_module():
   spec = modules.ModuleSpec('unused', 'tiny')
   return modules.ModuleInfo(spec, (SIZE, SIZE), 16, functools.partial(
-      images.decode_and_resize, height=SIZE, width=SIZE))
+      image_decoding.decode_and_resize, height=SIZE, width=SIZE))
 
 
 @pytest.fixture(scope='module')
 def photos(tmp_path_factory):
   image_dir = make_image_dir(tmp_path_factory.mktemp('ft') / 'photos',
                              per_class=12)
-  return images.create_image_lists(image_dir, 20, 20)
+  return image_listing.create_image_lists(image_dir, 20, 20)
 
 
 def test_the_cut_is_named_and_shaped_by_network_and_block(tiny_cut):
@@ -97,7 +98,7 @@ def test_a_damaged_cut_file_is_made_again(photos, tiny_module, tiny_cut,
   assert (summary.created, summary.reused, summary.recomputed) == (1, 35, 1)
   assert 'Recomputing bad cut file' in caplog.text
   np.testing.assert_array_equal(np.load(damaged), good)
-  for name in images.SPLITS:
+  for name in image_listing.SPLITS:
     np.testing.assert_array_equal(again[name].bottlenecks,
                                   splits[name].bottlenecks)
 
@@ -245,7 +246,7 @@ def test_a_fine_tuned_graph_labels_with_label_image_defaults(fine_tuned_run):
   assert not result.training.interrupted
   assert os.listdir(config.bottleneck_dir) == ['efficientnet_lite0_cut15']
   photo = os.path.join(config.image_dir, 'blue', 'blue_001.jpg')
-  run = labeling.label_images(labeling.LabelConfig(
+  run = labeling.label_images(settings.LabelConfig(
       graph=config.output_graph, labels=config.output_labels,
       images=[photo]))
   (labelled,) = run.results

@@ -9,11 +9,11 @@ import shutil
 import pytest
 
 from conftest import fill, make_image_dir
-from poets import labeling
+from poets.core import labeling
+from poets.extras import tflite_converter
 from poets import outputs
 from poets import pipeline
 from poets import settings
-from poets import tflite
 from poets.errors import PoetsError
 
 
@@ -53,7 +53,7 @@ def test_a_stop_during_the_tflite_step_leaves_the_old_set(run_config,
   def stopped(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(tflite, 'convert', stopped)
+  monkeypatch.setattr(tflite_converter, 'convert', stopped)
   with pytest.raises(KeyboardInterrupt):
     pipeline.run(run_config.replace(random_seed=1))
   assert _contents(tmp_path / 'out') == before  # No temporary file either.
@@ -72,7 +72,7 @@ def test_graph_and_labels_of_two_runs_are_told_apart(retrained, tmp_path):
                                                       'red')))[0])
 
   def label():
-    return labeling.label_images(labeling.LabelConfig(
+    return labeling.label_images(settings.LabelConfig(
         graph=str(graph), labels=str(labels), images=[photo]))
 
   assert label().results[0].predictions[0].label == 'red'

@@ -27,7 +27,7 @@ import tensorflow as tf
 from absl import flags
 from conftest import make_image_dir
 from poets import cli
-from poets import modules
+from poets.core import modules
 from poets import pipeline
 from poets import summaries
 from poets import settings

@@ -14,11 +14,11 @@ import os
 import pytest
 
 from conftest import make_image_dir
-from poets import experiments
-from poets import modules
 from poets import pipeline
 from poets import settings
 from poets import summaries
+from poets.core import modules
+from poets.extras import experiment_plan
 from test_tensorboard import serve
 
 pytestmark = pytest.mark.slow  # Starting TensorBoard takes 10-30 s.
@@ -43,8 +43,8 @@ def test_the_readme_flow_and_homework_leave_few_runs_all_selected(
       tfhub_module=tf1_hub_module,
       output_graph='tf_files/retrained_graph_other.pb'))
   for sweep in ('images_per_class=2,all', 'learning_rate=0.01,0.5'):
-    experiment = experiments.plan(  # Homework: experiments.py's runs.
-        [experiments.parse_sweep(sweep, ['learning_rate'])],
+    experiment = experiment_plan.plan(  # Homework: experiment_runs.py's runs.
+        [experiment_plan.parse_sweep(sweep, ['learning_rate'])],
         lambda overrides: base.replace(**{
             key: float(value) for key, value in overrides.items()}))
     for run in experiment.runs:
@@ -65,6 +65,6 @@ def test_the_readme_flow_and_homework_leave_few_runs_all_selected(
   assert 'train' in os.listdir(tmp_path / summaries.PREVIOUS_RUNS_ROOT /
                                names[0] / stamp)
   sweeps = [os.path.join(root, name) for root, folders, _ in os.walk(
-      tmp_path / experiments.DEFAULT_EXPERIMENTS_DIR) for name in folders
+      tmp_path / experiment_plan.DEFAULT_EXPERIMENTS_DIR) for name in folders
             if name == 'train']
   assert len(sweeps) == 4

@@ -31,7 +31,7 @@ import time
 from absl import logging
 import numpy as np
 
-from poets import bottlenecks
+from poets.core import bottlenecks
 from poets.core import fine_tuning
 from poets.files import NAME_MAX, atomic_write, fitted_name
 

@@ -23,9 +23,11 @@ import math
 
 import tensorflow as tf
 
-from poets import bottlenecks
-from poets import efficientnet_lite
-from poets import modules
+from poets.core import feeds
+from poets.core import graph_names
+from poets.core import modules
+from poets.core.networks import architectures
+from poets.core.networks import efficientnet_lite
 from poets.errors import PoetsError
 
 FROZEN_SCOPE = 'frozen_blocks'
@@ -65,8 +67,8 @@ def find_cut(spec, fine_tune_blocks):
   frozen graph, and a TF Hub module's layers are not reachable one by one.
   """
   name = spec.name.lower()
-  supported = ', '.join(efficientnet_lite.VARIANTS)
-  if spec.network is not None or name not in efficientnet_lite.VARIANTS or (
+  supported = ', '.join(architectures.EFFICIENTNET_LITE)
+  if spec.network is not None or name not in architectures.EFFICIENTNET_LITE or (
       not spec.handle.rstrip('/\\').endswith(name)):
     raise PoetsError(
         f'--fine_tune_blocks {fine_tune_blocks} needs one of the embedded '
@@ -180,19 +182,14 @@ def pretrained_bottlenecks(cut, splits):
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
     for name, split in splits.items():
-      values = bottlenecks.feedable_empty([len(split.ground_truth),
+      values = feeds.feedable_empty([len(split.ground_truth),
                                            features.shape[-1]])
-      for start in range(0, len(values), bottlenecks.BATCH_SIZE):
-        end = start + bottlenecks.BATCH_SIZE
+      for start in range(0, len(values), graph_names.BATCH_SIZE):
+        end = start + graph_names.BATCH_SIZE
         values[start:end] = session.run(
             features, {cuts: split.bottlenecks[start:end]})
       result[name] = dataclasses.replace(split, bottlenecks=values)
   return result
-
-
-def network(cut, images):
-  """The whole network, bottom and top: images -> features."""
-  return top(cut, bottom(cut, images))
 
 
 def network(cut, images):

@@ -1,9 +1,9 @@
 """What an experiment leaves behind: its table, plots, manifest and the index.
 
-poets.experiments runs the grid; here its Outcomes become results.md (the
-command, the table and the plots), results.csv (every measure, unrounded),
-one accuracy-and-time figure per swept key and the validation curves, all in
-the experiment's own folder. Each experiment also keeps a small manifest,
+poets.extras.experiment_runs runs the grid; here its Outcomes become
+results.md (the command, the table and the plots), results.csv (every
+measure, unrounded), one accuracy-and-time figure per swept key and the
+validation curves, all in the experiment's own folder. Each experiment also keeps a small manifest,
 experiment.json, from which index.md beside the folders lists them all,
 finished or not.
 """

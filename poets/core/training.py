@@ -24,13 +24,14 @@ import numpy as np
 import tensorflow as tf
 
 from poets import files
-from poets import images
 from poets import interrupts
-from poets import modules
 from poets import settings as settings_module
-from poets import summaries
-from poets.bottlenecks import FEED_ALIGNMENT, feedable_empty
+from poets.core import feeds
+from poets.core import final_layer
 from poets.core import fine_tuning
+from poets.core import image_decoding
+from poets.core import modules
+from poets.core import summary_ops
 from poets.errors import PoetsError
 
 
@@ -69,136 +70,6 @@ class TrainingResult:
   layer: dict = dataclasses.field(default_factory=dict)
 
 
-def layer_variables_of(graph):
-  """What is trained, saved and exported: the new layer's variables, and
-  the fine-tuned blocks' when there are some."""
-  return graph.get_collection(
-      tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
-      scope='final_retrain_ops') + fine_tuning.top_variables_of(graph)
-
-
-def event_writer(directory, graph=None, suffix=''):
-  """A FileWriter whose file name carries this process's id.
-
-  Event files are named by the second and the host only; two runs writing
-  into one --summaries_dir at once would otherwise share one file and
-  corrupt it.
-  """
-  return summaries.TolerantWriter(directory, graph, suffix)
-
-
-def _summary(kind, name, value):
-  """A summary whose tag is exactly `<current scope>/<name>`.
-
-  tf.compat.v1.summary.scalar would make the tags `accuracy_1` and
-  `cross_entropy_1` (their name scopes are taken by the ops); the tags
-  TensorBoard shows should be the plain names.
-  """
-  scope = tf.compat.v1.get_default_graph().get_name_scope()
-  tag = f'{scope}/{name}' if scope else name
-  if kind == 'scalar':
-    op = tf.raw_ops.ScalarSummary(tags=tag, values=value)
-  else:
-    op = tf.raw_ops.HistogramSummary(tag=tag, values=value)
-  tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.SUMMARIES, op)
-
-
-def variable_summaries(var):
-  """Mean, stddev, min, max and a histogram of a tensor, as the original."""
-  with tf.name_scope('summaries'):
-    mean = tf.reduce_mean(var)
-    _summary('scalar', 'mean', mean)
-    _summary('scalar', 'stddev',
-             tf.sqrt(tf.reduce_mean(tf.square(var - mean))))
-    _summary('scalar', 'max', tf.reduce_max(var))
-    _summary('scalar', 'min', tf.reduce_min(var))
-    _summary('histogram', 'histogram', var)
-
-
-@dataclasses.dataclass
-class FinalLayer:
-  bottleneck_input: tf.Tensor
-  ground_truth_input: tf.Tensor
-  final_tensor: tf.Tensor
-  train_step: tf.Operation | None = None
-  cross_entropy: tf.Tensor | None = None
-  evaluation_step: tf.Tensor | None = None
-  prediction: tf.Tensor | None = None
-
-
-def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
-                          ground_truth_tensor=None, learning_rate=None,
-                          fine_tuned=None):
-  """Adds the new softmax layer on top of `bottleneck_tensor`.
-
-  Both inputs are placeholders with defaults, named as the original's, so
-  evaluation can feed them. Without a learning rate the graph is for
-  evaluation and export only: no loss, no training ops. `fine_tuned`,
-  (variables, learning rate), trains those too, at their own rate.
-  """
-  bottleneck_size = bottleneck_tensor.shape[-1]
-  with tf.name_scope('input'):
-    bottleneck_input = tf.compat.v1.placeholder_with_default(
-        bottleneck_tensor, shape=[None, bottleneck_size],
-        name='BottleneckInputPlaceholder')
-    if ground_truth_tensor is None:
-      ground_truth_input = tf.compat.v1.placeholder(
-          tf.int64, [None], name='GroundTruthInput')
-    else:
-      ground_truth_input = tf.compat.v1.placeholder_with_default(
-          ground_truth_tensor, [None], name='GroundTruthInput')
-  with tf.name_scope('final_retrain_ops'):
-    with tf.name_scope('weights'):
-      layer_weights = tf.compat.v1.Variable(
-          tf.random.truncated_normal([bottleneck_size, class_count],
-                                     stddev=0.001), name='final_weights')
-      variable_summaries(layer_weights)
-    with tf.name_scope('biases'):
-      layer_biases = tf.compat.v1.Variable(tf.zeros([class_count]),
-                                           name='final_biases')
-      variable_summaries(layer_biases)
-    with tf.name_scope('Wx_plus_b'):
-      logits = tf.matmul(bottleneck_input, layer_weights) + layer_biases
-      _summary('histogram', 'pre_activations', logits)
-  final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
-  if final_tensor.op.name != final_tensor_name:
-    # TensorFlow renamed it: the module already has an op of that name.
-    raise PoetsError(f"--final_tensor_name '{final_tensor_name}' is already "
-                     'the name of an operation in the graph; choose another.')
-  _summary('histogram', 'activations', final_tensor)
-  layer = FinalLayer(bottleneck_input, ground_truth_input, final_tensor)
-  if learning_rate is None:
-    return layer
-  with tf.name_scope('cross_entropy'):
-    layer.cross_entropy = tf.compat.v1.losses.sparse_softmax_cross_entropy(
-        labels=ground_truth_input, logits=logits)
-  _summary('scalar', 'cross_entropy', layer.cross_entropy)
-  with tf.name_scope('train'):
-    optimizer = tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
-    layer_variables = [layer_weights, layer_biases]
-    if fine_tuned is None:
-      # Only the new layer learns; the module stays as it was pretrained.
-      layer.train_step = optimizer.minimize(layer.cross_entropy,
-                                            var_list=layer_variables)
-    else:
-      variables, rate = fine_tuned
-      gradients = tf.gradients(layer.cross_entropy,
-                               layer_variables + variables)
-      layer.train_step = tf.group(
-          optimizer.apply_gradients(zip(gradients[:2], layer_variables)),
-          tf.compat.v1.train.GradientDescentOptimizer(rate).apply_gradients(
-              zip(gradients[2:], variables)))
-  with tf.name_scope('accuracy'):
-    with tf.name_scope('correct_prediction'):
-      layer.prediction = tf.argmax(final_tensor, 1)
-      correct_prediction = tf.equal(layer.prediction, ground_truth_input)
-    with tf.name_scope('accuracy'):
-      layer.evaluation_step = tf.reduce_mean(
-          tf.cast(correct_prediction, tf.float32))
-  _summary('scalar', 'accuracy', layer.evaluation_step)
-  return layer
-
-
 def _kernel_summaries(variables):
   """Each fine-tuned kernel's histogram, and that of its change since
   training began, which shows the blocks learning where the first hardly
@@ -207,8 +78,8 @@ def _kernel_summaries(variables):
     scope, name = variable.op.name.rsplit('/', 1)
     if name == 'kernel':
       with tf.name_scope(f'{scope}/'):
-        _summary('histogram', name, variable)
-        _summary('histogram', f'{name}_change',
+        summary_ops.summary('histogram', name, variable)
+        summary_ops.summary('histogram', f'{name}_change',
                  variable - variable.initial_value)
 
 
@@ -235,16 +106,6 @@ def _sample_indices(offsets, counts, class_draw, image_draw):
   return tf.gather(tf.constant(offsets, tf.int64), classes) + within, classes
 
 
-def _feedable(values):
-  """`values`, or a copy TensorFlow can be fed without copying it again."""
-  if (values.ctypes.data % FEED_ALIGNMENT == 0 and
-      values.flags.c_contiguous):
-    return values
-  aligned = feedable_empty(values.shape, values.dtype)
-  aligned[...] = values
-  return aligned
-
-
 class _CachedBatches:
   """Training batches sampled in-graph from all training bottlenecks.
 
@@ -257,7 +118,7 @@ class _CachedBatches:
     all_bottlenecks = tf.compat.v1.placeholder(
         split.bottlenecks.dtype, split.bottlenecks.shape,
         name='training_bottlenecks')
-    self.feed = {all_bottlenecks: _feedable(split.bottlenecks)}
+    self.feed = {all_bottlenecks: feeds.feedable(split.bottlenecks)}
     offsets, counts = _class_ranges(split.ground_truth, class_count)
     indices, self.ground_truth = _sample_indices(
         offsets, counts, tf.random.uniform([batch_size], seed=seed),
@@ -274,7 +135,7 @@ class _DistortedBatches:
                seed):
     offsets, counts = _class_ranges(split.ground_truth, class_count)
     height, width = module.image_size
-    filenames = tf.constant(images.file_names(split.filenames))
+    filenames = tf.constant(image_decoding.file_names(split.filenames))
 
     def sample(random):
       # Each element's own stateless seed picks its image and distortion, so
@@ -284,11 +145,12 @@ class _DistortedBatches:
       draws = tf.random.stateless_uniform([2], seeds[0])
       index, label = _sample_indices(offsets, counts, draws[:1], draws[1:])
       contents = tf.io.read_file(tf.gather(filenames, index[0]))
-      return (images.decode_and_distort(contents, height, width, distortions,
-                                        seeds[1]), label[0])
+      return (image_decoding.decode_and_distort(contents, height, width,
+                                                distortions,
+                                                seeds[1]), label[0])
 
-    dataset = images.in_parallel_batches(tf.data.Dataset.random(seed=seed),
-                                         sample, batch_size)
+    dataset = image_decoding.in_parallel_batches(
+        tf.data.Dataset.random(seed=seed), sample, batch_size)
     distorted, self.ground_truth = tf.compat.v1.data.make_one_shot_iterator(
         dataset).get_next()
     self.bottlenecks = module.apply(distorted)
@@ -459,22 +321,23 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None,
       fine_tuned = (fine_tuning.top_variables_of(graph),
                     fine_tune.learning_rate)
       _kernel_summaries(fine_tuned[0])
-    layer = add_final_retrain_ops(class_count, settings.final_tensor_name,
-                                  features, batches.ground_truth,
-                                  settings.learning_rate, fine_tuned)
+    layer = final_layer.add_final_retrain_ops(
+        class_count, settings.final_tensor_name, features,
+        batches.ground_truth, settings.learning_rate, fine_tuned)
     if fine_tune:
       layer.bottleneck_input = cut_input  # What evaluation feeds.
     merged = tf.compat.v1.summary.merge_all()
     # Only the new layer: export puts it on top of a freshly loaded module.
-    layer_variables = layer_variables_of(graph)
+    layer_variables = final_layer.layer_variables_of(graph)
     saver = tf.compat.v1.train.Saver(layer_variables)
     init = tf.compat.v1.global_variables_initializer()
     # The fine-tuning graph holds the top's weights; the Graphs tab shows
     # the top in the exported graph instead (retrained_graph).
     suffix = '.fine_tune' if fine_tune else ''
-    train_writer = event_writer(os.path.join(settings.summaries_dir, 'train'),
-                                None if fine_tune else graph, suffix)
-    validation_writer = event_writer(
+    train_writer = summary_ops.event_writer(
+        os.path.join(settings.summaries_dir, 'train'),
+        None if fine_tune else graph, suffix)
+    validation_writer = summary_ops.event_writer(
         os.path.join(settings.summaries_dir, 'validation'), suffix=suffix)
   check_loss = LossCheck(class_count, settings.learning_rate)
   validation = splits['validation']
