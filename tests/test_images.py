@@ -272,6 +272,6 @@ def test_a_huge_sparse_photo_is_skipped_before_reading(tmp_path, caplog):
   make_image_dir(root, per_class=2)
   with open(root / 'red' / 'huge.jpg', 'wb') as f:
     f.truncate(60 * 2**30)  # Sparse: 60 GB that take no disk.
-  lists = images.create_image_lists(str(root), 0, 0)
+  lists = image_listing.create_image_lists(str(root), 0, 0)
   assert 'huge.jpg' not in _all_images(lists.classes[2])
   assert 'huge.jpg: 61,440 MiB, larger than any photo' in caplog.text

@@ -141,7 +141,7 @@ def find_images(class_path, seen=None, other_classes=()):
   seen.add(_identity(class_path))
   by_identity = {}  # One stat per file: listing time matters at scale.
   repeated = 0
-  for root, dirs, files in os.walk(class_path, followlinks=True,
+  for root, dirs, names in os.walk(class_path, followlinks=True,
                                    onerror=unreadable):
     kept = []
     # Real folders before links to them, then by name, so the way to a
@@ -160,7 +160,7 @@ def find_images(class_path, seen=None, other_classes=()):
     dirs[:] = kept
     # Once a folder: relpath per file took most of the listing's time.
     folder = os.path.relpath(root, class_path)
-    for name in files:
+    for name in names:
       if (name.startswith('.') or
           os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS):
         continue
