@@ -292,3 +292,13 @@ def test_an_unreadable_folder_is_reported(tmp_path, caplog, monkeypatch):
   assert len(_all_images(lists.classes[2])) == 3
   assert (f'Cannot read the folder {root / "red" / "closed"} (Permission '
           'denied); its photos are left out.') in caplog.text
+
+
+def test_a_huge_sparse_photo_is_skipped_before_reading(tmp_path, caplog):
+  root = tmp_path / 'photos'
+  make_image_dir(root, per_class=2)
+  with open(root / 'red' / 'huge.jpg', 'wb') as f:
+    f.truncate(60 * 2**30)  # Sparse: 60 GB that take no disk.
+  lists = image_listing.create_image_lists(str(root), 0, 0)
+  assert 'huge.jpg' not in _all_images(lists.classes[2])
+  assert 'huge.jpg: 61,440 MiB, larger than any photo' in caplog.text

@@ -16,6 +16,7 @@ import stat
 
 from absl import logging
 
+from poets import files
 from poets import settings
 from poets.errors import PoetsError
 
@@ -146,7 +147,7 @@ def find_images(class_path, seen=None, other_classes=(), unsupported=None):
   seen.add(_identity(class_path))
   by_identity = {}  # One stat per file: listing time matters at scale.
   repeated = 0
-  for root, dirs, files in os.walk(class_path, followlinks=True,
+  for root, dirs, names in os.walk(class_path, followlinks=True,
                                    onerror=unreadable):
     kept = []
     # Real folders before links to them, then by name, so the way to a
@@ -165,7 +166,7 @@ def find_images(class_path, seen=None, other_classes=(), unsupported=None):
     dirs[:] = kept
     # Once a folder: relpath per file took most of the listing's time.
     folder = os.path.relpath(root, class_path)
-    for name in files:
+    for name in names:
       if name.startswith('.'):
         continue
       extension = os.path.splitext(name)[1].lower()
@@ -185,6 +186,10 @@ def find_images(class_path, seen=None, other_classes=(), unsupported=None):
         # Reading one would wait for a writer (a pipe), or never end.
         logging.warning('Skipping %s: not a regular file (a pipe, a device '
                         'or a folder).', path)
+        continue
+      if status and status.st_size > settings.MAX_IMAGE_BYTES:
+        logging.warning('Skipping %s: %s, larger than any photo.', path,
+                        files.mebibytes(status.st_size))
         continue
       by_identity.setdefault(identity, []).append(
           name if folder == '.' else os.path.join(folder, name))
