@@ -198,13 +198,12 @@ def _image_lists(settings):
   return image_lists
 
 
-def _cached_features(settings, image_lists, spec, module):
-  """(splits, cache summary, cut, cut splits): the bottlenecks of every
-  split, or with --fine_tune_blocks the cut of each photo and the
+def _cached_features(settings, image_lists, spec, module, cut):
+  """(splits, cache summary, cut splits): the bottlenecks of every split,
+  or with a `cut` (--fine_tune_blocks) the cut of each photo and the
   pretrained bottlenecks made from it."""
-  cut = cut_splits = None
-  if settings.fine_tune_blocks:
-    cut = fine_tuning.find_cut(spec, settings.fine_tune_blocks)
+  cut_splits = None
+  if cut:
     logging.info('Fine-tuning the top %d blocks of %s: caching the %s input '
                  'of block %d per image', settings.fine_tune_blocks,
                  spec.name, 'x'.join(map(str, cut.shape)), cut.block)
@@ -214,7 +213,7 @@ def _cached_features(settings, image_lists, spec, module):
   else:
     splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
                                                   settings.bottleneck_dir)
-  return splits, cache, cut, cut_splits
+  return splits, cache, cut_splits
 
 
 def _save_outputs(settings, graph_def, labels, training_paths, interrupted):
@@ -250,6 +249,10 @@ def _write_dashboards(settings, module, splits, labels, result):
 
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
+  cut = None
+  if settings.fine_tune_blocks:  # Refused before any work if it cannot be.
+    cut = fine_tuning.find_cut(settings.architecture, settings.tfhub_module,
+                               settings.fine_tune_blocks)
   # Images first: a mistyped --image_dir is reported before the embedded
   # module is built.
   start = time.perf_counter()
@@ -269,8 +272,8 @@ def run(settings):
                module.bottleneck_size)
 
   start = time.perf_counter()
-  splits, cache, cut, cut_splits = _cached_features(settings, image_lists,
-                                                    spec, module)
+  splits, cache, cut_splits = _cached_features(settings, image_lists, spec,
+                                               module, cut)
   bottleneck_seconds = time.perf_counter() - start
   split_sizes = {name: len(split.ground_truth)
                  for name, split in splits.items()}
