@@ -233,11 +233,16 @@ def run(settings):
   with _claim_summaries(settings.summaries_dir), export.FrozenGraphs(
       spec, len(labels), settings.final_tensor_name) as frozen_graphs:
 
+    def freeze(layer):
+      # The module's function opened up: TensorFlow's optimize_for_inference
+      # drops a graph's functions, and the codelab ran it on this graph.
+      return export.inline_functions(frozen_graphs.freeze(layer), spec.name)
+
     def save_intermediate(step, layer):
       path = os.path.join(settings.intermediate_output_graphs_dir,
                           f'intermediate_{step}.pb')
       logging.info('Save intermediate result to : %s', path)
-      export.save_graph(frozen_graphs.freeze(layer), path)
+      export.save_graph(freeze(layer), path)
 
     start = time.perf_counter()
     result = training.train(settings, splits, labels, spec,
@@ -245,7 +250,7 @@ def run(settings):
     training_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    graph_def = frozen_graphs.freeze(result.layer)
+    graph_def = freeze(result.layer)
     export.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   outputs = [settings.output_graph, settings.output_labels,
              settings.saved_model_dir, settings.output_tflite]
