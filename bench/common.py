@@ -19,9 +19,9 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from poets import efficientnet_lite  # noqa: E402
-from poets import images  # noqa: E402
-from poets import modules  # noqa: E402
+from poets.core import image_listing  # noqa: E402
+from poets.core import modules  # noqa: E402
+from poets.core.networks import efficientnet_lite  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DIR = os.path.join(REPO_ROOT, '..', 'shared', 'data',
@@ -86,9 +86,11 @@ def subset(image_dir, per_class, destination):
 
 def photo_count(image_dir):
   """How many photos retrain.py would use from `image_dir`."""
-  image_lists = images.create_image_lists(image_dir, 10, 10)
-  return sum(len(c.split(split)) for c in image_lists.classes
-             for split in images.SPLITS)
+  image_lists = image_listing.create_image_lists(image_dir, 10, 10)
+  return sum(
+      len(c.split(split))
+      for c in image_lists.classes
+      for split in image_listing.SPLITS)
 
 
 def module_spec():
@@ -131,6 +133,19 @@ def load():
 _RETRAIN_CHILD = """
 import json, sys, time
 started = time.perf_counter()
+
+def own_peak_mib():
+  # This process's own high-water mark: os.wait4's ru_maxrss starts from
+  # the parent's at the fork, which hides the child's when the parent is
+  # larger (a benchmark that trained in-process first).
+  try:
+    with open('/proc/self/status') as status:
+      for line in status:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    return None
+
 from absl import flags
 import retrain
 from poets import pipeline
@@ -149,7 +164,8 @@ with open(sys.argv[1], 'w') as f:
              'created': result.cache.created, 'reused': result.cache.reused,
              'indexed': result.cache.indexed,
              'accuracy': test and test.accuracy,
-             'test_images': test and test.count}, f)
+             'test_images': test and test.count,
+             'own_peak_mib': own_peak_mib()}, f)
 """
 
 

@@ -34,14 +34,14 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from bench import common  # noqa: E402
-from poets import bottlenecks  # noqa: E402
-from poets import export  # noqa: E402
-from poets import frozen_graphs  # noqa: E402
-from poets import images  # noqa: E402
-from poets import labeling  # noqa: E402
-from poets import modules  # noqa: E402
 from poets import pipeline  # noqa: E402
 from poets import settings  # noqa: E402
+from poets.core import bottlenecks  # noqa: E402
+from poets.core import export  # noqa: E402
+from poets.core import frozen_graphs  # noqa: E402
+from poets.core import image_listing  # noqa: E402
+from poets.core import labeling  # noqa: E402
+from poets.core import modules  # noqa: E402
 from poets.extras import evaluation  # noqa: E402
 from poets.extras import graph_tools  # noqa: E402
 
@@ -95,7 +95,7 @@ def _single_photo(run, photo, work, rounds):
 
 
 def _folder(run, work):
-  image_lists = images.create_image_lists(run.image_dir, 10, 10)
+  image_lists = image_listing.create_image_lists(run.image_dir, 10, 10)
   spec = modules.resolve_module(common.ARCHITECTURE, '', FLAGS.model_dir)
   module = modules.module_info(spec)
   start = time.perf_counter()
@@ -103,7 +103,7 @@ def _folder(run, work):
       image_lists, module, os.path.join(work, 'fresh_bottlenecks'))
   made = cache.created / (time.perf_counter() - start)
   start = time.perf_counter()
-  labelled = len(labeling.label_images(labeling.LabelConfig(
+  labelled = len(labeling.label_images(settings.LabelConfig(
       graph=run.output_graph, labels=run.output_labels,
       image_dir=run.image_dir)).labelled)
   rate = labelled / (time.perf_counter() - start)
@@ -121,7 +121,7 @@ def _rounded(run, work):
   for path in (run.output_graph, rounded_path):
     with open(path, 'rb') as f:
       sizes.append(len(gzip.compress(f.read())))
-  config = evaluation.EvaluateConfig(
+  config = settings.EvaluateConfig(
       models=[run.output_graph, rounded_path], image_dir=run.image_dir,
       labels=run.output_labels)
   photos, (pb, rounded) = evaluation.evaluate(config)
@@ -135,7 +135,7 @@ def _rounded(run, work):
 
 
 def _held_back(run):
-  image_lists = images.create_image_lists(run.image_dir, 10, 10)
+  image_lists = image_listing.create_image_lists(run.image_dir, 10, 10)
   return [image_lists.image_path(index, name)
           for index, image_class in enumerate(image_lists.classes)
           for split in ('testing', 'validation')
@@ -149,7 +149,7 @@ def _mediapipe(runs):
   from mediapipe.tasks.python.core.base_options import BaseOptions
   photos = _held_back(runs['none'])
   reference = [r.predictions[0].label for r in labeling.label_images(
-      labeling.LabelConfig(graph=runs['none'].output_graph,
+      settings.LabelConfig(graph=runs['none'].output_graph,
                            labels=runs['none'].output_labels, images=photos,
                            top_k=1)).results]
   for quantization, target in (('none', 0.97), ('int8', 0.95)):

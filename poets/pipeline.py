@@ -6,27 +6,29 @@ flags.
 """
 
 import dataclasses
-import datetime
 import os
 import time
 
 from absl import logging
+import tensorflow as tf
 
-from poets import bottlenecks
-from poets import export
 from poets import files
-from poets import images
-from poets import modules
-from poets import tflite
-from poets import training
+from poets import outputs
+from poets import summaries
+from poets.core import bottlenecks
+from poets.core import cut_cache
+from poets.core import export
+from poets.core import fine_tuning
+from poets.core import graph_names
+from poets.core import image_listing
+from poets.core import modules
+from poets.core import tflite_metadata
+from poets.core import training
 from poets.errors import PoetsError
 from poets.extras import dashboards
-from poets.extras import tflite_metadata
-
-try:
-  import fcntl
-except ImportError:  # Windows: no flock, so no lock; see _claim_summaries.
-  fcntl = None
+from poets.extras import saved_model
+from poets.extras import tensorboard_graph
+from poets.extras import tflite_converter
 
 
 @dataclasses.dataclass
@@ -42,47 +44,18 @@ class RunResult:
   export_seconds: float
 
 
-# Held by every run writing into a --summaries_dir; see _claim_summaries.
-SUMMARIES_LOCK = '.retrain_running.lock'
-
-
-def default_summaries_dir(module_name):
-  return os.path.join('tf_files', 'training_summaries', module_name)
-
-
-# The event folders of one run, training's, export's and the dashboards'.
-RUN_FOLDERS = ('train', 'validation', 'retrained_graph') + (
-    dashboards.RUN_FOLDERS)
-# Where an earlier run's event folders go, inside --summaries_dir. TensorBoard
-# lists runs (and opens the Graphs tab on the first) in name order; "~" sorts
-# after "train" and "validation" there, so the current run comes first.
-EARLIER_RUNS = '~previous_runs'
-
-
-def _set_aside_earlier_run(summaries_dir):
-  """Moves an earlier run's event folders into a dated sub-folder.
-
-  The original deleted --summaries_dir at every start. Moving keeps the old
-  curves (TensorBoard shows them as their own runs, after the current one)
-  out of the new ones.
-  """
-  earlier = [name for name in RUN_FOLDERS
-             if os.path.isdir(os.path.join(summaries_dir, name))]
-  if not earlier:
-    return
-  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')
-  destination = os.path.join(summaries_dir, EARLIER_RUNS, stamp)
-  os.makedirs(destination)
-  for name in earlier:
-    os.rename(os.path.join(summaries_dir, name),
-              os.path.join(destination, name))
-  logging.info('Moved the event files of an earlier run in %s to %s, so they '
-               'stay out of this run\'s curves (nothing was deleted).',
-               summaries_dir, destination)
+# The event folders of one run, training's, export's and the dashboards',
+# with the files each may hold (summaries.claim marks them as this run's).
+RUN_FOLDERS = {
+    **{name: (summaries.EVENT_FILES,) for name in summaries.EVENT_FOLDERS},
+    dashboards.TEST_RUN: (summaries.EVENT_FILES,),
+    dashboards.PROJECTOR_RUN: (summaries.EVENT_FILES, '*.tsv', '*.bytes',
+                               dashboards.PROJECTOR_CONFIG, dashboards.SPRITE),
+}
 
 
 def _check_tflite(settings):
-  tflite.check_quantization(settings.tflite_quantization,
+  tflite_converter.check_quantization(settings.tflite_quantization,
                             '--tflite_quantization')
   path = settings.output_tflite
   if not path:
@@ -104,7 +77,9 @@ def _check_tflite(settings):
 def _output_files(settings):
   """Each output file with its flag, finished and interrupted alike."""
   named = [(settings.output_graph, '--output_graph'),
-           (settings.output_labels, '--output_labels')] + [
+           (settings.output_labels, '--output_labels'),
+           (outputs.manifest_path(settings.output_labels),
+            '--output_labels')] + [
                (settings.checkpoint_path + suffix, '--checkpoint_path')
                for suffix in ('', '.index', '.data-00000-of-00001')]
   if settings.output_tflite:
@@ -134,7 +109,9 @@ def _check_outputs(settings):
     folders.append((settings.intermediate_output_graphs_dir,
                     '--intermediate_output_graphs_dir'))
   folders += [(os.path.join(settings.summaries_dir, name), '--summaries_dir')
-              for name in RUN_FOLDERS + (EARLIER_RUNS,)]
+              for name in RUN_FOLDERS] + [
+                  (summaries.previous_runs_dir(settings.summaries_dir),
+                   '--summaries_dir')]
   for path, flag in folders:
     files.check_writable(path, flag)
   for path, flag in [(settings.checkpoint_path, '--checkpoint_path'),
@@ -145,31 +122,7 @@ def _check_outputs(settings):
   if settings.saved_model_dir:
     for path in (settings.saved_model_dir,
                  files.interrupted_path(settings.saved_model_dir)):
-      export.check_saved_model_dir(path)
-
-
-def _claim_summaries(summaries_dir):
-  """Sets an earlier run's event folders aside, unless a run is still
-  writing them; returns the lock to hold until this run ends.
-
-  Every run holds a shared lock on a file in --summaries_dir while it runs;
-  setting aside needs the lock alone, so the folders of a run still going
-  stay where they are, and the two runs' event files sit side by side, told
-  apart by their process ids (training.event_writer).
-  """
-  os.makedirs(summaries_dir, exist_ok=True)
-  lock = open(os.path.join(summaries_dir, SUMMARIES_LOCK), 'a')
-  if fcntl is None:
-    _set_aside_earlier_run(summaries_dir)
-    return lock
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    _set_aside_earlier_run(summaries_dir)
-  except BlockingIOError:
-    logging.warning('Another run is writing to %s; its event files stay '
-                    'there, beside this run\'s.', summaries_dir)
-  fcntl.flock(lock, fcntl.LOCK_SH)
-  return lock
+      saved_model.check_saved_model_dir(path)
 
 
 def _check_usable(splits, labels):
@@ -181,11 +134,31 @@ def _check_usable(splits, labels):
         'images that decode to at least two class folders.')
 
 
+def train(settings, labels, spec, module, splits, cut=None, cut_splits=None,
+          save_intermediate=None):
+  """Trains the new layer on `splits`' bottlenecks; with a fine_tuning.Cut,
+  then the top blocks with it on `cut_splits`' cuts. Returns the
+  TrainingResult of the last."""
+  result = training.train(settings, splits, labels, spec, save_intermediate,
+                          final_test=cut is None)
+  if cut is None or result.interrupted:
+    return result
+  logging.info('Fine-tuning the top %d blocks with the new layer for %d '
+               'steps', settings.fine_tune_blocks, settings.fine_tune_steps)
+  return training.train(
+      settings, cut_splits, labels, spec, save_intermediate,
+      fine_tuning.FineTuning(
+          cut, fine_tuning.bottom_module(cut, module), result.layer,
+          first_step=settings.how_many_training_steps,
+          steps=settings.fine_tune_steps,
+          learning_rate=settings.fine_tune_learning_rate))
+
+
 def check_inputs(settings):
   """What `run` checks before any work, for callers that start runs
   elsewhere (experiments.py, before its first run): the image folder, the
   module, and the folders runs share. Raises PoetsError."""
-  images.create_image_lists(settings.image_dir, settings.testing_percentage,
+  image_listing.create_image_lists(settings.image_dir, settings.testing_percentage,
                             settings.validation_percentage)
   modules.module_info(modules.resolve_module(
       settings.architecture, settings.tfhub_module, settings.model_dir,
@@ -194,32 +167,67 @@ def check_inputs(settings):
   files.check_writable(settings.model_dir, '--model_dir')
 
 
+def log_image_lists(image_lists):
+  """Says which folders became which labels, where they differ, and how many
+  images of each class went to training, validation and testing."""
+  for image_class in image_lists.classes:
+    if image_class.dir != image_class.label:
+      logging.info("Folder '%s' becomes the label '%s'.", image_class.dir,
+                   image_class.label)
+  splits = ('training', 'validation', 'testing')
+  counts = [[len(c.split(name)) for name in splits]
+            for c in image_lists.classes]
+  counts.append([sum(column) for column in zip(*counts)])
+  names = image_lists.labels + ['total']
+  width = max(len(name) for name in names + ['class'])
+  rows = [f'{"class":<{width}}  training  validation  testing']
+  rows += [f'{name:<{width}}  {training:8d}  {validation:10d}  {testing:7d}'
+           for name, (training, validation, testing) in zip(names, counts)]
+  logging.info('Images per class:\n%s', '\n'.join(rows))
+
+
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
+  cut = cut_splits = None
+  if settings.fine_tune_blocks:  # Refused before any work if it cannot be.
+    cut = fine_tuning.find_cut(settings.architecture, settings.tfhub_module,
+                               settings.fine_tune_blocks)
   # Images first: a mistyped --image_dir is reported before the embedded
   # module is built.
   start = time.perf_counter()
-  image_lists = images.create_image_lists(settings.image_dir,
+  image_lists = image_listing.create_image_lists(settings.image_dir,
                                           settings.testing_percentage,
                                           settings.validation_percentage)
   if settings.images_per_class is not None:
-    image_lists = images.limit_training_images(
+    image_lists = image_listing.limit_training_images(
         image_lists, settings.images_per_class, settings.random_seed)
   listing_seconds = time.perf_counter() - start
+  log_image_lists(image_lists)
   spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
                                 settings.model_dir, settings.input_size)
   if not settings.summaries_dir:
-    settings = settings.replace(summaries_dir=default_summaries_dir(spec.name))
+    settings = settings.replace(summaries_dir=summaries.default_dir(spec.name))
   _check_outputs(settings)
+  summaries.check(settings.summaries_dir, settings.image_dir, RUN_FOLDERS)
   labels = image_lists.labels
   module = modules.module_info(spec)
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks', spec.name,
                module.image_size[0], module.image_size[1],
                module.bottleneck_size)
 
+  if cut:
+    logging.info('Fine-tuning the top %d blocks of %s: caching the %s input '
+                 'of block %d per image', settings.fine_tune_blocks,
+                 spec.name, 'x'.join(map(str, cut.shape)), cut.block)
+
   start = time.perf_counter()
-  splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
-                                                settings.bottleneck_dir)
+  if cut:
+    cut_splits, cache = cut_cache.cache_cuts(image_lists, module, cut,
+                                             settings.bottleneck_dir)
+    splits = fine_tuning.pretrained_bottlenecks(cut, cut_splits)
+  else:
+    splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
+                                                  settings.bottleneck_dir)
   bottleneck_seconds = time.perf_counter() - start
   split_sizes = {name: len(split.ground_truth)
                  for name, split in splits.items()}
@@ -230,13 +238,14 @@ def run(settings):
                len(cache.failed))
   _check_usable(splits, labels)
 
-  with _claim_summaries(settings.summaries_dir), export.FrozenGraphs(
-      spec, len(labels), settings.final_tensor_name) as frozen_graphs:
+  with summaries.claim(settings.summaries_dir, RUN_FOLDERS), export.FrozenGraphs(
+      spec, len(labels), settings.final_tensor_name, cut) as frozen_graphs:
 
     def freeze(layer):
       # The module's function opened up: TensorFlow's optimize_for_inference
       # drops a graph's functions, and the codelab ran it on this graph.
-      return export.inline_functions(frozen_graphs.freeze(layer), spec.name)
+      return tensorboard_graph.inline_functions(frozen_graphs.freeze(layer),
+                                                spec.name)
 
     def save_intermediate(step, layer):
       path = os.path.join(settings.intermediate_output_graphs_dir,
@@ -245,36 +254,39 @@ def run(settings):
       export.save_graph(freeze(layer), path)
 
     start = time.perf_counter()
-    result = training.train(settings, splits, labels, spec,
-                            save_intermediate)
+    result = train(settings, labels, spec, module, splits, cut, cut_splits,
+                   save_intermediate)
     training_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
     graph_def = freeze(result.layer)
-    export.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
-  outputs = [settings.output_graph, settings.output_labels,
-             settings.saved_model_dir, settings.output_tflite]
-  if result.interrupted:
-    # Beside the finished outputs, never over them.
-    outputs = [path and files.interrupted_path(path) for path in outputs]
-  graph_path, labels_path, saved_model_dir, tflite_path = outputs
-  export.save_graph(graph_def, graph_path)
-  export.save_labels(labels, labels_path)
-  saved = [graph_path, labels_path]
-  if saved_model_dir:
-    export.export_saved_model(graph_def, saved_model_dir,
-                              settings.final_tensor_name)
-    saved.append(saved_model_dir)
-  if tflite_path:
-    tflite.save_model(tflite_metadata.add_metadata(tflite.convert(
-        graph_def, export.INPUT_NAME, settings.final_tensor_name,
-        settings.tflite_quantization,
-        tflite.calibration_images(splits['training'].filenames),
-        what='the retrained graph'), labels), tflite_path)
-    saved.append(tflite_path)
+    run_set = outputs.RunSet(settings.output_graph, settings.output_labels,
+                             settings.saved_model_dir, settings.output_tflite)
+    if result.interrupted:
+      # Beside the finished outputs, never over them.
+      run_set = outputs.RunSet(*[path and files.interrupted_path(path)
+                                 for path in dataclasses.astuple(run_set)])
+    saved = outputs.save(
+        run_set, graph_def, labels,
+        lambda graph_def, folder: saved_model.build_saved_model(
+            graph_def, folder, settings.final_tensor_name),
+        lambda graph_def: tflite_metadata.add_metadata(tflite_converter.convert(
+            graph_def, graph_names.INPUT_NAME, settings.final_tensor_name,
+            settings.tflite_quantization,
+            tflite_converter.calibration_images(splits['training'].filenames),
+            what='the retrained graph'), labels))
+    # After the outputs, and its writer only warns: a summary that cannot
+    # be written loses no layer.
+    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   export_seconds = time.perf_counter() - start
-  dashboards.write_run(settings.summaries_dir, settings, module, splits,
-                       labels, result)
+  try:
+    dashboards.write_run(settings.summaries_dir, settings, module, splits,
+                         labels, result)
+  except (OSError, tf.errors.OpError) as e:
+    line = files.environment_error(e)
+    if line is None:
+      raise
+    logging.warning('Could not write the dashboards: %s', line)
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
                     'the layer trained so far to %s (beside the finished '

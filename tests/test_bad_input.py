@@ -22,11 +22,12 @@ import tensorflow as tf
 
 from conftest import (CLASS_COLOURS, ODD_FILE_NAMES, ctrl_c_when_logged,
                       encode, make_image_dir, solid_image)
-from poets import bottlenecks
-from poets import images
-from poets import modules
 from poets import pipeline
+from poets import summaries
 from poets import settings
+from poets.core import bottlenecks
+from poets.core import image_listing
+from poets.core import modules
 from poets.errors import PoetsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -280,7 +281,7 @@ def test_rerun_keeps_earlier_summaries(tmp_path, tf2_module, caplog):
   pipeline.run(config)
   first = sorted(os.listdir(tmp_path / 'summaries' / 'train'))
   pipeline.run(config)
-  previous = tmp_path / 'summaries' / pipeline.EARLIER_RUNS
+  previous = tmp_path / 'summaries' / summaries.EARLIER_RUNS
   (stamp,) = os.listdir(previous)
   assert sorted(os.listdir(previous / stamp / 'train')) == first
   assert 'nothing was deleted' in caplog.text
@@ -446,7 +447,7 @@ def test_arbitrary_bytes_become_a_bottleneck_or_a_logged_skip(
   make_image_dir(root / 'photos', per_class=1)
   for i, blob in enumerate(blobs):
     (root / 'photos' / 'red' / f'fuzz_{i}.jpg').write_bytes(blob)
-  lists = images.create_image_lists(str(root / 'photos'), 0, 0)
+  lists = image_listing.create_image_lists(str(root / 'photos'), 0, 0)
   splits, summary = bottlenecks.cache_bottlenecks(
       lists, loaded_tiny_module, str(root / 'bottlenecks'))
   used = set(splits['training'].filenames)

@@ -1,4 +1,4 @@
-"""Tests for poets/codelab_networks.py: the codelab's frozen-graph networks.
+"""Tests for poets/core/networks/codelab_networks.py: the codelab's frozen-graph networks.
 
 Tiny frozen graphs with the original's tensor names (`input` ->
 `MobilenetV1/Predictions/Reshape`, `Mul` -> `pool_3/_reshape`) stand in for
@@ -18,14 +18,16 @@ import pytest
 import tensorflow as tf
 
 from conftest import encode, make_image_dir
-from poets import bottlenecks
-from poets import codelab_networks
-from poets import frozen_graphs
-from poets import images
-from poets import labeling
-from poets import modules
 from poets import pipeline
 from poets import settings
+from poets.core import bottlenecks
+from poets.core import frozen_graphs
+from poets.core import image_decoding
+from poets.core import image_listing
+from poets.core import labeling
+from poets.core import modules
+from poets.core.networks import architectures
+from poets.core.networks import codelab_networks
 from poets.errors import PoetsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,6 +196,27 @@ def test_offline_without_the_archive_one_line_says_what_to_put_where(
   assert not os.path.exists(model_dir) or not os.listdir(model_dir)
 
 
+def test_the_shipped_archive_is_found_whatever_model_dir_says(
+    tmp_path, offline, monkeypatch, caplog):
+  """Unpacked from where it ships into the user's --model_dir, offline;
+  nothing of theirs replaced, nothing left beside the shipped archive."""
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'my_models').mkdir()
+  (tmp_path / 'my_models' / 'notes.txt').write_text('mine\n')
+  shipped_before = sorted(os.listdir(os.path.dirname(SHIPPED_ARCHIVE)))
+  spec = modules.resolve_module('mobilenet_0.25_224', '', 'my_models')
+  assert spec.handle == os.path.join('my_models', 'mobilenet_v1_0.25_224',
+                                     'frozen_graph.pb')
+  assert os.path.getsize(spec.handle) > 1_000_000  # The real graph.
+  assert sorted(os.listdir('my_models')) == ['mobilenet_v1_0.25_224',
+                                             'notes.txt']
+  assert (tmp_path / 'my_models' / 'notes.txt').read_text() == 'mine\n'
+  assert sorted(os.listdir(os.path.dirname(SHIPPED_ARCHIVE))) == (
+      shipped_before)
+  assert f'Unpacking the shipped {SHIPPED_ARCHIVE} into my_models.' in (
+      caplog.text)
+
+
 def test_inception_archive_unpacks_at_the_top_of_model_dir(tmp_path, offline):
   model_dir = str(tmp_path / 'models')
   _write_archive(os.path.join(model_dir, 'inception-2015-12-05.tgz'),
@@ -286,7 +309,7 @@ def _photo_dir(root, per_class=3):
 
 
 def _cache(image_dir, spec, bottleneck_dir):
-  lists = images.create_image_lists(image_dir, 10, 10)
+  lists = image_listing.create_image_lists(image_dir, 10, 10)
   with tf.Graph().as_default():
     module = modules.load_module(spec)
   return lists, *bottlenecks.cache_bottlenecks(lists, module,
@@ -343,7 +366,8 @@ def test_the_agreement_check_tells_resize_methods_apart(model_dir, tmp_path,
   graph = tf.Graph()
   with graph.as_default():
     module = modules.load_module(spec)
-    own_resize = module.apply(images.decode_and_resize(jpeg, 224, 224)[None])
+    own_resize = module.apply(
+        image_decoding.decode_and_resize(jpeg, 224, 224)[None])
   with tf.compat.v1.Session(graph=graph) as session:
     assert np.abs(session.run(own_resize)[0] - original).max() > 1e-3
 
@@ -382,22 +406,24 @@ def test_exported_graph_labels_with_label_images_default_flags(
       eval_step_interval=100, summaries_dir=str(tmp_path / 's'),
       checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=0)
   pipeline.run(config)
-  graph = frozen_graphs.import_graph(frozen_graphs.load_graph_def(config.output_graph),
-                                config.output_graph)
+  graph = frozen_graphs.import_graph(
+      frozen_graphs.load_graph_def(config.output_graph), config.output_graph)
   size = 224 if architecture.startswith('mobilenet') else 299
   assert [str(layer) for layer in frozen_graphs.input_candidates(graph)] == [
       f'Placeholder float32 [?,{size},{size},3]']
   photos = [os.path.join(image_dir, colour, f'{colour}_{i:03d}.jpg')
             for colour in ('blue', 'green', 'red') for i in (0, 7)]
-  run = labeling.label_images(labeling.LabelConfig(
-      graph=config.output_graph, labels=config.output_labels, images=photos))
+  run = labeling.label_images(
+      settings.LabelConfig(graph=config.output_graph,
+                           labels=config.output_labels,
+                           images=photos))
   assert [r.predictions[0].label for r in run.results] == [
       'blue', 'blue', 'green', 'green', 'red', 'red']
   assert not run.warnings
 
 
 def test_the_shipped_archive_is_where_the_default_model_dir_finds_it():
-  network = codelab_networks.find(codelab_networks.SHIPPED)
+  network = architectures.codelab_network(architectures.SHIPPED)
   default_model_dir = settings.RetrainSettings().model_dir
   assert os.path.join(ROOT, default_model_dir, network.archive) == (
       SHIPPED_ARCHIVE)
@@ -430,3 +456,21 @@ def test_real_mobilenet_agrees_with_the_original_on_real_photos(
                                 str(tmp_path / 'ours')))
     assert ours.size == 1001
     np.testing.assert_allclose(ours, _values(path), rtol=1e-4, atol=1e-4)
+
+
+def test_a_page_served_instead_of_the_archive_is_not_kept(
+    http_server, tmp_path, monkeypatch):
+  """An HTML login page served with status 200 was kept as the .tgz and
+  never downloaded again."""
+  served, url = http_server
+  (served / 'mobilenet_v1_0.50_160_frozen.tgz').write_text(
+      '<html><body>Sign in</body></html>')
+  monkeypatch.setattr(codelab_networks, 'DOWNLOAD_ROOT', f'{url}/')
+  model_dir = tmp_path / 'models'
+  with pytest.raises(PoetsError, match='could not be downloaded \\(the '
+                     'server sent a web page, not the archive\\)'):
+    modules.resolve_module('mobilenet_0.50_160', '', str(model_dir))
+  assert not model_dir.exists() or not os.listdir(model_dir)
+  _write_archive(served / 'mobilenet_v1_0.50_160_frozen.tgz',
+                 _mobilenet_members('mobilenet_v1_0.50_160'))
+  modules.resolve_module('mobilenet_0.50_160', '', str(model_dir))

@@ -13,10 +13,11 @@ import tensorflow as tf
 
 from tensorflow.python.tools import optimize_for_inference_lib
 
-from poets import export
-from poets import frozen_graphs
-from poets import labeling
-from poets import modules
+from poets import settings
+from poets.core import export
+from poets.core import frozen_graphs
+from poets.core import labeling
+from poets.core import modules
 from poets.errors import PoetsError
 from poets.extras import graph_tools
 
@@ -42,7 +43,7 @@ def called_graph_def(retrained):
 
 def _label(graph, config, **kwargs):
   photos = sorted(glob.glob(os.path.join(config.image_dir, '*', '*.jpg')))
-  return labeling.label_images(labeling.LabelConfig(
+  return labeling.label_images(settings.LabelConfig(
       graph=graph, labels=config.output_labels, images=photos, **kwargs))
 
 

@@ -1,19 +1,23 @@
 """Labeling: run a frozen graph on photos and name the top classes.
 
-The last stage, what label_image.py does. poets.frozen_graphs reads the
+The last stage, what label_image.py does. poets.core.frozen_graphs reads the
 graph and finds its layers by the names users know. Images get the pixels
-retrain.py gave them (poets.images' decode and bilinear resize) and then
+retrain.py gave them (poets.core.image_decoding's decode and bilinear
+resize) and then
 (pixel - input_mean) / input_std, so the defaults (0, 255) reproduce exactly
 the [0, 1] input of this project's graphs. A tf.data pipeline decodes the
 images in parallel and the graph runs on batches of them; an image that
 cannot be read or decoded is reported and the others are still labelled.
 A TensorFlow Lite model, told apart from a graph by its content, takes the
-same flags and gets the same pixels; poets.tflite_model runs it, and the
-labels packed in it serve when no labels file is named.
+same flags and gets the same pixels; poets.core.tflite_interpreter runs it,
+and the labels packed in it (poets.core.tflite_metadata) serve when no
+labels file is named.
 """
 
+import codecs
 import contextlib
 import dataclasses
+import hashlib
 import os
 import time
 from typing import Callable
@@ -21,34 +25,16 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from poets import bottlenecks
-from poets import export
-from poets import frozen_graphs
-from poets import images
-from poets import tflite_model
+from poets import files
+from poets import outputs
+from poets import settings
+from poets.core import frozen_graphs
+from poets.core import graph_names
+from poets.core import image_decoding
+from poets.core import image_listing
+from poets.core import tflite_interpreter
+from poets.core import tflite_metadata
 from poets.errors import PoetsError
-from poets.extras import tflite_metadata
-
-DEFAULT_INPUT_SIZE = 224
-DEFAULT_LABELS = 'tf_files/retrained_labels.txt'
-
-
-@dataclasses.dataclass
-class LabelConfig:
-  """What to label with which graph; defaults fit this project's graphs."""
-  graph: str = 'tf_files/retrained_graph.pb'
-  labels: str | None = None  # None: a .tflite's own, else DEFAULT_LABELS.
-  images: list[str] = dataclasses.field(default_factory=list)
-  image_dir: str = ''
-  input_layer: str = export.INPUT_NAME
-  output_layer: str = 'final_result'
-  input_height: int | None = None  # None: the input's static shape, or 224.
-  input_width: int | None = None
-  input_mean: float = 0.0
-  input_std: float = 255.0
-  top_k: int = 5
-  batch_size: int = bottlenecks.BATCH_SIZE
-
 
 @dataclasses.dataclass(frozen=True)
 class Convention:
@@ -64,7 +50,7 @@ class Convention:
 # What makes a mean/std that does not match training visible: graphs whose
 # input is known by name and whose pixel range is known.
 CONVENTIONS = (
-    Convention(export.INPUT_NAME, None, 0.0, 1.0,
+    Convention(graph_names.INPUT_NAME, None, 0.0, 1.0,
                '--input_mean=0 --input_std=255',
                "this project's and TF Hub's retrain.py"),
     Convention('Mul', None, -1.0, 1.0, '--input_mean=128 --input_std=128',
@@ -105,25 +91,83 @@ def list_layers(graph_path):
   """The --list_layers answer for the graph or .tflite file at
   `graph_path`."""
   data = frozen_graphs.read_model_file(graph_path)
-  if tflite_model.is_tflite(data):
-    return tflite_model.describe_layers(
-        tflite_model.load_interpreter(data, graph_path))
+  if tflite_interpreter.is_tflite(data):
+    return tflite_interpreter.describe_layers(
+        tflite_interpreter.load_interpreter(data, graph_path))
   graph_def = frozen_graphs.parse_graph_def(data, graph_path)
   return frozen_graphs.describe_layers(
       frozen_graphs.import_graph(graph_def, graph_path))
 
 
-def read_labels(path):
-  try:
-    with open(path, encoding='utf-8') as f:
-      labels = [line.rstrip() for line in f]
-  except OSError as e:
-    raise PoetsError(f'Cannot read --labels {path} ({e.strerror}); pass the '
-                     'labels file written beside the graph (--output_labels '
-                     'of retrain.py).') from e
+# A labels file names one class per line; ImageNet's 1000 take 30 kB.
+MAX_LABELS_BYTES = 64 * 2**20
+_LABELS_FIX = ('pass the labels file written beside the graph (--output_labels '
+               'of retrain.py)')
+
+
+def decode_labels(data):
+  """The lines of a labels file in UTF-8 (with or without a byte-order
+  mark) or UTF-16 (with one); anything else is read as Latin-1, which
+  decodes every byte, as editors on older Windows machines saved it."""
+  if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    text = data.decode('utf-16', errors='replace')
+  else:
+    try:
+      text = data.decode('utf-8-sig')
+    except UnicodeDecodeError:
+      text = data.decode('latin-1')
+  labels = [line.rstrip() for line in text.splitlines()]
   while labels and not labels[-1]:
     labels.pop()
   return labels
+
+
+def read_labels(path):
+  return decode_labels(files.read_regular_file(path, '--labels',
+                                               MAX_LABELS_BYTES, _LABELS_FIX))
+
+
+def _mismatch(graph_def, labels_data, labels_path, config):
+  """Why the labels are not the ones written with `graph_def`, or None.
+
+  Only graphs and labels from retrain.py can tell: a run id in the graph
+  and a manifest beside the labels (see poets/outputs.py)."""
+  graph_id = graph_def and outputs.run_id_of(graph_def)
+  manifest = outputs.read_manifest(labels_path)
+  if not graph_id or manifest is None:
+    return None
+  if manifest.get('run_id') != graph_id:
+    return (f'--labels {labels_path} was written by another run than '
+            f'--graph {config.graph} (see '
+            f'{outputs.manifest_path(labels_path)}); pass the labels file '
+            'written with this graph.')
+  if manifest.get('labels_sha256') != hashlib.sha256(labels_data).hexdigest():
+    return (f'--labels {labels_path} changed since retrain.py wrote it '
+            f'with --graph {config.graph}; pass the labels file written with '
+            'this graph, or rerun retrain.py.')
+  return None
+
+
+def read_model_and_labels(config):
+  """(model bytes, its GraphDef or None for a .tflite, labels or None for a
+  .tflite's own), read one right after the other and checked to belong
+  together; read again once if not, in case a run was replacing them."""
+  for attempt in range(2):
+    data = frozen_graphs.read_model_file(config.graph)
+    graph_def = None
+    if not tflite_interpreter.is_tflite(data):
+      graph_def = frozen_graphs.parse_graph_def(data, config.graph)
+    elif config.labels is None:
+      return data, None, None
+    path = config.labels or settings.DEFAULT_LABELS
+    labels_data = files.read_regular_file(path, '--labels', MAX_LABELS_BYTES,
+                                          _LABELS_FIX)
+    problem = _mismatch(graph_def, labels_data, path, config)
+    if problem is None:
+      return data, graph_def, decode_labels(labels_data)
+    if attempt == 0:
+      time.sleep(0.5)
+  raise PoetsError(problem)
 
 
 def _check_labels(labels, source, classes, config):
@@ -132,32 +176,6 @@ def _check_labels(labels, source, classes, config):
         f'{source} has {len(labels)} labels but '
         f"--output_layer '{config.output_layer}' of {config.graph} gives "
         f'{classes} scores; pass the labels file written with this graph.')
-
-
-def find_images(paths, image_dir):
-  """The images to label: `paths` as given, then `image_dir`'s photos."""
-  found = list(paths)
-  if image_dir:
-    if not os.path.isdir(image_dir):
-      raise PoetsError(f'--image_dir {image_dir} is not a folder; pass a '
-                       'folder of photos.')
-    # pylint: disable-next=protected-access
-    in_dir, _ = images.find_images(image_dir)
-    if not in_dir:
-      raise PoetsError(f'--image_dir {image_dir} holds no images ending in '
-                       f'{", ".join(images.IMAGE_EXTENSIONS)}.')
-    found += [os.path.join(image_dir, name) for name in in_dir]
-  if not found:
-    raise PoetsError('No images to label; pass --image photo.jpg (several '
-                     'allowed) or --image_dir folder/.')
-  return found
-
-
-def normalize(contents, height, width, mean, std):
-  """File bytes -> float32 [height, width, 3]: retrain.py's decode and resize,
-  then (pixel - mean) / std; for mean 0, std 255 exactly decode_and_resize."""
-  resized = images.resize(images.decode_image(contents), height, width)
-  return (resized - mean) / std
 
 
 def _input_size(tensor, config):
@@ -191,7 +209,7 @@ def _image_size(config, static_height, static_width, shape_text):
       raise PoetsError(f"{flag}={value} but --input_layer "
                        f"'{config.input_layer}' takes {shape_text} images; "
                        f'drop {flag}.')
-    size.append(value or static or DEFAULT_INPUT_SIZE)
+    size.append(value or static or settings.DEFAULT_INPUT_SIZE)
   return tuple(size)
 
 
@@ -247,6 +265,7 @@ class _Classifier:
   classes: int | None  # None: known only once it has run.
   scores: Callable[[np.ndarray], np.ndarray]  # [N,H,W,3] -> [N,classes]
   labels: list[str] | None = None  # Those the model carries, if any.
+  warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def _session_classifier(session, input_tensor, output_tensor, config):
@@ -262,15 +281,20 @@ def _session_classifier(session, input_tensor, output_tensor, config):
 
 
 @contextlib.contextmanager
-def _graph_classifier(data, config):
-  graph = frozen_graphs.import_graph(
-      frozen_graphs.parse_graph_def(data, config.graph), config.graph)
+def _graph_classifier(graph_def, config):
+  if not config.allow_io_ops:
+    frozen_graphs.check_io_ops(graph_def, config.graph)
+  graph = frozen_graphs.import_graph(graph_def, config.graph)
   input_tensor = frozen_graphs.find_tensor(graph, config.input_layer,
                                            '--input_layer', config.graph)
   output_tensor = frozen_graphs.find_tensor(graph, config.output_layer,
                                             '--output_layer', config.graph)
+  inner = frozen_graphs.inner_input_warning(input_tensor)
   with tf.compat.v1.Session(graph=graph) as session:
-    yield _session_classifier(session, input_tensor, output_tensor, config)
+    classifier = _session_classifier(session, input_tensor, output_tensor,
+                                     config)
+    classifier.warnings.extend(filter(None, [inner]))
+    yield classifier
 
 
 def is_saved_model(path):
@@ -305,71 +329,137 @@ def _saved_model_classifier(config):
 
 @contextlib.contextmanager
 def _tflite_classifier(data, config):
-  model = tflite_model.load(data, config.graph, config.input_layer,
-                            config.output_layer)
-  height, width = _image_size(config, *tflite_model.image_size(model),
-                              tflite_model.shape_text(model.input))
-  yield _Classifier(height, width, tflite_model.fixed_batch(model),
+  model = tflite_interpreter.load(data, config.graph, config.input_layer,
+                                  config.output_layer)
+  height, width = _image_size(config, *tflite_interpreter.image_size(model),
+                              tflite_interpreter.shape_text(model.input))
+  yield _Classifier(height, width, tflite_interpreter.fixed_batch(model),
                     int(model.output['shape'][-1]),
-                    lambda pixels: tflite_model.run(model, pixels),
+                    lambda pixels: tflite_interpreter.run(model, pixels),
                     tflite_metadata.read_labels(data))
 
 
 def label_images(config):
   """Labels every image of `config` with a frozen graph, a TensorFlow Lite
-  model (told apart by content) or a SavedModel folder; returns a LabelRun. Raises PoetsError
-  for a problem with the model, labels or flags; a bad image only gets an
+  model (told apart by content) or a SavedModel folder; returns a LabelRun.
+  Raises PoetsError for a problem with the model, labels or flags; a bad image only gets an
   error in its ImageResult."""
   if config.input_std <= 0:
     raise PoetsError(f'--input_std={config.input_std:g} must be positive '
                      '(255 for this project\'s graphs).')
   if config.top_k < 1 or config.batch_size < 1:
     raise PoetsError('--top_k and --batch_size must be at least 1.')
-  paths = find_images(config.images, config.image_dir)
+  paths = image_listing.given_images(config.images, config.image_dir)
+  labels = None
   if is_saved_model(config.graph):
     model = _saved_model_classifier(config)
   else:
-    data = frozen_graphs.read_model_file(config.graph)
-    model = (_tflite_classifier if tflite_model.is_tflite(data) else
-             _graph_classifier)(data, config)
+    data, graph_def, labels = read_model_and_labels(config)
+    model = (_tflite_classifier(data, config) if graph_def is None else
+             _graph_classifier(graph_def, config))
   with model as classifier:
-    return _label(paths, classifier, config)
+    return _label(paths, classifier, labels, config)
 
 
-def _labels(classifier, config):
-  """The label names and where they came from, for errors."""
+def _labels(classifier, labels, config):
+  """The label names (`labels` if already read) and where they came from,
+  for errors."""
   if config.labels is None and classifier.labels is not None:
     return classifier.labels, f'The labels packed in {config.graph}'
-  path = config.labels or DEFAULT_LABELS
-  return read_labels(path), f'--labels {path}'
+  path = config.labels or settings.DEFAULT_LABELS
+  return labels or read_labels(path), f'--labels {path}'
 
 
-def _label(paths, classifier, config):
-  labels, source = _labels(classifier, config)
+def _run(classifier, pixels, config):
+  try:
+    return classifier.scores(pixels)
+  except tf.errors.OpError as e:
+    raise PoetsError(
+        f'--graph {config.graph} failed while labelling '
+        f'({tflite_interpreter.first_line(e)}); check --output_layer '
+        f"'{config.output_layer}' with --list_layers.") from e
+
+
+def _scores(values, count, config):
+  """The output as one row of numbers per image, or PoetsError saying what
+  the output is instead."""
+  values = np.asarray(values)
+  problem = None
+  if values.dtype.kind not in 'fiu':
+    kind = 'text' if values.dtype.kind in 'OSU' else values.dtype.name
+    problem = f'{kind} values, not scores'
+  elif values.ndim == 0 or values.shape[0] != count or values.size == 0:
+    problem = (f'values of shape {list(values.shape)} for a batch of {count} '
+               'images, not one row of scores per image')
+  if problem:
+    raise PoetsError(f"--output_layer '{config.output_layer}' of "
+                     f'{config.graph} gives {problem}; pick the classifier\'s '
+                     'output (see --list_layers).')
+  return np.reshape(values.astype(np.float64), [count, -1])
+
+
+def _available_memory():
+  """Bytes of memory free for use now (Linux's MemAvailable), or None."""
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
+
+
+# Decoded batches in memory at once: the one the graph runs on, those the
+# pipeline prepares, and the graph's own activations, a few times its input.
+_BATCHES_IN_MEMORY = 8
+
+
+def fitting_batch_size(batch_size, height, width, warnings):
+  """`batch_size`, or a smaller one whose images fit in the memory free
+  now, with a line in `warnings` saying so."""
+  memory = _available_memory()
+  per_image = height * width * 3 * 4 * _BATCHES_IN_MEMORY
+  if memory is None or batch_size * per_image <= memory:
+    return batch_size
+  fitting = max(1, memory // per_image)
+  warnings.append(
+      f'--batch_size {batch_size} would take about '
+      f'{batch_size * per_image / 2**20:,.0f} MiB at {height}x{width}, more '
+      f'than the {memory / 2**20:,.0f} MiB free; labelling {fitting} images '
+      'at a time instead.')
+  return fitting
+
+
+def _label(paths, classifier, labels, config):
+  labels, source = _labels(classifier, labels, config)
   if classifier.classes is not None:
     _check_labels(labels, source, classifier.classes, config)
   fixed_batch = classifier.fixed_batch
+  warnings = []
+  batch_size = fixed_batch or fitting_batch_size(
+      config.batch_size, classifier.height, classifier.width, warnings)
   graph = tf.Graph()
   with graph.as_default():
-    data = images.decode_in_batches(
-        paths, lambda contents: normalize(
+    data = image_decoding.decode_in_batches(
+        paths, lambda contents: image_decoding.decode_and_normalize(
             contents, classifier.height, classifier.width, config.input_mean,
-            config.input_std), fixed_batch or config.batch_size)
+            config.input_std), batch_size)
   results = [None] * len(paths)
   seconds = 0.0
   batches = 0
   with tf.compat.v1.Session(graph=graph) as data_session:
-    for batch_indices, pixels in images.each_batch(
+    for batch_indices, pixels in image_decoding.each_batch(
         data_session, [data.indices, data.images]):
       count = len(batch_indices)
       if fixed_batch and count < fixed_batch:
         pixels = np.concatenate([pixels, np.zeros(
             (fixed_batch - count,) + pixels.shape[1:], pixels.dtype)])
       start = time.perf_counter()
-      values = classifier.scores(pixels)
+      values = _run(classifier, pixels, config)
       seconds += time.perf_counter() - start
       batches += 1
-      scores = np.reshape(values, [len(pixels), -1])[:count]
+      scores = _scores(values, len(pixels), config)[:count]
       _check_labels(labels, source, scores.shape[1], config)
       for index, image_scores in zip(batch_indices, scores):
         results[index] = ImageResult(
@@ -378,4 +468,5 @@ def _label(paths, classifier, config):
     for index, failure in data.failures(data_session, labelled):
       results[index] = ImageResult(paths[index], [],
                                    _read_error(paths[index], failure))
-  return LabelRun(results, seconds, batches, convention_warnings(config))
+  return LabelRun(results, seconds, batches, classifier.warnings + warnings +
+                  convention_warnings(config))
