@@ -22,7 +22,6 @@ from poets import settings
 from poets.errors import PoetsError
 from poets.core import tflite_metadata
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = ['blue', 'green', 'red']
 
 
