@@ -44,6 +44,10 @@ CUT_SCRIPTS = TRAINING_SCRIPTS + ('experiments.py', 'scripts.experiments')
 FEW_STEPS = 20
 STEPS_FLAG = re.compile(r'--how_many_training_steps[= ](\d+)')
 LAYOUT_PAGE = 'docs/layout.md'
+# What a documented command that works never prints, beside TensorFlow's own
+# library lines (startup.is_library_line): a traceback, LiteRT's notes.
+NOISE = re.compile(r'Traceback|XNNPACK|deprecat|Using experimental converter',
+                   re.IGNORECASE)
 
 
 def readme_commands(markdown):
@@ -185,6 +189,7 @@ class FreshCopy:
           f'{page} command failed: {command}\n{done.stderr[-3000:]}')
       assert not [line for line in done.stderr.splitlines()
                   if startup.is_library_line(line)], command
+      assert not NOISE.search(done.stderr), (command, done.stderr[-3000:])
       if any(script in command for script in TRAINING_SCRIPTS):
         # The real default module trained: a run that printed no accuracy
         # did not do what the page promises.
