@@ -288,11 +288,17 @@ def run(settings):
                                cut)
   with summaries.claim(settings.summaries_dir, RUN_FOLDERS), frozen:
 
+    def freeze(layer):
+      # The module's function opened up: TensorFlow's optimize_for_inference
+      # drops a graph's functions, and the codelab ran it on this graph.
+      return tensorboard_graph.inline_functions(frozen.freeze(layer),
+                                                spec.name)
+
     def save_intermediate(step, layer):
       path = os.path.join(settings.intermediate_output_graphs_dir,
                           f'intermediate_{step}.pb')
       logging.info('Save intermediate result to : %s', path)
-      export.save_graph(frozen.freeze(layer), path)
+      export.save_graph(freeze(layer), path)
 
     start = time.perf_counter()
     result = train(settings, labels, spec, module, splits, cut, cut_splits,
@@ -300,7 +306,7 @@ def run(settings):
     training_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    graph_def = frozen.freeze(result.layer)
+    graph_def = freeze(result.layer)
     saved = _save_outputs(settings, graph_def, labels,
                           splits['training'].filenames, result.interrupted)
     # After the outputs, and its writer only warns: a summary that cannot
