@@ -20,6 +20,7 @@ and decodes only the thumbnails.
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import io
 import math
 import os
@@ -56,6 +57,9 @@ MISCLASSIFIED_SIZE = 160  # pixels a side of each photo there
 PROJECTOR_CONFIG = 'projector_config.pbtxt'  # the name the Projector reads
 METADATA = 'metadata.tsv'
 SPRITE = 'sprite.jpg'
+# In --bottleneck_dir: each set of photos' sprite, so a run on the same photos
+# copies it instead of decoding them all again.
+SPRITE_CACHE = '.sprites'
 # Each split the Projector shows, by the image lists' name, and its cap.
 _SPLITS = (('validation', EVALUATION_POINTS), ('testing', EVALUATION_POINTS),
            ('training', TRAINING_POINTS))
@@ -78,10 +82,11 @@ class ProjectorSample:
                            for name, rows in self.rows.items()])
 
 
-def projector_sample(splits, labels, seed=None):
+def projector_sample(splits, labels):
   """All validation and test photos and a sample of the training photos,
-  each split drawn at random (repeatably with `seed`) beyond its cap."""
-  rng = np.random.default_rng(seed)
+  each split drawn at random beyond its cap, the same draw in every run (so
+  the sprite of the photos is made once)."""
+  rng = np.random.default_rng(0)
   sample = ProjectorSample({}, [], [], [])
   for name, cap in _SPLITS:
     split = splits[name]
@@ -139,6 +144,30 @@ def sprite_jpeg(thumbnails):
   return encoded.getvalue()
 
 
+def _sprite_key(paths):
+  """Names the photos and their versions: a changed photo gives a new key."""
+  digest = hashlib.sha256(str(THUMBNAIL_SIZE).encode())
+  for path in paths:
+    try:
+      stat = os.stat(path)
+      version = f'{stat.st_size}:{stat.st_mtime_ns}'
+    except OSError:
+      version = 'unreadable'
+    digest.update(os.fsencode(path) + b'\0' + version.encode() + b'\0')
+  return digest.hexdigest()
+
+
+def cached_sprite(paths, cache_dir):
+  """sprite_jpeg of `paths`, read from `cache_dir` if it was made before."""
+  path = os.path.join(cache_dir, f'{_sprite_key(paths)}.jpg')
+  if os.path.isfile(path):
+    with open(path, 'rb') as f:
+      return f.read()
+  sprite = sprite_jpeg(square_photos(paths, THUMBNAIL_SIZE))
+  files.atomic_write(path, sprite)
+  return sprite
+
+
 def _shown(text):
   """A name as one line of valid UTF-8: a file name need not be either."""
   return ' '.join(os.fsencode(text).decode('utf-8', 'replace').split())
@@ -160,13 +189,14 @@ def _tensor_file(name, features):
   return f'{name}.tsv', text.getvalue()
 
 
-def write_projector(directory, sample, embeddings):
+def write_projector(directory, sample, embeddings, sprite_cache):
   """The Projector's files for `sample` in `directory`.
 
   `embeddings` maps a name to float32 [len(sample), size], row i for point
   i: the bottlenecks (`sample.features(splits)`), and any other features of
   the same photos (fine-tuned ones) under names of their own, so the
-  Projector offers each with the same labels and thumbnails.
+  Projector offers each with the same labels and thumbnails. The sprite
+  comes from (or goes into) the folder `sprite_cache`.
   """
   metadata = ['label\tsplit\tfile'] + [
       f'{_shown(label)}\t{split}\t{_shown(os.path.basename(path))}'
@@ -174,8 +204,8 @@ def write_projector(directory, sample, embeddings):
                                     sample.filenames)]
   files.atomic_write(os.path.join(directory, METADATA),
                      ('\n'.join(metadata) + '\n').encode('utf-8'))
-  files.atomic_write(os.path.join(directory, SPRITE), sprite_jpeg(
-      square_photos(sample.filenames, THUMBNAIL_SIZE)))
+  files.atomic_write(os.path.join(directory, SPRITE),
+                     cached_sprite(sample.filenames, sprite_cache))
   config = projector_config_pb2.ProjectorConfig()
   for name, features in embeddings.items():
     tensor_path, contents = _tensor_file(name, features)
@@ -340,7 +370,7 @@ def write_run(summaries_dir, run_settings, module, splits, labels, result):
   the images and curves.
   """
   step = result.steps_done
-  sample = projector_sample(splits, labels, run_settings.random_seed)
+  sample = projector_sample(splits, labels)
   projector_dir = os.path.join(summaries_dir, PROJECTOR_RUN)
   writer = _event_writer(projector_dir)
   writer.add_summary(_tagged(text_summary.pb(
@@ -348,7 +378,8 @@ def write_run(summaries_dir, run_settings, module, splits, labels, result):
   writer.close()
   if len(sample):
     write_projector(projector_dir, sample,
-                    {'bottlenecks': sample.features(splits)})
+                    {'bottlenecks': sample.features(splits)},
+                    os.path.join(run_settings.bottleneck_dir, SPRITE_CACHE))
 
   writer = _event_writer(os.path.join(summaries_dir, TEST_RUN))
   writer.add_summary(_tagged(text_summary.pb(
