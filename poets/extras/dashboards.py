@@ -344,7 +344,7 @@ def _sample_text(sample, splits):
       f'{len(rows)} of {len(splits[name].ground_truth)} {name}'
       for name, rows in sample.rows.items())
   return (f'{len(sample)} photos as points ({counts}; at most '
-          f'{TRAINING_POINTS} training photos and {EVALUATION_POINTS} of '
+          f'{TRAINING_POINTS} training photos and {EVALUATION_POINTS:,} of '
           'each of the others). Open the Projector tab, colour by label, '
           'and try PCA, t-SNE and UMAP.')
 
@@ -403,6 +403,7 @@ def write_run(summaries_dir, run_settings, module, splits, labels, result):
       writer.add_summary(_tagged(pr_curve_summary.pb(
           'pr_curve', test.ground_truth == index,
           test.scores[:, index].astype(np.float32),
+          display_name=_shown(label),
           description=f'Test photos ranked by their {_shown(label)} score: '
           'precision and recall at every threshold.'),
           f'pr_curves/{_shown(label)}'), step)
