@@ -33,9 +33,11 @@ training and the rest), validation_accuracy.png, and a folder per run with
 its graph, labels and retrain.log (everything the run printed, as
 retrain.py prints it). <experiments_dir>/index.md lists every experiment. All
 runs share --bottleneck_dir, so only the first run of a network makes
-bottlenecks. Summaries go to <summaries_dir>/<experiment>/<run>/, so
+bottlenecks. Each run's TensorBoard summaries go in its own folder (or, with
+--summaries_dir, to <summaries_dir>/<experiment>/<run>/), out of the
+tf_files/training_summaries that the codelab's TensorBoard shows, so
 
-  tensorboard --logdir tf_files/training_summaries/experiments/<experiment>
+  tensorboard --logdir tf_files/experiments/<experiment>
 
 overlays one experiment's curves, and its HParams tab lists every run with
 its swept values and final test accuracy, cross entropy and time.
@@ -93,13 +95,12 @@ def main(argv):
   cli.refuse_positional(argv, 'experiments.py')
   verbosity = FLAGS.logging_verbosity.lower().replace('warn', 'warning')
   logging.set_verbosity(verbosity)
-  summaries_root = FLAGS.summaries_dir or experiments.DEFAULT_SUMMARIES_ROOT
   flag_names = [flag.name
                 for flag in FLAGS.get_key_flags_for_module(retrain)]
   try:
     sweeps = [experiments.parse_sweep(text, flag_names) for text in FLAGS.sweep]
     experiment = experiments.plan(sweeps, config_for, FLAGS.experiments_dir,
-                                  summaries_root,
+                                  FLAGS.summaries_dir or None,
                                   shlex.join(['python'] + sys.argv),
                                   check_inputs=True)
     for note in experiment.notes:

@@ -62,6 +62,9 @@ cli.define_flags(DEFAULTS, {
                   'defaults give the [0, 1] that retrain.py trained on.'),
     'top_k': 'How many labels to show per image.',
     'batch_size': 'Images per run of the graph.',
+    'allow_io_ops': ('Run a graph even if it holds ops that read or write '
+                     'files, the network or Python (refused by default: a '
+                     'graph is a program); only for graphs you trust.'),
 }, bounds={'input_height': (1, settings.MAX_IMAGE_SIZE),
            'input_width': (1, settings.MAX_IMAGE_SIZE),
            'top_k': (1, None), 'batch_size': (1, MAX_BATCH_SIZE)})
@@ -116,7 +119,8 @@ def config_from_flags(extra_images):
       input_mean=FLAGS.input_mean,
       input_std=FLAGS.input_std,
       top_k=FLAGS.top_k,
-      batch_size=FLAGS.batch_size)
+      batch_size=FLAGS.batch_size,
+      allow_io_ops=FLAGS.allow_io_ops)
 
 
 def _use_imagenet(config):

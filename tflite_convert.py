@@ -55,6 +55,9 @@ cli.define_flags(DEFAULTS, {
     'input_mean': 'Subtracted from each calibration pixel (0-255).',
     'input_std': ('Each calibration pixel minus --input_mean is divided by '
                   'this; the defaults give the [0, 1] retrain.py trains on.'),
+    'allow_io_ops': ('Convert a graph even if it holds ops that read or '
+                     'write files, the network or Python (refused by '
+                     'default); only for graphs you trust.'),
 })
 flags.DEFINE_enum('quantization', DEFAULTS.quantization, tflite.QUANTIZATIONS,
                   'none (float32), dynamic (int8 weights, float arithmetic) '
@@ -88,7 +91,8 @@ def main(argv):
       input_array=FLAGS.input_array, output_array=FLAGS.output_array,
       labels=FLAGS.labels,
       quantization=FLAGS.quantization, image_dir=FLAGS.image_dir,
-      input_mean=FLAGS.input_mean, input_std=FLAGS.input_std)
+      input_mean=FLAGS.input_mean, input_std=FLAGS.input_std,
+      allow_io_ops=FLAGS.allow_io_ops)
   try:
     size = tflite.convert_graph_file(config)
   except PoetsError as e:

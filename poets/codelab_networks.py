@@ -25,6 +25,7 @@ from absl import logging
 from google.protobuf import message
 import tensorflow as tf
 
+import poets
 from poets import files
 from poets import images
 from poets.errors import PoetsError
@@ -36,8 +37,10 @@ CHOICES = ('mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128>[_quantized], '
            'inception_v3')
 
 # The archive this project ships in tf_files/models, so the codelab's
-# MobileNet runs offline on a fresh clone.
+# MobileNet runs offline on a fresh clone, whatever --model_dir says.
 SHIPPED = 'mobilenet_0.25_224'
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(poets.__file__))), 'tf_files', 'models')
 
 _MOBILENET_RE = re.compile(
     r'mobilenet_(1\.0|0\.75|0\.50|0\.25)_(224|192|160|128)(_quantized)?')
@@ -105,13 +108,18 @@ def ensure_graph(network, model_dir):
   """The path of the network's frozen graph in `model_dir`.
 
   Uses the unpacked graph if there, else unpacks the archive beside it, else
-  downloads the archive first, as the original did.
+  downloads the archive first, as the original did. An archive that ships
+  with the project is unpacked from where it ships instead of downloaded.
   """
   graph_path = os.path.join(model_dir, network.graph_file)
   if os.path.isfile(graph_path):
     return graph_path
   archive_path = os.path.join(model_dir, network.archive)
-  if not os.path.isfile(archive_path):
+  shipped = os.path.join(SHIPPED_DIR, network.archive)
+  if not os.path.isfile(archive_path) and os.path.isfile(shipped):
+    logging.info('Unpacking the shipped %s into %s.', shipped, model_dir)
+    archive_path = shipped
+  elif not os.path.isfile(archive_path):
     _download(network, archive_path, model_dir)
   _unpack(archive_path, model_dir)
   if not os.path.isfile(graph_path):
@@ -139,7 +147,8 @@ def _download(network, archive_path, model_dir):
 def _unpack(archive_path, model_dir):
   """Unpacks into `model_dir` like the original, but checked, and through a
   temporary folder, so a killed run never leaves half a graph to be used."""
-  unpacked = files.temporary_sibling(archive_path)
+  unpacked = files.temporary_sibling(
+      os.path.join(model_dir, os.path.basename(archive_path)))
   try:
     with open(archive_path, 'rb') as f:
       files.extract_checked(archive_path, f, unpacked)

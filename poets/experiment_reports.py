@@ -14,18 +14,24 @@ import io
 import json
 import math
 import os
+import re
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 import numpy as np
 
 from poets import files
+from poets.errors import PoetsError
 
 CURVES_NAME = 'validation_accuracy.png'
 TABLE_NAME = 'results.md'
 CSV_NAME = 'results.csv'
 MANIFEST_NAME = 'experiment.json'
 INDEX_NAME = 'index.md'
+# How the index starts: an index.md that does not was not written here.
+INDEX_HEADING = '# Experiments\n\nEvery experiments.py command'
+WRITTEN_BY = 'experiments.py'
+_MANIFEST_KEYS = {'name', 'started', 'swept', 'runs', 'finished'}
 # A failed run's table cell; the whole message stays in its log and the CSV.
 REASON_LENGTH = 60
 
@@ -289,6 +295,39 @@ def _plot_time(axes, placed, width, outlined):
   axes.set(ylabel='time per run (s)', title='Run time: where it goes')
 
 
+# Characters of a tick label's line before it is broken after '_', ',' or '/'.
+TICK_LINE_LENGTH = 14
+
+
+def tick_label(value):
+  """A swept value as an x tick label: long ones broken after '_', ',' or '/'
+  into lines, so that neighbours need less room."""
+  lines = ['']
+  for part in re.split(r'(?<=[_,/])', value):
+    if lines[-1] and len(lines[-1]) + len(part) > TICK_LINE_LENGTH:
+      lines.append('')
+    lines[-1] += part
+  return '\n'.join(lines)
+
+
+def _widen_until_ticks_fit(figure, axes_list):
+  """Widens the figure until no x tick label runs into its neighbour."""
+  for _ in range(5):
+    figure.draw_without_rendering()
+    needed = 1.0
+    for axes in axes_list:
+      boxes = [label.get_window_extent() for label in axes.get_xticklabels()
+               if label.get_text()]
+      for left, right in zip(boxes, boxes[1:]):
+        gap = right.x0 - left.x1
+        if gap < 0:
+          spacing = (right.x0 + right.x1 - left.x0 - left.x1) / 2
+          needed = max(needed, (spacing - gap + 6) / spacing)
+    if needed == 1.0:
+      return
+    figure.set_figwidth(figure.get_figwidth() * needed)
+
+
 def by_key_figure(outcomes, keys, key):
   """Test accuracy (95% intervals) and run time, split, by one key.
 
@@ -315,17 +354,19 @@ def by_key_figure(outcomes, keys, key):
   _plot_accuracy(accuracy_axes, placed)
   _plot_time(time_axes, placed, width, outlined=len(series) > 1)
   for axes in (accuracy_axes, time_axes):
-    axes.set_xticks(range(len(values)), values)
+    axes.set_xticks(range(len(values)), [tick_label(v) for v in values])
     axes.set_xlim(-0.6, len(values) - 0.4)
     axes.set_xlabel(key)
     axes.grid(alpha=0.3, axis='y')
   figure.suptitle(f'By {key}: test accuracy and run time')
+  _widen_until_ticks_fit(figure, (accuracy_axes, time_axes))
   return figure
 
 
 def write_manifest(experiment, outcomes):
   """The experiment's summary for the index; outcomes None while it runs."""
-  manifest = {'name': experiment.name, 'started': experiment.started,
+  manifest = {'written_by': WRITTEN_BY,
+              'name': experiment.name, 'started': experiment.started,
               'command': experiment.command,
               'swept': {sweep.key: list(sweep.values)
                         for sweep in experiment.sweeps},
@@ -358,19 +399,56 @@ def _index_row(manifest):
   return '| ' + ' | '.join(cell.replace('|', r'\|') for cell in cells) + ' |'
 
 
+def _read_manifest(path):
+  """The manifest experiments.py wrote at `path`, or None for any other
+  file of that name, or none (the index lists only experiments it ran)."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      manifest = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if (isinstance(manifest, dict) and _MANIFEST_KEYS <= set(manifest) and
+      manifest.get('written_by', WRITTEN_BY) == WRITTEN_BY):
+    return manifest
+  return None
+
+
+def check_index(experiments_dir):
+  """Refuses an --experiments_dir whose index.md experiments.py did not
+  write: every experiment rewrites it."""
+  path = os.path.join(experiments_dir, INDEX_NAME)
+  if not os.path.lexists(path):
+    return
+  try:
+    with open(path, encoding='utf-8') as f:
+      ours = f.read(len(INDEX_HEADING)) == INDEX_HEADING
+  except (OSError, UnicodeDecodeError):
+    ours = False
+  if not ours or os.path.islink(path):
+    raise PoetsError(f'--experiments_dir {experiments_dir} holds an '
+                     f'{INDEX_NAME} that experiments.py did not write, and '
+                     'each experiment rewrites it; choose another '
+                     '--experiments_dir or move it away.')
+
+
 def write_index(experiments_dir):
   """Rewrites <experiments_dir>/index.md: every experiment there, oldest first.
 
   Made from each experiment folder's manifest, so it lists them all however
   many commands ran, and one that was killed shows as not finished.
   """
+  check_index(experiments_dir)
   rows = []
   for name in sorted(os.listdir(experiments_dir)):
-    path = os.path.join(experiments_dir, name, MANIFEST_NAME)
-    if os.path.isfile(path):
-      with open(path) as f:
-        rows.append(_index_row(json.load(f)))
-  text = ('# Experiments\n\nEvery experiments.py command run here, oldest '
+    manifest = _read_manifest(os.path.join(experiments_dir, name,
+                                           MANIFEST_NAME))
+    if manifest is None:
+      continue
+    try:
+      rows.append(_index_row(manifest))
+    except (AttributeError, KeyError, TypeError, ValueError):
+      continue  # Its keys, but not the values this script writes.
+  text = (INDEX_HEADING + ' run here, oldest '
           'first. Each folder holds its table (results.md, results.csv), its '
           'plots and a folder per run with the run\'s retrain.log.\n\n'
           '| started | swept | runs | test accuracy (lowest–highest) | '

@@ -47,9 +47,6 @@ from poets import startup
 from poets.errors import PoetsError
 
 DEFAULT_EXPERIMENTS_DIR = os.path.join('tf_files', 'experiments')
-DEFAULT_SUMMARIES_ROOT = os.path.join('tf_files', 'training_summaries',
-                                      'experiments')
-
 # Sweep keys that are not retrain flags.
 IMAGES_PER_CLASS = 'images_per_class'
 DEVICE = 'device'
@@ -115,7 +112,7 @@ class Experiment:
   """
   name: str  # '2026-11-24_185950_learning_rate'
   dir: str  # <experiments_dir>/<name>: table, plots, one folder per run
-  summaries_dir: str  # <summaries_root>/<name>: one folder per run
+  summaries_dir: str  # TensorBoard's --logdir for it: one folder per run
   sweeps: list[Sweep]
   runs: list[Run]
   started: str  # 'YYYY-MM-DD HH:MM:SS'
@@ -255,8 +252,7 @@ def _new_folder(parent, stem):
 
 
 def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
-         summaries_root=DEFAULT_SUMMARIES_ROOT, command='',
-         check_inputs=False):
+         summaries_root=None, command='', check_inputs=False):
   """The Experiment of the cross product of `sweeps`, the first slowest.
 
   `make_config(overrides)` returns the base RetrainSettings with the retrain
@@ -264,7 +260,9 @@ def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
   value a flag does not take. All configs are made before the experiment's
   folder, so a bad value stops the command before it writes anything; with
   `check_inputs`, so does a missing image folder or module, as in
-  retrain.py. `command` is the command line, kept with the results.
+  retrain.py. `command` is the command line, kept with the results. Each
+  run's summaries go to <summaries_root>/<experiment>/<run>, by default its
+  own folder.
   """
   if not sweeps:
     raise PoetsError('Pass at least one --sweep key=value1,value2,... (e.g. '
@@ -274,8 +272,10 @@ def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
     if keys.count(key) > 1:
       raise PoetsError(f'--sweep {key} is given twice; list all its values '
                        'in one.')
+  summaries_root = summaries_root or experiments_dir
   files.check_writable(experiments_dir, '--experiments_dir')
   files.check_writable(summaries_root, '--summaries_dir')
+  experiment_reports.check_index(experiments_dir)
   sweeps, notes = _without_missing_gpu(sweeps)
   grid = []
   for combination in itertools.product(*(sweep.values for sweep in sweeps)):
@@ -425,7 +425,8 @@ def _run_child(run, job_path, verbosity, stop):
     # it (a second Ctrl-C can land mid-export); the detail keeps what.
     return Outcome(run, 'interrupted' if interrupted else status, payload,
                    seconds=seconds, warnings=warnings)
-  if interrupted or payload.training.interrupted:
+  # A stop that came after the run saved its outputs found it finished.
+  if payload.training.interrupted:
     return Outcome(run, 'interrupted', 'stopped on request', payload,
                    seconds, warnings)
   return Outcome(run, 'ok', '', payload, seconds, warnings)

@@ -7,9 +7,11 @@ file or the new one, never a partial one.
 """
 
 import contextlib
+import fnmatch
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 
@@ -69,6 +71,19 @@ def atomic_file(path, mode='wb'):
   It is written under a temporary name in the same folder and renamed; if the
   block fails, the temporary file is removed and `path` is left as it was.
   """
+  with _temporary_file(path, mode) as (f, temp_path):
+    yield f
+  try:
+    os.replace(temp_path, path)
+  except BaseException:
+    os.unlink(temp_path)
+    raise
+
+
+@contextlib.contextmanager
+def _temporary_file(path, mode):
+  """A new hidden file beside `path`, open to write; removed if the block
+  fails, else closed with the permissions open() would have given."""
   directory = os.path.dirname(path) or '.'
   os.makedirs(directory, exist_ok=True)
   fd, temp_path = tempfile.mkstemp(dir=directory,
@@ -76,13 +91,21 @@ def atomic_file(path, mode='wb'):
                                    suffix='.tmp')
   try:
     with os.fdopen(fd, mode) as f:
-      yield f
+      yield f, temp_path
     # mkstemp makes owner-only files; give the permissions open() would.
     os.chmod(temp_path, 0o666 & ~_umask())
-    os.replace(temp_path, path)
   except BaseException:
     os.unlink(temp_path)
     raise
+
+
+def staged_write(path, data):
+  """Writes `data` to a new hidden file beside `path`; returns its name, for
+  the caller to rename to `path` together with other outputs (or remove)."""
+  with _temporary_file(path, 'wb' if isinstance(data, bytes) else 'w') as (
+      f, temp_path):
+    f.write(data)
+  return temp_path
 
 
 def atomic_write(path, data):
@@ -99,11 +122,68 @@ def temporary_sibling(path):
                           suffix='.tmp')
 
 
+# The ownership rule: a folder this project may move, replace or delete
+# holds this file, whose lines after the first name (as fnmatch patterns,
+# relative to the folder) everything the project writes there. A folder
+# without it, or holding anything it does not name, belongs to the user.
+OWNER_MARKER = 'written_by_retrain.txt'
+
+
+def mark_ours(folder, patterns, what):
+  """Writes the OWNER_MARKER of `folder`, which `what` (a script) wrote and
+  which may hold only what `patterns` name."""
+  atomic_write(os.path.join(folder, OWNER_MARKER), ''.join(
+      f'{line}\n' for line in [
+          f'{what} wrote this folder and may replace, move or delete it; it '
+          'will not touch a folder holding anything else. What it holds:'] +
+      list(patterns)))
+
+
+def files_under(folder):
+  """Every file below `folder`, as paths relative to it."""
+  return sorted(os.path.relpath(os.path.join(root, name), folder)
+                for root, _, names in os.walk(folder) for name in names)
+
+
+def strangers(folder, unmarked_patterns=()):
+  """What in `folder` this project did not write: the files its marker does
+  not name, or without a marker every file unless all match
+  `unmarked_patterns` (what earlier versions wrote without a marker)."""
+  present = files_under(folder)
+  marker = os.path.join(folder, OWNER_MARKER)
+  if os.path.isfile(marker):
+    with open(marker, errors='surrogateescape') as f:
+      patterns = f.read().splitlines()[1:] + [OWNER_MARKER]
+  else:
+    entries = os.listdir(folder)
+    if any(os.path.isdir(os.path.join(folder, e)) for e in entries):
+      return sorted(entries)  # Earlier versions wrote no sub-folders.
+    patterns = list(unmarked_patterns)
+  return [name for name in present
+          if not any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
+def check_ours(folder, flag, fix, what='retrain.py', unmarked_patterns=()):
+  """Refuses, in one line naming `flag` and `fix`, to move or replace the
+  existing `folder` unless `what` wrote it (see OWNER_MARKER)."""
+  if not os.path.lexists(folder):
+    return
+  if os.path.islink(folder) or not os.path.isdir(folder):
+    raise PoetsError(f'{flag} {folder} is a file or a link, not a folder '
+                     f'{what} wrote; {fix}.')
+  found = strangers(folder, unmarked_patterns)
+  if found:
+    more = f' and {len(found) - 1} more' if len(found) > 1 else ''
+    raise PoetsError(f'{flag} {os.path.normpath(folder)} holds files {what} '
+                     f'did not write ({found[0]}{more}); {fix}.')
+
+
 def replace_directory(built, path):
   """Moves the finished folder `built` to `path`, replacing an older one.
 
   The old folder is renamed aside first and removed only once the new one is
   in place, so a failure in between leaves one complete folder at `path`.
+  Callers check with `check_ours` that an existing `path` is theirs.
   """
   if not os.path.exists(path):
     os.rename(built, path)
@@ -120,6 +200,38 @@ def _nearest_existing(path):
   while not os.path.exists(path):
     path = os.path.dirname(path)
   return path
+
+
+def read_regular_file(path, flag, limit, fix):
+  """The bytes of `path`, refused in one line naming `flag` and `fix` unless
+  it is a regular file of at most `limit` bytes.
+
+  Opened without blocking and checked on the open file: a pipe or a device
+  (/dev/zero) is never read, so it can neither hang nor fill memory.
+  """
+  try:
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+  except OSError as e:
+    raise PoetsError(f'Cannot read {flag} {path} ({e.strerror}); {fix}.'
+                     ) from e
+  with os.fdopen(fd, 'rb') as f:
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+      raise PoetsError(f'{flag} {path} is not a regular file (a pipe, a '
+                       f'device or a socket); {fix}.')
+    if status.st_size > limit:
+      raise PoetsError(f'{flag} {path} is {status.st_size / 2**20:,.0f} MiB, '
+                       f'more than the {limit / 2**20:,.0f} MiB such a file '
+                       f'can be; {fix}.')
+    try:
+      data = f.read(limit + 1)
+    except OSError as e:
+      raise PoetsError(f'Cannot read {flag} {path} ({e.strerror}); {fix}.'
+                       ) from e
+  if len(data) > limit:  # It grew while we read.
+    raise PoetsError(f'{flag} {path} grew past {limit / 2**20:,.0f} MiB '
+                     f'while it was read; {fix}.')
+  return data
 
 
 def check_writable(directory, flag):

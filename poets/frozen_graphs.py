@@ -11,14 +11,35 @@ TensorFlow Lite model, anything else) is named for what it is.
 
 import dataclasses
 import os
+import re
 
 from google.protobuf import message
 import tensorflow as tf
 
+from poets import files
 from poets import tflite_model
 from poets.errors import PoetsError
 
 PREFIX = 'import'
+# Protocol buffers stop at 2 GiB, so no frozen graph is larger.
+MAX_MODEL_BYTES = 2**31
+
+# Ops that reach outside the process: files, checkpoints, summaries, the
+# network, Python and the debugger. A classifier needs none of them, and a
+# graph is a program: one that holds them is refused unless the user allows
+# them (--allow_io_ops). A deny-list, so that the codelab's own graphs (whose
+# Inception decodes JPEGs itself) still load.
+IO_OPS = frozenset([
+    'ReadFile', 'WriteFile', 'MatchingFiles', 'ImmutableConst',
+    'Save', 'SaveV2', 'SaveSlices', 'Restore', 'RestoreV2', 'RestoreSlice',
+    'MergeV2Checkpoints', 'LoadAndRemapMatrix', 'GenerateVocabRemapping',
+    'InitializeTableFromTextFile', 'InitializeTableFromTextFileV2',
+    'PyFunc', 'PyFuncStateless', 'EagerPyFunc',
+    'Print', 'PrintV2', 'DecodeProtoV2', 'EncodeProto',
+    'FileSystemSetConfiguration', 'ImportEvent'])
+IO_OP_PATTERN = re.compile(
+    r'Reader|Dataset|Summary|Writer|Rpc|^Debug|^Gcs|^BigQuery|Checkpoint|'
+    r'^Load(TPU|Dataset)|^Save|^_(Host)?(Send|Recv)$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +68,7 @@ def read_model_file(path, flag='--graph'):
     also = (', or try --imagenet to label with the 1000 ImageNet classes'
             if flag == '--graph' else '')
     raise PoetsError(f'{flag} {path} not found; {fix}{also}.')
-  try:
-    with open(path, 'rb') as f:
-      return f.read()
-  except OSError as e:
-    raise PoetsError(f'Cannot read {flag} {path} ({e.strerror}); {fix}.'
-                     ) from e
+  return files.read_regular_file(path, flag, MAX_MODEL_BYTES, fix)
 
 
 def parse_graph_def(data, path, flag='--graph'):
@@ -74,6 +90,26 @@ def parse_graph_def(data, path, flag='--graph'):
     raise PoetsError(f'{flag} {path} is not a frozen GraphDef (it holds no '
                      f'operations); {fix}.')
   return graph_def
+
+
+def io_ops(graph_def):
+  """The ops of `graph_def` (its functions' too) that reach outside the
+  process, sorted, each once."""
+  ops = [node.op for node in graph_def.node]
+  for function in graph_def.library.function:
+    ops += [node.op for node in function.node_def]
+  return sorted({op for op in ops if op in IO_OPS or IO_OP_PATTERN.search(op)})
+
+
+def check_io_ops(graph_def, path, flag='--graph'):
+  """Refuses, in one line naming them, a graph holding IO_OPS."""
+  found = io_ops(graph_def)
+  if found:
+    raise PoetsError(
+        f'{flag} {path} holds ops that reach outside this program '
+        f'({", ".join(found)}): a classifier needs none, and they could read '
+        'or write your files. Pass --allow_io_ops only if you trust where '
+        'the graph came from.')
 
 
 def load_graph_def(path, flag='--graph'):
@@ -125,6 +161,25 @@ def input_candidates(graph):
                if op.outputs and op.type not in ('Placeholder', 'Const') and
                _is_image(op.outputs[0])]
   return [_layer(op) for op in placeholders + image_ops]
+
+
+def inner_input_warning(tensor):
+  """Says when an --input_layer tensor is an inner layer of a graph that has
+  an image placeholder: the steps between them are skipped, so the layer
+  gets pixels it was not trained on. None for a placeholder, and for graphs
+  such as the codelab's Inception one, whose float input is an inner Mul."""
+  if tensor.op.type == 'Placeholder':
+    return None
+  inputs = [op for op in tensor.graph.get_operations()
+            if op.type == 'Placeholder' and _is_image(op.outputs[0])]
+  if not inputs:
+    return None
+  layer = _layer(inputs[0])
+  return (f"--input_layer '{_layer(tensor.op).name}' is an inner layer "
+          f'({tensor.op.type}), not an input of the graph: what the graph '
+          'does between its input and this layer is skipped, so the scores '
+          f'differ from its own; pass --input_layer {layer.name} (its input, '
+          f'{layer.dtype} {layer.shape}).')
 
 
 def output_candidates(graph):

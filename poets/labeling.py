@@ -12,8 +12,10 @@ same flags and gets the same pixels; poets.tflite_model runs it, and the
 labels packed in it serve when no labels file is named.
 """
 
+import codecs
 import contextlib
 import dataclasses
+import hashlib
 import os
 import time
 from typing import Callable
@@ -23,8 +25,10 @@ import tensorflow as tf
 
 from poets import bottlenecks
 from poets import export
+from poets import files
 from poets import frozen_graphs
 from poets import images
+from poets import outputs
 from poets import tflite_model
 from poets.errors import PoetsError
 from poets.extras import tflite_metadata
@@ -48,6 +52,7 @@ class LabelConfig:
   input_std: float = 255.0
   top_k: int = 5
   batch_size: int = bottlenecks.BATCH_SIZE
+  allow_io_ops: bool = False  # Run graphs holding frozen_graphs.IO_OPS.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,17 +118,75 @@ def list_layers(graph_path):
       frozen_graphs.import_graph(graph_def, graph_path))
 
 
-def read_labels(path):
-  try:
-    with open(path, encoding='utf-8') as f:
-      labels = [line.rstrip() for line in f]
-  except OSError as e:
-    raise PoetsError(f'Cannot read --labels {path} ({e.strerror}); pass the '
-                     'labels file written beside the graph (--output_labels '
-                     'of retrain.py).') from e
+# A labels file names one class per line; ImageNet's 1000 take 30 kB.
+MAX_LABELS_BYTES = 64 * 2**20
+_LABELS_FIX = ('pass the labels file written beside the graph (--output_labels '
+               'of retrain.py)')
+
+
+def decode_labels(data):
+  """The lines of a labels file in UTF-8 (with or without a byte-order
+  mark) or UTF-16 (with one); anything else is read as Latin-1, which
+  decodes every byte, as editors on older Windows machines saved it."""
+  if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    text = data.decode('utf-16', errors='replace')
+  else:
+    try:
+      text = data.decode('utf-8-sig')
+    except UnicodeDecodeError:
+      text = data.decode('latin-1')
+  labels = [line.rstrip() for line in text.splitlines()]
   while labels and not labels[-1]:
     labels.pop()
   return labels
+
+
+def read_labels(path):
+  return decode_labels(files.read_regular_file(path, '--labels',
+                                               MAX_LABELS_BYTES, _LABELS_FIX))
+
+
+def _mismatch(graph_def, labels_data, labels_path, config):
+  """Why the labels are not the ones written with `graph_def`, or None.
+
+  Only graphs and labels from retrain.py can tell: a run id in the graph
+  and a manifest beside the labels (see poets/outputs.py)."""
+  graph_id = graph_def and outputs.run_id_of(graph_def)
+  manifest = outputs.read_manifest(labels_path)
+  if not graph_id or manifest is None:
+    return None
+  if manifest.get('run_id') != graph_id:
+    return (f'--labels {labels_path} was written by another run than '
+            f'--graph {config.graph} (see '
+            f'{outputs.manifest_path(labels_path)}); pass the labels file '
+            'written with this graph.')
+  if manifest.get('labels_sha256') != hashlib.sha256(labels_data).hexdigest():
+    return (f'--labels {labels_path} changed since retrain.py wrote it '
+            f'with --graph {config.graph}; pass the labels file written with '
+            'this graph, or rerun retrain.py.')
+  return None
+
+
+def read_model_and_labels(config):
+  """(model bytes, its GraphDef or None for a .tflite, labels or None for a
+  .tflite's own), read one right after the other and checked to belong
+  together; read again once if not, in case a run was replacing them."""
+  for attempt in range(2):
+    data = frozen_graphs.read_model_file(config.graph)
+    graph_def = None
+    if not tflite_model.is_tflite(data):
+      graph_def = frozen_graphs.parse_graph_def(data, config.graph)
+    elif config.labels is None:
+      return data, None, None
+    path = config.labels or DEFAULT_LABELS
+    labels_data = files.read_regular_file(path, '--labels', MAX_LABELS_BYTES,
+                                          _LABELS_FIX)
+    problem = _mismatch(graph_def, labels_data, path, config)
+    if problem is None:
+      return data, graph_def, decode_labels(labels_data)
+    if attempt == 0:
+      time.sleep(0.5)
+  raise PoetsError(problem)
 
 
 def _check_labels(labels, source, classes, config):
@@ -247,6 +310,7 @@ class _Classifier:
   classes: int | None  # None: known only once it has run.
   scores: Callable[[np.ndarray], np.ndarray]  # [N,H,W,3] -> [N,classes]
   labels: list[str] | None = None  # Those the model carries, if any.
+  warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def _session_classifier(session, input_tensor, output_tensor, config):
@@ -262,15 +326,20 @@ def _session_classifier(session, input_tensor, output_tensor, config):
 
 
 @contextlib.contextmanager
-def _graph_classifier(data, config):
-  graph = frozen_graphs.import_graph(
-      frozen_graphs.parse_graph_def(data, config.graph), config.graph)
+def _graph_classifier(graph_def, config):
+  if not config.allow_io_ops:
+    frozen_graphs.check_io_ops(graph_def, config.graph)
+  graph = frozen_graphs.import_graph(graph_def, config.graph)
   input_tensor = frozen_graphs.find_tensor(graph, config.input_layer,
                                            '--input_layer', config.graph)
   output_tensor = frozen_graphs.find_tensor(graph, config.output_layer,
                                             '--output_layer', config.graph)
+  inner = frozen_graphs.inner_input_warning(input_tensor)
   with tf.compat.v1.Session(graph=graph) as session:
-    yield _session_classifier(session, input_tensor, output_tensor, config)
+    classifier = _session_classifier(session, input_tensor, output_tensor,
+                                     config)
+    classifier.warnings.extend(filter(None, [inner]))
+    yield classifier
 
 
 def is_saved_model(path):
@@ -326,26 +395,56 @@ def label_images(config):
   if config.top_k < 1 or config.batch_size < 1:
     raise PoetsError('--top_k and --batch_size must be at least 1.')
   paths = find_images(config.images, config.image_dir)
+  labels = None
   if is_saved_model(config.graph):
     model = _saved_model_classifier(config)
   else:
-    data = frozen_graphs.read_model_file(config.graph)
-    model = (_tflite_classifier if tflite_model.is_tflite(data) else
-             _graph_classifier)(data, config)
+    data, graph_def, labels = read_model_and_labels(config)
+    model = (_tflite_classifier(data, config) if graph_def is None else
+             _graph_classifier(graph_def, config))
   with model as classifier:
-    return _label(paths, classifier, config)
+    return _label(paths, classifier, labels, config)
 
 
-def _labels(classifier, config):
-  """The label names and where they came from, for errors."""
+def _labels(classifier, labels, config):
+  """The label names (`labels` if already read) and where they came from,
+  for errors."""
   if config.labels is None and classifier.labels is not None:
     return classifier.labels, f'The labels packed in {config.graph}'
   path = config.labels or DEFAULT_LABELS
-  return read_labels(path), f'--labels {path}'
+  return labels or read_labels(path), f'--labels {path}'
 
 
-def _label(paths, classifier, config):
-  labels, source = _labels(classifier, config)
+def _run(classifier, pixels, config):
+  try:
+    return classifier.scores(pixels)
+  except tf.errors.OpError as e:
+    raise PoetsError(
+        f'--graph {config.graph} failed while labelling '
+        f'({tflite_model.first_line(e)}); check --output_layer '
+        f"'{config.output_layer}' with --list_layers.") from e
+
+
+def _scores(values, count, config):
+  """The output as one row of numbers per image, or PoetsError saying what
+  the output is instead."""
+  values = np.asarray(values)
+  problem = None
+  if values.dtype.kind not in 'fiu':
+    kind = 'text' if values.dtype.kind in 'OSU' else values.dtype.name
+    problem = f'{kind} values, not scores'
+  elif values.ndim == 0 or values.shape[0] != count or values.size == 0:
+    problem = (f'values of shape {list(values.shape)} for a batch of {count} '
+               'images, not one row of scores per image')
+  if problem:
+    raise PoetsError(f"--output_layer '{config.output_layer}' of "
+                     f'{config.graph} gives {problem}; pick the classifier\'s '
+                     'output (see --list_layers).')
+  return np.reshape(values.astype(np.float64), [count, -1])
+
+
+def _label(paths, classifier, labels, config):
+  labels, source = _labels(classifier, labels, config)
   if classifier.classes is not None:
     _check_labels(labels, source, classifier.classes, config)
   fixed_batch = classifier.fixed_batch
@@ -366,10 +465,10 @@ def _label(paths, classifier, config):
         pixels = np.concatenate([pixels, np.zeros(
             (fixed_batch - count,) + pixels.shape[1:], pixels.dtype)])
       start = time.perf_counter()
-      values = classifier.scores(pixels)
+      values = _run(classifier, pixels, config)
       seconds += time.perf_counter() - start
       batches += 1
-      scores = np.reshape(values, [len(pixels), -1])[:count]
+      scores = _scores(values, len(pixels), config)[:count]
       _check_labels(labels, source, scores.shape[1], config)
       for index, image_scores in zip(batch_indices, scores):
         results[index] = ImageResult(
@@ -378,4 +477,5 @@ def _label(paths, classifier, config):
     for index, failure in data.failures(data_session, labelled):
       results[index] = ImageResult(paths[index], [],
                                    _read_error(paths[index], failure))
-  return LabelRun(results, seconds, batches, convention_warnings(config))
+  return LabelRun(results, seconds, batches,
+                  classifier.warnings + convention_warnings(config))

@@ -6,27 +6,24 @@ flags.
 """
 
 import dataclasses
-import datetime
 import os
 import time
 
 from absl import logging
+import tensorflow as tf
 
 from poets import bottlenecks
 from poets import export
 from poets import files
 from poets import images
 from poets import modules
+from poets import outputs
+from poets import summaries
 from poets import tflite
 from poets import training
 from poets.errors import PoetsError
 from poets.extras import dashboards
 from poets.extras import tflite_metadata
-
-try:
-  import fcntl
-except ImportError:  # Windows: no flock, so no lock; see _claim_summaries.
-  fcntl = None
 
 
 @dataclasses.dataclass
@@ -42,43 +39,14 @@ class RunResult:
   export_seconds: float
 
 
-# Held by every run writing into a --summaries_dir; see _claim_summaries.
-SUMMARIES_LOCK = '.retrain_running.lock'
-
-
-def default_summaries_dir(module_name):
-  return os.path.join('tf_files', 'training_summaries', module_name)
-
-
-# The event folders of one run, training's, export's and the dashboards'.
-RUN_FOLDERS = ('train', 'validation', 'retrained_graph') + (
-    dashboards.RUN_FOLDERS)
-# Where an earlier run's event folders go, inside --summaries_dir. TensorBoard
-# lists runs (and opens the Graphs tab on the first) in name order; "~" sorts
-# after "train" and "validation" there, so the current run comes first.
-EARLIER_RUNS = '~previous_runs'
-
-
-def _set_aside_earlier_run(summaries_dir):
-  """Moves an earlier run's event folders into a dated sub-folder.
-
-  The original deleted --summaries_dir at every start. Moving keeps the old
-  curves (TensorBoard shows them as their own runs, after the current one)
-  out of the new ones.
-  """
-  earlier = [name for name in RUN_FOLDERS
-             if os.path.isdir(os.path.join(summaries_dir, name))]
-  if not earlier:
-    return
-  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')
-  destination = os.path.join(summaries_dir, EARLIER_RUNS, stamp)
-  os.makedirs(destination)
-  for name in earlier:
-    os.rename(os.path.join(summaries_dir, name),
-              os.path.join(destination, name))
-  logging.info('Moved the event files of an earlier run in %s to %s, so they '
-               'stay out of this run\'s curves (nothing was deleted).',
-               summaries_dir, destination)
+# The event folders of one run, training's, export's and the dashboards',
+# with the files each may hold (summaries.claim marks them as this run's).
+RUN_FOLDERS = {
+    **{name: (summaries.EVENT_FILES,) for name in summaries.EVENT_FOLDERS},
+    dashboards.TEST_RUN: (summaries.EVENT_FILES,),
+    dashboards.PROJECTOR_RUN: (summaries.EVENT_FILES, '*.tsv', '*.bytes',
+                               dashboards.PROJECTOR_CONFIG, dashboards.SPRITE),
+}
 
 
 def _check_tflite(settings):
@@ -104,7 +72,9 @@ def _check_tflite(settings):
 def _output_files(settings):
   """Each output file with its flag, finished and interrupted alike."""
   named = [(settings.output_graph, '--output_graph'),
-           (settings.output_labels, '--output_labels')] + [
+           (settings.output_labels, '--output_labels'),
+           (outputs.manifest_path(settings.output_labels),
+            '--output_labels')] + [
                (settings.checkpoint_path + suffix, '--checkpoint_path')
                for suffix in ('', '.index', '.data-00000-of-00001')]
   if settings.output_tflite:
@@ -134,7 +104,9 @@ def _check_outputs(settings):
     folders.append((settings.intermediate_output_graphs_dir,
                     '--intermediate_output_graphs_dir'))
   folders += [(os.path.join(settings.summaries_dir, name), '--summaries_dir')
-              for name in RUN_FOLDERS + (EARLIER_RUNS,)]
+              for name in RUN_FOLDERS] + [
+                  (summaries.previous_runs_dir(settings.summaries_dir),
+                   '--summaries_dir')]
   for path, flag in folders:
     files.check_writable(path, flag)
   for path, flag in [(settings.checkpoint_path, '--checkpoint_path'),
@@ -148,28 +120,13 @@ def _check_outputs(settings):
       export.check_saved_model_dir(path)
 
 
-def _claim_summaries(summaries_dir):
-  """Sets an earlier run's event folders aside, unless a run is still
-  writing them; returns the lock to hold until this run ends.
-
-  Every run holds a shared lock on a file in --summaries_dir while it runs;
-  setting aside needs the lock alone, so the folders of a run still going
-  stay where they are, and the two runs' event files sit side by side, told
-  apart by their process ids (training.event_writer).
-  """
-  os.makedirs(summaries_dir, exist_ok=True)
-  lock = open(os.path.join(summaries_dir, SUMMARIES_LOCK), 'a')
-  if fcntl is None:
-    _set_aside_earlier_run(summaries_dir)
-    return lock
+def _write_graph_summary(graph_def, summaries_dir, module_name):
   try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    _set_aside_earlier_run(summaries_dir)
-  except BlockingIOError:
-    logging.warning('Another run is writing to %s; its event files stay '
-                    'there, beside this run\'s.', summaries_dir)
-  fcntl.flock(lock, fcntl.LOCK_SH)
-  return lock
+    export.write_graph_summary(graph_def, summaries_dir, module_name)
+  except (OSError, tf.errors.OpError) as e:
+    logging.warning('Could not write the graph for TensorBoard to %s (%s); '
+                    'the outputs are saved.', summaries_dir,
+                    getattr(e, 'strerror', None) or e.message)
 
 
 def _check_usable(splits, labels):
@@ -194,6 +151,25 @@ def check_inputs(settings):
   files.check_writable(settings.model_dir, '--model_dir')
 
 
+def log_image_lists(image_lists):
+  """Says which folders became which labels, where they differ, and how many
+  images of each class went to training, validation and testing."""
+  for image_class in image_lists.classes:
+    if image_class.dir != image_class.label:
+      logging.info("Folder '%s' becomes the label '%s'.", image_class.dir,
+                   image_class.label)
+  splits = ('training', 'validation', 'testing')
+  counts = [[len(c.split(name)) for name in splits]
+            for c in image_lists.classes]
+  counts.append([sum(column) for column in zip(*counts)])
+  names = image_lists.labels + ['total']
+  width = max(len(name) for name in names + ['class'])
+  rows = [f'{"class":<{width}}  training  validation  testing']
+  rows += [f'{name:<{width}}  {training:8d}  {validation:10d}  {testing:7d}'
+           for name, (training, validation, testing) in zip(names, counts)]
+  logging.info('Images per class:\n%s', '\n'.join(rows))
+
+
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
   # Images first: a mistyped --image_dir is reported before the embedded
@@ -206,11 +182,13 @@ def run(settings):
     image_lists = images.limit_training_images(
         image_lists, settings.images_per_class, settings.random_seed)
   listing_seconds = time.perf_counter() - start
+  log_image_lists(image_lists)
   spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
                                 settings.model_dir, settings.input_size)
   if not settings.summaries_dir:
-    settings = settings.replace(summaries_dir=default_summaries_dir(spec.name))
+    settings = settings.replace(summaries_dir=summaries.default_dir(spec.name))
   _check_outputs(settings)
+  summaries.check(settings.summaries_dir, settings.image_dir, RUN_FOLDERS)
   labels = image_lists.labels
   module = modules.module_info(spec)
   logging.info('Module %s: %dx%d images -> %d-value bottlenecks', spec.name,
@@ -230,7 +208,7 @@ def run(settings):
                len(cache.failed))
   _check_usable(splits, labels)
 
-  with _claim_summaries(settings.summaries_dir), export.FrozenGraphs(
+  with summaries.claim(settings.summaries_dir, RUN_FOLDERS), export.FrozenGraphs(
       spec, len(labels), settings.final_tensor_name) as frozen_graphs:
 
     def save_intermediate(step, layer):
@@ -246,27 +224,23 @@ def run(settings):
 
     start = time.perf_counter()
     graph_def = frozen_graphs.freeze(result.layer)
-    export.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
-  outputs = [settings.output_graph, settings.output_labels,
-             settings.saved_model_dir, settings.output_tflite]
-  if result.interrupted:
-    # Beside the finished outputs, never over them.
-    outputs = [path and files.interrupted_path(path) for path in outputs]
-  graph_path, labels_path, saved_model_dir, tflite_path = outputs
-  export.save_graph(graph_def, graph_path)
-  export.save_labels(labels, labels_path)
-  saved = [graph_path, labels_path]
-  if saved_model_dir:
-    export.export_saved_model(graph_def, saved_model_dir,
-                              settings.final_tensor_name)
-    saved.append(saved_model_dir)
-  if tflite_path:
-    tflite.save_model(tflite_metadata.add_metadata(tflite.convert(
-        graph_def, export.INPUT_NAME, settings.final_tensor_name,
-        settings.tflite_quantization,
-        tflite.calibration_images(splits['training'].filenames),
-        what='the retrained graph'), labels), tflite_path)
-    saved.append(tflite_path)
+    run_set = outputs.RunSet(settings.output_graph, settings.output_labels,
+                             settings.saved_model_dir, settings.output_tflite)
+    if result.interrupted:
+      # Beside the finished outputs, never over them.
+      run_set = outputs.RunSet(*[path and files.interrupted_path(path)
+                                 for path in dataclasses.astuple(run_set)])
+    saved = outputs.save(
+        run_set, graph_def, labels,
+        lambda graph_def, folder: export.build_saved_model(
+            graph_def, folder, settings.final_tensor_name),
+        lambda graph_def: tflite_metadata.add_metadata(tflite.convert(
+            graph_def, export.INPUT_NAME, settings.final_tensor_name,
+            settings.tflite_quantization,
+            tflite.calibration_images(splits['training'].filenames),
+            what='the retrained graph'), labels))
+    # After the outputs: a summary that cannot be written loses no layer.
+    _write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   export_seconds = time.perf_counter() - start
   dashboards.write_run(settings.summaries_dir, settings, module, splits,
                        labels, result)

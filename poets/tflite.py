@@ -148,6 +148,27 @@ def convert(graph_def, input_name, output_name, quantization,
   return model
 
 
+def check_replaceable(output_file, graph_def_file):
+  """Refuses an --output_file that is the input graph, or an existing file
+  that is not a TensorFlow Lite model: only models are replaced."""
+  if os.path.exists(output_file) and os.path.samefile(output_file,
+                                                      graph_def_file):
+    raise PoetsError(f'--output_file {output_file} is the --graph_def_file '
+                     'itself; pass another name, such as '
+                     'tf_files/optimized_graph.tflite.')
+  if not os.path.lexists(output_file):
+    return
+  try:
+    with open(output_file, 'rb') as f:
+      ours = os.path.isfile(output_file) and tflite_model.is_tflite(f.read(8))
+  except OSError:
+    ours = False
+  if not ours:
+    raise PoetsError(f'--output_file {output_file} exists and is not a '
+                     'TensorFlow Lite model, so it is not replaced; pass '
+                     'another name, such as tf_files/optimized_graph.tflite.')
+
+
 def save_model(model, path):
   files.atomic_write(path, model)
 
@@ -165,6 +186,7 @@ class ConvertConfig:
   image_dir: str = ''
   input_mean: float = 0.0
   input_std: float = 255.0
+  allow_io_ops: bool = False  # Convert graphs holding frozen_graphs.IO_OPS.
 
 
 def convert_graph_file(config):
@@ -181,6 +203,7 @@ def convert_graph_file(config):
   if os.path.isdir(config.output_file):
     raise PoetsError(f'--output_file {config.output_file} is a folder; pass '
                      'a file name such as tf_files/optimized_graph.tflite.')
+  check_replaceable(config.output_file, config.graph_def_file)
   files.check_writable(os.path.dirname(config.output_file), '--output_file')
   labels = labeling.read_labels(config.labels)
   calibration_paths = []
@@ -189,6 +212,9 @@ def convert_graph_file(config):
         labeling.find_images([], config.image_dir))
   path = config.graph_def_file
   graph_def = frozen_graphs.load_graph_def(path, '--graph_def_file')
+  if not config.allow_io_ops:
+    # The converter runs what it can of a graph while it folds constants.
+    frozen_graphs.check_io_ops(graph_def, path, '--graph_def_file')
   graph = frozen_graphs.import_graph(graph_def, path, '--graph_def_file')
   names = [frozen_graphs.find_tensor(graph, name, flag, path).name
            .removeprefix(f'{frozen_graphs.PREFIX}/')

@@ -26,6 +26,7 @@ from poets import bottlenecks
 from poets import images
 from poets import modules
 from poets import pipeline
+from poets import summaries
 from poets import settings
 from poets.errors import PoetsError
 
@@ -280,7 +281,7 @@ def test_rerun_keeps_earlier_summaries(tmp_path, tf2_module, caplog):
   pipeline.run(config)
   first = sorted(os.listdir(tmp_path / 'summaries' / 'train'))
   pipeline.run(config)
-  previous = tmp_path / 'summaries' / pipeline.EARLIER_RUNS
+  previous = tmp_path / 'summaries' / summaries.EARLIER_RUNS
   (stamp,) = os.listdir(previous)
   assert sorted(os.listdir(previous / stamp / 'train')) == first
   assert 'nothing was deleted' in caplog.text

@@ -194,6 +194,27 @@ def test_offline_without_the_archive_one_line_says_what_to_put_where(
   assert not os.path.exists(model_dir) or not os.listdir(model_dir)
 
 
+def test_the_shipped_archive_is_found_whatever_model_dir_says(
+    tmp_path, offline, monkeypatch, caplog):
+  """Unpacked from where it ships into the user's --model_dir, offline;
+  nothing of theirs replaced, nothing left beside the shipped archive."""
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'my_models').mkdir()
+  (tmp_path / 'my_models' / 'notes.txt').write_text('mine\n')
+  shipped_before = sorted(os.listdir(os.path.dirname(SHIPPED_ARCHIVE)))
+  spec = modules.resolve_module('mobilenet_0.25_224', '', 'my_models')
+  assert spec.handle == os.path.join('my_models', 'mobilenet_v1_0.25_224',
+                                     'frozen_graph.pb')
+  assert os.path.getsize(spec.handle) > 1_000_000  # The real graph.
+  assert sorted(os.listdir('my_models')) == ['mobilenet_v1_0.25_224',
+                                             'notes.txt']
+  assert (tmp_path / 'my_models' / 'notes.txt').read_text() == 'mine\n'
+  assert sorted(os.listdir(os.path.dirname(SHIPPED_ARCHIVE))) == (
+      shipped_before)
+  assert f'Unpacking the shipped {SHIPPED_ARCHIVE} into my_models.' in (
+      caplog.text)
+
+
 def test_inception_archive_unpacks_at_the_top_of_model_dir(tmp_path, offline):
   model_dir = str(tmp_path / 'models')
   _write_archive(os.path.join(model_dir, 'inception-2015-12-05.tgz'),

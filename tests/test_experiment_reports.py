@@ -13,6 +13,7 @@ from poets import experiments
 from poets import pipeline
 from poets import settings
 from poets import training
+from poets.errors import PoetsError
 
 FLAG_NAMES = ['learning_rate', 'how_many_training_steps', 'architecture',
               'output_graph']
@@ -94,8 +95,63 @@ def test_a_failed_run_is_a_short_cell_and_a_marked_point(tmp_path):
   assert '21.0 s' in [text.get_text() for text in time_axes.texts]
 
 
+@pytest.mark.parametrize('values', [
+    # The README's network sweep, and more.
+    'efficientnet_lite0,mobilenet_0.25_224,efficientnet_lite2,'
+    'mobilenet_1.0_224_quantized,inception_v3',
+    # Long values with few places to break them: the figure widens.
+    ','.join(f'/home/me/{name * 3}/feature_vector_{i}'
+             for i, name in enumerate(['mobilenet', 'inception', 'resnet',
+                                       'efficientnet', 'nasnet', 'pnasnet'])),
+])
+def test_x_tick_labels_never_run_into_each_other(tmp_path, values):
+  experiment = _experiment(tmp_path, f'architecture={values}')
+  figure = experiment_reports.by_key_figure(
+      [fake_outcome(run, 0.9) for run in experiment.runs], ['architecture'],
+      'architecture')
+  figure.draw_without_rendering()
+  for axes in figure.axes:
+    boxes = [label.get_window_extent() for label in axes.get_xticklabels()]
+    assert len(boxes) == len(experiment.runs)
+    for left, right in zip(boxes, boxes[1:]):
+      assert left.x1 < right.x0
+
+
+def test_short_tick_labels_stay_as_typed():
+  assert experiment_reports.tick_label('0.005') == '0.005'
+  assert experiment_reports.tick_label('mobilenet_1.0_224_quantized') == (
+      'mobilenet_1.0_\n224_quantized')
+
+
 def test_wilson_interval_matches_the_textbook():
   low, high = experiment_reports.wilson_interval(9, 10)
   assert (round(low, 3), round(high, 3)) == (0.596, 0.982)
   low, high = experiment_reports.wilson_interval(58, 58)
   assert high == pytest.approx(1.0) and 0.93 < low < 0.94
+
+
+def test_an_index_md_of_the_users_is_never_overwritten(tmp_path):
+  (tmp_path / 'out').mkdir()
+  (tmp_path / 'out' / 'index.md').write_text('# My lab notes\n')
+  with pytest.raises(PoetsError, match='holds an index.md that '
+                     'experiments.py did not write'):
+    _experiment(tmp_path, 'learning_rate=0.01,1.0')
+  assert (tmp_path / 'out' / 'index.md').read_text() == '# My lab notes\n'
+  assert os.listdir(tmp_path / 'out') == ['index.md']
+
+
+@pytest.mark.parametrize('content', ['not json', '[1, 2]', '{"name": "x"}',
+                                     '{"name": 1, "started": 2, "swept": 3, '
+                                     '"runs": 4, "finished": true}'])
+def test_a_foreign_experiment_json_is_left_out_of_the_index(tmp_path,
+                                                            content):
+  (tmp_path / 'out' / 'theirs').mkdir(parents=True)
+  (tmp_path / 'out' / 'theirs' / 'experiment.json').write_text(content)
+  for _ in range(2):  # Every later sweep too.
+    experiment = _experiment(tmp_path, 'learning_rate=0.01,1.0')
+    experiment_reports.write_report(
+        [fake_outcome(run, 1.0) for run in experiment.runs], experiment)
+  index = (tmp_path / 'out' / 'index.md').read_text()
+  assert 'theirs' not in index
+  assert len([line for line in index.splitlines()
+              if line.startswith('| 20')]) == 2

@@ -3,6 +3,7 @@
 import csv
 import glob
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -382,3 +383,43 @@ def test_a_stopped_sweep_still_writes_its_table_and_cleans_up(
   time.sleep(2)  # The stopped run's child is gone, not left training.
   with open(long_log) as f:
     assert f.read() == log
+
+
+def test_a_run_that_saved_before_the_stop_is_reported_finished(
+    tmp_path, monkeypatch):
+  """The stop arrives after the run's child saved its outputs and its
+  result: that run finished, and the table says ok."""
+  experiment = experiments.plan(
+      [experiments.parse_sweep('learning_rate=0.01', FLAG_NAMES)],
+      lambda overrides: settings.RetrainSettings(), str(tmp_path / 'out'))
+  (run,) = experiment.runs
+  finished = fake_outcome(run, 0.9).result
+  stop = experiments.StopRequests()
+
+  class SavedThenStopped:
+    """A child that wrote its result just before Ctrl-C reached the sweep."""
+
+    def __init__(self, argv, **kwargs):
+      self.job_path = argv[-1]
+
+    def wait(self):
+      with open(self.job_path + '.result', 'wb') as f:
+        pickle.dump(('ok', finished), f)
+      stop(signal.SIGINT, None)
+      return 0
+
+    def poll(self):
+      return 0
+
+  monkeypatch.setattr(subprocess, 'Popen', SavedThenStopped)
+  (outcome,) = experiments.run_all(experiment.runs, stop=stop)
+  assert outcome.status == 'ok'
+
+
+def test_sweep_summaries_stay_out_of_the_codelab_tensorboard_folder(tmp_path):
+  experiment = experiments.plan(
+      [experiments.parse_sweep('learning_rate=0.01,1.0', FLAG_NAMES)],
+      lambda overrides: settings.RetrainSettings(), str(tmp_path / 'out'))
+  assert experiment.summaries_dir == experiment.dir
+  assert [run.config.summaries_dir for run in experiment.runs] == [
+      run.dir for run in experiment.runs]

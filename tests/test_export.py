@@ -12,6 +12,7 @@ from poets import export
 from poets import images
 from poets import labeling
 from poets import modules
+from poets import outputs
 from poets import pipeline
 from poets import training
 from poets.errors import PoetsError
@@ -280,7 +281,8 @@ def test_tensorboard_graph_is_one_module_scope_without_weights(retrained):
                                        name)
   scope = name.replace('~', '_').lstrip('_')
   assert {n.name.split('/')[0] for n in shown.node} == {
-      'Placeholder', scope, 'input', 'final_retrain_ops', 'final_result'}
+      'Placeholder', scope, 'input', 'final_retrain_ops', 'final_result',
+      outputs.RUN_ID_NODE}
   module_ops = {n.name[len(scope) + 1:]: n.op for n in shown.node
                 if n.name.startswith(scope + '/')}
   assert module_ops['Mean'] == 'Mean'  # The tiny module's colour means.
@@ -298,7 +300,7 @@ def test_default_network_graph_event_is_small_and_shows_its_layers(tmp_path,
                                 os.path.dirname(lite0_dir))
   frozen = _frozen_with_module(spec)
   export.write_graph_summary(frozen, str(tmp_path / 'summaries'), spec.name)
-  (event,) = (tmp_path / 'summaries' / 'retrained_graph').iterdir()
+  (event,) = (tmp_path / 'summaries' / 'retrained_graph').glob('events.*')
   assert frozen.ByteSize() > 10e6  # The weights, in the .pb...
   assert event.stat().st_size < 2e6  # ...but not in TensorBoard's copy.
   (shown,) = [tf.compat.v1.GraphDef.FromString(e.graph_def) for e in

@@ -199,6 +199,28 @@ def test_mul_graph_agrees_with_its_own_decoding(retrained, codelab_graphs):
                              atol=1e-3)
 
 
+def test_an_inner_input_layer_is_flagged(retrained, tmp_path):
+  """As in a retrained graph that scales its input before the network."""
+  with tf.Graph().as_default() as graph:
+    placeholder = tf.compat.v1.placeholder(tf.float32, [None, 32, 32, 3],
+                                           name='Placeholder')
+    _classify_by_mean_colour(tf.multiply(placeholder, 2.0, name='Mul_1') - 1)
+  path = _save(graph, tmp_path / 'scaled.pb')
+  image = _photo(retrained, 'red')
+
+  def warnings(layer):
+    return labeling.label_images(labeling.LabelConfig(
+        graph=path, labels=retrained.output_labels, images=[image],
+        input_layer=layer)).warnings
+
+  assert warnings('Mul_1') == [
+      "--input_layer 'Mul_1' is an inner layer (Mul), not an input of the "
+      'graph: what the graph does between its input and this layer is '
+      'skipped, so the scores differ from its own; pass --input_layer '
+      'Placeholder (its input, float32 [?,32,32,3]).']
+  assert warnings('Placeholder') == []
+
+
 def test_list_layers_answers_which_input_layer(retrained, codelab_graphs):
   assert labeling.list_layers(retrained.output_graph) == (
       'Inputs (--input_layer):\n'

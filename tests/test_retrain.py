@@ -39,6 +39,10 @@ def test_codelab_flow_both_flag_spellings_and_outputs(tmp_path, tf2_module):
   # A photo that cannot be decoded is skipped, and the run still succeeds.
   assert code == 0, output
   assert 'Skipping tf_files/flower_photos/red/broken.jpg' in output
+  # Every photo found is counted in one split of the per-class table.
+  total = re.search(r'^INFO: Images per class:\n.*^total +(\d+) +(\d+) +(\d+)$',
+                    output, re.M | re.S)
+  assert sum(int(n) for n in total.groups()) == 61, output
   # As the original's log read: one timestamp, no absl prefix.
   assert re.search(r'^INFO: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: Step 49: '
                    r'Train accuracy = [\d.]+%$', output, re.M), output

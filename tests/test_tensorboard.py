@@ -28,6 +28,7 @@ from conftest import make_image_dir
 from poets import cli
 from poets import modules
 from poets import pipeline
+from poets import summaries
 from poets import settings
 from poets.extras import dashboards
 import experiments as experiments_script
@@ -211,8 +212,8 @@ def test_current_run_comes_first_and_earlier_runs_are_kept(logdir,
   folder, name, _, _ = logdir
   runs = [run for run in json.loads(tensorboard('/data/runs'))
           if run.startswith(f'{name}/')]
-  (stamp,) = os.listdir(folder / name / pipeline.EARLIER_RUNS)
-  earlier = f'{name}/{pipeline.EARLIER_RUNS}/{stamp}'
+  (stamp,) = os.listdir(folder / name / summaries.EARLIER_RUNS)
+  earlier = f'{name}/{summaries.EARLIER_RUNS}/{stamp}'
   current = sorted(f'{name}/{run}' for run in pipeline.RUN_FOLDERS)
   assert sorted(runs) == current + sorted(
       f'{earlier}/{run}' for run in pipeline.RUN_FOLDERS)

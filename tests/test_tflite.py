@@ -8,6 +8,7 @@ each .tflite must label every photo as the .pb does.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -301,6 +302,31 @@ def test_scripts_convert_then_label_without_noise(exported, tmp_path):
       done.stdout)] == COLOURS
   for noise in ('XNNPACK', 'deprecat', 'Traceback'):
     assert noise not in done.stderr
+
+
+def test_tflite_convert_replaces_only_tflite_models(exported, tmp_path):
+  """The same path as input and output overwrote the input graph."""
+  graph = tmp_path / 'graph.pb'
+  shutil.copy(exported['none'].output_graph, graph)
+  before = graph.read_bytes()
+  labels = exported['none'].output_labels
+  for output, message in [(graph, 'is the --graph_def_file itself'),
+                          (tmp_path / '.' / 'graph.pb', 'itself')]:
+    assert message in _error(tflite.convert_graph_file, tflite.ConvertConfig(
+        graph_def_file=str(graph), output_file=str(output),
+        labels=labels))
+  notes = tmp_path / 'notes.tflite'
+  notes.write_text('my notes')
+  assert 'exists and is not a TensorFlow Lite model' in _error(
+      tflite.convert_graph_file, tflite.ConvertConfig(
+          graph_def_file=str(graph), output_file=str(notes),
+          labels=labels))
+  assert graph.read_bytes() == before
+  assert notes.read_text() == 'my notes'
+  old = tmp_path / 'old.tflite'
+  shutil.copy(exported['none'].output_tflite, old)
+  tflite.convert_graph_file(tflite.ConvertConfig(
+      graph_def_file=str(graph), output_file=str(old), labels=labels))
 
 
 @pytest.mark.parametrize('quantization', tflite.QUANTIZATIONS)

@@ -1,0 +1,124 @@
+"""The codelab's graph tools on a retrained graph: count_ops, graph_pb2tb and
+quantize_graph --mode=weights_rounded."""
+
+import glob
+import gzip
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from poets import export
+from poets import frozen_graphs
+from poets import labeling
+from poets.errors import PoetsError
+from poets.extras import graph_tools
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def graph_def(retrained):
+  config, _ = retrained
+  return frozen_graphs.load_graph_def(config.output_graph)
+
+
+def test_count_ops_counts_the_network_inside_its_function(graph_def):
+  in_functions = sum(len(f.node_def) for f in graph_def.library.function)
+  assert in_functions  # The module is a function the graph calls.
+  assert graph_tools.count_ops(graph_def) == len(graph_def.node) + (
+      in_functions)
+  assert graph_tools.count_ops(graph_def, 'final_result') == 1
+  assert graph_tools.count_ops(graph_def, 'Softmax') == 1
+  assert graph_tools.count_ops(graph_def, 'Conv2D') == 0
+
+
+def test_rounding_is_the_codelabs():
+  np.testing.assert_allclose(
+      graph_tools.round_to_levels(np.array([0, 0.3, 0.6, 1], np.float32), 2),
+      [0.25, 0.25, 0.75, 0.75])
+  same = np.full([3, 3], 0.5, np.float32)
+  assert graph_tools.round_to_levels(same, 256) is same
+
+
+def _float_constants(graph_def):
+  nodes = list(graph_def.node)
+  for function in graph_def.library.function:
+    nodes.extend(function.node_def)
+  return [tf.make_ndarray(n.attr['value'].tensor) for n in nodes
+          if n.op == 'Const' and n.attr['dtype'].type == tf.float32.as_datatype_enum]
+
+
+def test_rounded_graph_has_few_levels_labels_alike_and_compresses(
+    retrained, graph_def, tmp_path):
+  config, _ = retrained
+  rounded = graph_tools.round_weights(graph_def, ['final_result'], bitdepth=2)
+  assert all(len(np.unique(v)) <= 4 for v in _float_constants(rounded))
+  assert any(len(np.unique(v)) > 4 for v in _float_constants(graph_def))
+  path = str(tmp_path / 'rounded_graph.pb')
+  export.save_graph(graph_tools.round_weights(graph_def, ['final_result']),
+                    path)
+  photos = sorted(glob.glob(os.path.join(config.image_dir, '*', '*.jpg')))
+
+  def top1(graph):
+    run = labeling.label_images(labeling.LabelConfig(
+        graph=graph, labels=config.output_labels, images=photos, top_k=1))
+    return [r.predictions[0].label for r in run.results]
+
+  assert top1(path) == top1(config.output_graph)
+  with open(path, 'rb') as f:
+    assert len(gzip.compress(f.read())) < len(gzip.compress(
+        graph_def.SerializeToString()))
+
+
+def test_an_output_that_is_not_there_is_one_line(graph_def):
+  with pytest.raises(PoetsError) as raised:
+    graph_tools.round_weights(graph_def, ['final_layer'])
+  assert str(raised.value) == (
+      "--output_node_names: no node final_layer in the graph; for "
+      "retrain.py's graphs pass final_result.")
+
+
+def test_tensorboard_gets_the_graph_opened_up(graph_def, tmp_path):
+  graph_tools.write_tensorboard_graph(graph_def, str(tmp_path / 'retrained'))
+  events = glob.glob(str(tmp_path / 'retrained' / 'events.out.tfevents.*'))
+  shown = tf.compat.v1.GraphDef()
+  for event in tf.compat.v1.train.summary_iterator(events[0]):
+    if event.graph_def:
+      shown.ParseFromString(event.graph_def)
+  names = {node.name: node.op for node in shown.node}
+  assert names['Placeholder'] == 'Placeholder'
+  assert names['final_result'] == 'Softmax'
+  assert names[f'{graph_tools.TENSORBOARD_SCOPE}/Mean'] == 'Mean'
+  assert not shown.library.function
+
+
+@pytest.mark.slow
+def test_quantize_graph_rounds_and_refuses_the_gone_modes(retrained,
+                                                          tmp_path):
+  config, _ = retrained
+
+  def run(*args):
+    return subprocess.run(
+        [sys.executable, '-m', 'scripts.quantize_graph',
+         f'--input={config.output_graph}', *args], cwd=REPO,
+        capture_output=True, text=True, timeout=300, check=False)
+
+  output = tmp_path / 'rounded_graph.pb'
+  done = run(f'--output={output}', '--mode=weights_rounded',
+             '--output_node_names=final_result')
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert output.exists()
+  done = run(f'--output={tmp_path / "q.pb"}', '--mode=eightbit')
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines() == [
+      'ERROR: --mode=eightbit made TensorFlow 1 quantized ops, which '
+      'TensorFlow 2 no longer has; for an integer model use TensorFlow '
+      'Lite: retrain.py --output_tflite tf_files/optimized_graph.tflite '
+      '--tflite_quantization int8 (or tflite_convert.py --quantization '
+      'int8), or keep --mode=weights_rounded for a .pb that compresses '
+      'smaller.']
+  assert not (tmp_path / 'q.pb').exists()
