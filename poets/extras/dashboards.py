@@ -52,7 +52,7 @@ RUN_FOLDERS = (TEST_RUN, PROJECTOR_RUN)
 TRAINING_POINTS = 500  # training photos in the Projector, at most
 EVALUATION_POINTS = 2000  # validation photos, and test photos, at most
 THUMBNAIL_SIZE = 64  # pixels a side in the Projector's sprite
-MISCLASSIFIED_SHOWN = 16  # the most confident mistakes, in a 4x4 grid
+MISCLASSIFIED_SHOWN = 16  # the most confident mistakes, two a row
 MISCLASSIFIED_SIZE = 160  # pixels a side of each photo there
 PROJECTOR_CONFIG = 'projector_config.pbtxt'  # the name the Projector reads
 METADATA = 'metadata.tsv'
@@ -280,7 +280,7 @@ def misclassified_image(evaluation, labels):
                          MISCLASSIFIED_SIZE)
   font = ImageFont.truetype(font_manager.findfont('DejaVu Sans'), 12)
   line = 16  # pixels per line of text
-  columns = min(4, len(shown))
+  columns = min(2, len(shown))  # narrow: TensorBoard fits it to a card
   cell_width = MISCLASSIFIED_SIZE + 20
   cell_height = MISCLASSIFIED_SIZE + 4 * line
   sheet = Image.new('RGB', (columns * cell_width, 2 * line + math.ceil(
