@@ -26,18 +26,14 @@ folder, or a worker image that has it; see README "Big folders").
 import functools
 import sys
 
+from absl import app
+from absl import flags
+from absl import logging
+
+from poets import cli
+from poets import settings
 from poets import startup
-
-startup.begin_script()  # Before anything else imports TensorFlow.
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-
-from poets import cli  # noqa: E402
-from poets import modules  # noqa: E402
-from poets import settings  # noqa: E402
-from poets.errors import PoetsError  # noqa: E402
+from poets.errors import PoetsError
 
 DEFAULTS = settings.RetrainSettings()
 
@@ -53,8 +49,11 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  startup.begin_script()  # Before anything imports TensorFlow.
+  # pylint: disable=g-import-not-at-top
+  from poets.core import modules
   try:
-    from poets import beam_bottlenecks
+    from poets.extras import beam_pipeline
   except ImportError as e:
     sys.exit(f'ERROR: beam_bottlenecks.py needs Apache Beam ({e}): pip '
              'install -r requirements-beam.txt')
@@ -62,10 +61,10 @@ def main(argv):
   input_size = ((FLAGS.input_height, FLAGS.input_width)
                 if FLAGS.input_height else None)
   try:
-    options = beam_bottlenecks.pipeline_options(argv[1:])
+    options = beam_pipeline.pipeline_options(argv[1:])
     spec = modules.resolve_module(FLAGS.architecture, FLAGS.tfhub_module,
                                   FLAGS.model_dir, input_size)
-    beam_bottlenecks.run(options, FLAGS.image_dir, FLAGS.bottleneck_dir, spec)
+    beam_pipeline.run(options, FLAGS.image_dir, FLAGS.bottleneck_dir, spec)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
 

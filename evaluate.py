@@ -22,25 +22,22 @@ normalization flags.
 
 import sys
 
+from absl import app
+from absl import flags
+
+from poets import cli
+from poets import settings
 from poets import startup
+from poets.errors import PoetsError
 
-startup.begin_script()  # Before anything else imports TensorFlow.
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from poets import cli  # noqa: E402
-from poets.errors import PoetsError  # noqa: E402
-from poets.extras import evaluation  # noqa: E402
-
-DEFAULTS = evaluation.EvaluateConfig()
+DEFAULTS = settings.EvaluateConfig()
 
 cli.define_flags(DEFAULTS, {
     'image_dir': 'The folder of class sub-folders retrain.py was run on.',
     'testing_percentage': "retrain.py's --testing_percentage.",
     'validation_percentage': "retrain.py's --validation_percentage.",
     'labels': ("The models' labels file; default: the labels packed in a "
-               '.tflite, else tf_files/retrained_labels.txt.'),
+               f'.tflite, else {settings.DEFAULT_LABELS}.'),
     'input_layer': 'Name of the input layer (as label_image.py).',
     'output_layer': 'Name of the output layer.',
     'input_mean': 'Subtracted from each pixel (0-255) before --input_std.',
@@ -61,7 +58,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  config = evaluation.EvaluateConfig(
+  startup.begin_script()  # Before anything imports TensorFlow.
+  from poets.extras import evaluation  # pylint: disable=g-import-not-at-top
+  config = settings.EvaluateConfig(
       models=argv[1:], image_dir=FLAGS.image_dir,
       testing_percentage=FLAGS.testing_percentage,
       validation_percentage=FLAGS.validation_percentage, labels=FLAGS.labels,

@@ -46,28 +46,24 @@ its swept values and final test accuracy, cross entropy and time.
 import shlex
 import sys
 
+from absl import app
+from absl import flags
+from absl import logging
+
+import retrain  # Defines the retrain flags: the base of every run.
+from poets import cli
 from poets import startup
-
-startup.begin_script()  # Before anything else imports TensorFlow.
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-
-import retrain  # noqa: E402  Defines the retrain flags: the base of every run.
-from poets import cli  # noqa: E402
-from poets import experiment_reports  # noqa: E402
-from poets import experiments  # noqa: E402
-from poets.errors import PoetsError  # noqa: E402
-from poets.extras import dashboards  # noqa: E402
+from poets.errors import PoetsError
+from poets.extras import experiment_plan
 
 flags.DEFINE_multi_string(
     'sweep', [], 'key=value1,value2,...: runs every value of a retrain flag, '
     'of images_per_class (a number or all) or of device (cpu, gpu); several '
     '--sweep flags run the cross product.')
-flags.DEFINE_string('experiments_dir', experiments.DEFAULT_EXPERIMENTS_DIR,
-                    'Where each experiment gets a folder for its table, '
-                    'plots and runs, listed in index.md.')
+flags.DEFINE_string(
+    'experiments_dir', experiment_plan.DEFAULT_EXPERIMENTS_DIR,
+    'Where each experiment gets a folder for its table, '
+    'plots and runs, listed in index.md.')
 flags.register_validator('experiments_dir', cli.is_path,
                          'must name a folder (not empty, no NUL)')
 flags.adopt_module_key_flags(retrain)
@@ -93,25 +89,35 @@ def config_for(overrides):
 
 def main(argv):
   cli.refuse_positional(argv, 'experiments.py')
+  startup.begin_script()  # Before anything imports TensorFlow.
+  # pylint: disable=g-import-not-at-top
+  from poets import pipeline
+  from poets.extras import dashboards
+  from poets.extras import experiment_reports
+  from poets.extras import experiment_runs
   verbosity = FLAGS.logging_verbosity.lower().replace('warn', 'warning')
   logging.set_verbosity(verbosity)
   flag_names = [flag.name
                 for flag in FLAGS.get_key_flags_for_module(retrain)]
   try:
-    sweeps = [experiments.parse_sweep(text, flag_names) for text in FLAGS.sweep]
-    experiment = experiments.plan(sweeps, config_for, FLAGS.experiments_dir,
-                                  FLAGS.summaries_dir or None,
-                                  shlex.join(['python'] + sys.argv),
-                                  check_inputs=True)
+    sweeps = [experiment_plan.parse_sweep(text, flag_names)
+              for text in FLAGS.sweep]
+    experiment = experiment_plan.plan(sweeps, config_for,
+                                      FLAGS.experiments_dir,
+                                      FLAGS.summaries_dir or None,
+                                      shlex.join(['python'] + sys.argv),
+                                      check_inputs=pipeline.check_inputs)
     for note in experiment.notes:
       print(note)
     # From here on Ctrl-C and SIGTERM stop the sweep, never the table.
-    with experiments.stop_requests() as stop:
-      outcomes = experiments.run_all(experiment.runs, verbosity, stop)
+    with experiment_runs.stop_requests() as stop:
+      outcomes = experiment_runs.run_all(experiment.runs, verbosity, stop)
       report = experiment_reports.write_report(outcomes, experiment)
       dashboards.write_hparams(experiment, outcomes)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
+  except Exception as e:  # A full disk, a denied permission.
+    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
   except KeyboardInterrupt:
     sys.exit('Interrupted before the first run; no table written.')
   print(report.markdown)

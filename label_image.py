@@ -26,21 +26,16 @@ packed in it serve unless --labels is given.
 import os
 import sys
 
+from absl import app
+from absl import flags
+
+from poets import cli
+from poets import settings
 from poets import startup
+from poets.core import label_output
+from poets.errors import PoetsError
 
-startup.begin_script()  # Before anything else imports TensorFlow.
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from poets import cli  # noqa: E402
-from poets import export  # noqa: E402
-from poets import label_output  # noqa: E402
-from poets import labeling  # noqa: E402
-from poets import settings  # noqa: E402
-from poets.errors import PoetsError  # noqa: E402
-
-DEFAULTS = labeling.LabelConfig()
+DEFAULTS = settings.LabelConfig()
 # Decoded images of one batch sit in memory together.
 MAX_BATCH_SIZE = 4096
 
@@ -49,7 +44,7 @@ cli.define_flags(DEFAULTS, {
               'told apart by content) to run.'),
     'labels': ("The graph's labels file, one label per output; default: the "
                'labels packed in a .tflite, else '
-               f'{labeling.DEFAULT_LABELS}.'),
+               f'{settings.DEFAULT_LABELS}.'),
     'image_dir': 'A folder whose images (searched recursively) to label.',
     'input_layer': ('Name of the input layer: Placeholder for this project, '
                     'input (MobileNet) or Mul (Inception v3) for the '
@@ -76,10 +71,10 @@ flags.DEFINE_enum('output_format', 'text', label_output.OUTPUT_FORMATS,
 flags.DEFINE_bool('list_layers', False,
                   "Print the graph's candidate input and output layers and "
                   'exit.')
-flags.DEFINE_bool('imagenet', False,
-                  "Label with the embedded module's ImageNet classifier "
-                  f'instead of --graph and --labels (written once to '
-                  f'{export.IMAGENET_GRAPH} and {export.IMAGENET_LABELS}).')
+flags.DEFINE_bool(
+    'imagenet', False, "Label with the embedded module's ImageNet classifier "
+    f'instead of --graph and --labels (written once to '
+    f'{settings.IMAGENET_GRAPH} and {settings.IMAGENET_LABELS}).')
 
 flags.register_validator('graph', cli.is_path,
                          'must name a file (not empty, no NUL)')
@@ -107,7 +102,7 @@ def _image_args(values):
 
 
 def config_from_flags(extra_images):
-  return labeling.LabelConfig(
+  return settings.LabelConfig(
       graph=FLAGS.graph,
       labels=FLAGS.labels,
       images=_image_args(FLAGS.image + extra_images),
@@ -123,17 +118,23 @@ def config_from_flags(extra_images):
       allow_io_ops=FLAGS.allow_io_ops)
 
 
-def _use_imagenet(config):
+def _use_imagenet(config, imagenet_demo):
   """The config with the ImageNet graph, which is built on first use."""
-  graph, labels = export.IMAGENET_GRAPH, export.IMAGENET_LABELS
+  graph, labels = settings.IMAGENET_GRAPH, settings.IMAGENET_LABELS
   if not (os.path.exists(graph) and os.path.exists(labels)):
     print(f'Writing {graph} and {labels} (once)...', file=sys.stderr)
-    export.export_imagenet_graph(graph, labels)
-  return labeling.LabelConfig(**{**vars(config), 'graph': graph,
-                                 'labels': labels})
+    imagenet_demo.export_imagenet_graph(graph, labels)
+  return settings.LabelConfig(**{
+      **vars(config), 'graph': graph,
+      'labels': labels
+  })
 
 
 def main(argv):
+  startup.begin_script()  # Before anything imports TensorFlow.
+  # pylint: disable=g-import-not-at-top
+  from poets.core import labeling
+  from poets.extras import imagenet_demo
   # A file name need not be UTF-8; print it as the bytes it is, as ls does.
   sys.stdout.reconfigure(errors='surrogateescape')
   try:
@@ -142,7 +143,7 @@ def main(argv):
       return
     config = config_from_flags(argv[1:])
     if FLAGS.imagenet:
-      config = _use_imagenet(config)
+      config = _use_imagenet(config, imagenet_demo)
       if not config.images and not config.image_dir:
         print(f'Label a photo with: python {argv[0]} --imagenet --image '
               'photo.jpg', file=sys.stderr)
@@ -150,6 +151,8 @@ def main(argv):
     run = labeling.label_images(config)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
+  except Exception as e:  # A full disk, a denied permission.
+    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
   for warning in run.warnings:
     print(f'WARNING: {warning}', file=sys.stderr)
   sys.stdout.write(label_output.format_run(run, FLAGS.output_format))

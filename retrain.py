@@ -34,20 +34,15 @@ Hub URL, a .tar.gz URL or a local directory.
 
 import sys
 
+from absl import app
+from absl import flags
+from absl import logging
+
+from poets import cli
+from poets import interrupts
+from poets import settings
 from poets import startup
-
-startup.begin_script()  # Before anything else imports TensorFlow.
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-
-from poets import cli  # noqa: E402
-from poets import interrupts  # noqa: E402
-from poets import pipeline  # noqa: E402
-from poets import settings  # noqa: E402
-from poets import tflite  # noqa: E402
-from poets.errors import PoetsError  # noqa: E402
+from poets.errors import PoetsError
 
 DEFAULTS = settings.RetrainSettings()
 # Batches are sampled with replacement into memory; more than this many
@@ -64,8 +59,9 @@ cli.define_flags(DEFAULTS, {
     'summaries_dir': (
         'Where to save summary logs for TensorBoard (default: '
         'tf_files/training_summaries/<architecture or module name>). Event '
-        'files of an earlier run there are moved to ~previous_runs/<date>, '
-        'never deleted.'),
+        'files of an earlier run there are moved, never deleted, to '
+        'tf_files/previous_runs/<name>/<date> (from a folder of your own, to '
+        'its ~previous_runs/<date>).'),
     'how_many_training_steps': 'How many training steps to run before ending.',
     'learning_rate': 'How large a learning rate to use when training.',
     'testing_percentage': 'What percentage of images to use as a test set.',
@@ -102,6 +98,18 @@ cli.define_flags(DEFAULTS, {
         'Where to save the retrained model as TensorFlow Lite (.tflite, for '
         'phones); empty = none. It uses the same labels file.'),
     'checkpoint_path': 'Where to save the checkpoint of the trained layer.',
+    'fine_tune_blocks': (
+        'How many of the embedded network\'s top blocks to fine-tune, with '
+        'its final 1x1 convolution, after the new layer has trained alone; '
+        '0 = only the new layer, as the codelab. The input of the lowest '
+        'one is cached per image under --bottleneck_dir.'),
+    'fine_tune_steps': (
+        'With --fine_tune_blocks: training steps of the blocks and the new '
+        'layer together, after --how_many_training_steps of the layer '
+        'alone.'),
+    'fine_tune_learning_rate': (
+        'With --fine_tune_blocks: the learning rate of the fine-tuned '
+        'blocks (the new layer keeps --learning_rate).'),
     'random_seed': (
         'Seed for sampling batches and initialising the layer, for '
         'reproducible runs; unset = a new sequence each run.'),
@@ -117,13 +125,16 @@ cli.define_flags(DEFAULTS, {
     'random_scale': (0, 100),
     'random_brightness': (0, 100),
     'random_seed': (0, settings.MAX_RANDOM_SEED),
+    'fine_tune_blocks': (0, None),
+    'fine_tune_steps': (0, None),
+    'fine_tune_learning_rate': (0, None),
 })
 cli.define_module_flags(DEFAULTS)
-flags.DEFINE_enum('tflite_quantization', DEFAULTS.tflite_quantization,
-                  tflite.QUANTIZATIONS,
-                  'How --output_tflite is stored: none (float32), dynamic '
-                  '(int8 weights, float arithmetic) or int8 (full-integer, '
-                  'calibrated on a few hundred of the training images).')
+flags.DEFINE_enum(
+    'tflite_quantization', DEFAULTS.tflite_quantization, settings.QUANTIZATIONS,
+    'How --output_tflite is stored: none (float32), dynamic '
+    '(int8 weights, float arithmetic) or int8 (full-integer, '
+    'calibrated on a few hundred of the training images).')
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much logging output should be produced.')
@@ -134,7 +145,8 @@ for _name in ('image_dir', 'output_graph', 'output_labels', 'bottleneck_dir',
                            'must name a file or folder (not empty, no NUL)')
 for _name in ('summaries_dir', 'saved_model_dir', 'output_tflite'):
   flags.register_validator(_name, cli.is_optional_path, 'must not hold NUL')
-for _name in ('learning_rate', 'testing_percentage', 'validation_percentage'):
+for _name in ('learning_rate', 'testing_percentage', 'validation_percentage',
+              'fine_tune_learning_rate'):
   flags.register_validator(_name, cli.is_finite, 'must be a finite number')
 for _name in ('test_batch_size', 'validation_batch_size'):
   flags.register_validator(
@@ -164,6 +176,8 @@ def settings_from_flags():
 
 def main(argv):
   cli.refuse_positional(argv, 'retrain.py')
+  startup.begin_script()  # Before anything imports TensorFlow.
+  from poets import pipeline  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
                                                                 'warning'))
   run_settings = settings_from_flags()
@@ -174,6 +188,8 @@ def main(argv):
       result = pipeline.run(run_settings)
     except PoetsError as e:
       sys.exit(f'ERROR: {e}')
+    except Exception as e:  # A full disk, a denied permission.
+      sys.exit(f'ERROR: {cli.environment_error_line(e)}')
     except KeyboardInterrupt:
       print('Interrupted; finished bottleneck files and outputs are intact.',
             file=sys.stderr)

@@ -28,19 +28,16 @@ result through `label_image.py --graph tf_files/optimized_graph.tflite`.
 
 import sys
 
+from absl import app
+from absl import flags
+from absl import logging
+
+from poets import cli
+from poets import settings
 from poets import startup
+from poets.errors import PoetsError
 
-startup.begin_script()  # Before anything else imports TensorFlow.
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-
-from poets import cli  # noqa: E402
-from poets import tflite  # noqa: E402
-from poets.errors import PoetsError  # noqa: E402
-
-DEFAULTS = tflite.ConvertConfig()
+DEFAULTS = settings.ConvertConfig()
 
 cli.define_flags(DEFAULTS, {
     'graph_def_file': 'The frozen graph (.pb) to convert.',
@@ -51,7 +48,7 @@ cli.define_flags(DEFAULTS, {
     'labels': ('The graph\'s labels file (retrain.py --output_labels), packed '
                'into the model with its input normalization as metadata.'),
     'image_dir': ('Photos to calibrate int8 on (searched recursively; '
-                  f'{tflite.CALIBRATION_IMAGES} evenly spread ones used).'),
+                  f'{settings.CALIBRATION_IMAGES} evenly spread ones used).'),
     'input_mean': 'Subtracted from each calibration pixel (0-255).',
     'input_std': ('Each calibration pixel minus --input_mean is divided by '
                   'this; the defaults give the [0, 1] retrain.py trains on.'),
@@ -59,7 +56,8 @@ cli.define_flags(DEFAULTS, {
                      'write files, the network or Python (refused by '
                      'default); only for graphs you trust.'),
 })
-flags.DEFINE_enum('quantization', DEFAULTS.quantization, tflite.QUANTIZATIONS,
+flags.DEFINE_enum('quantization', DEFAULTS.quantization,
+                  settings.QUANTIZATIONS,
                   'none (float32), dynamic (int8 weights, float arithmetic) '
                   'or int8 (full-integer, calibrated on --image_dir).')
 
@@ -85,8 +83,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   cli.refuse_positional(argv, 'tflite_convert.py')
+  startup.begin_script()  # Before anything imports TensorFlow.
+  # pylint: disable-next=g-import-not-at-top
+  from poets.extras import tflite_converter
   logging.set_verbosity(logging.INFO)
-  config = tflite.ConvertConfig(
+  config = settings.ConvertConfig(
       graph_def_file=FLAGS.graph_def_file, output_file=FLAGS.output_file,
       input_array=FLAGS.input_array, output_array=FLAGS.output_array,
       labels=FLAGS.labels,
@@ -94,9 +95,11 @@ def main(argv):
       input_mean=FLAGS.input_mean, input_std=FLAGS.input_std,
       allow_io_ops=FLAGS.allow_io_ops)
   try:
-    size = tflite.convert_graph_file(config)
+    size = tflite_converter.convert_graph_file(config)
   except PoetsError as e:
     sys.exit(f'ERROR: {e}')
+  except Exception as e:  # A full disk, a denied permission.
+    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
   print(f'Wrote {config.output_file} ({size / 1e6:.1f} MB, quantization '
         f'{config.quantization}).')
 

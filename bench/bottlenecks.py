@@ -7,7 +7,7 @@ Images per second over a folder of real photos with the default module:
   (b) ours: bottlenecks.cache_bottlenecks into a fresh folder, everything
       included (loading the module, the tf.data pipeline, writing files);
   (c) the limit: the module alone on decoded, resized batches of
-      bottlenecks.BATCH_SIZE held in memory.
+      graph_names.BATCH_SIZE held in memory.
 (b) pays a fixed start-up (loading the module, building and optimising its
 graph) that a small folder does not amortise, so it is also timed alone, on a
 single photo, and (b)'s rate after it is printed too.
@@ -32,9 +32,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
-from poets import bottlenecks  # noqa: E402
-from poets import images  # noqa: E402
-from poets import modules  # noqa: E402
+from poets.core import bottlenecks  # noqa: E402
+from poets.core import graph_names  # noqa: E402
+from poets.core import image_decoding  # noqa: E402
+from poets.core import image_listing  # noqa: E402
+from poets.core import modules  # noqa: E402
 
 flags.DEFINE_integer('rounds', None, 'Turns of (c), (a), (b) (default 3; '
                      '--quick: 1).')
@@ -75,10 +77,9 @@ def _original_bottleneck(session, ops, image_path, bottleneck_path):
 
 def _decoded(image_paths, height, width):
   """All photos decoded and resized as ours does, as one array."""
-  dataset = (tf.data.Dataset.from_tensor_slices(image_paths)
-             .map(lambda path: images.decode_and_resize(
-                 tf.io.read_file(path), height, width))
-             .batch(len(image_paths)))
+  dataset = (tf.data.Dataset.from_tensor_slices(
+      image_paths).map(lambda path: image_decoding.decode_and_resize(
+          tf.io.read_file(path), height, width)).batch(len(image_paths)))
   return next(iter(dataset)).numpy()
 
 
@@ -93,13 +94,14 @@ def _measure(image_dir, work):
   """Takes turns at (c), (a) and (b) and prints each one's best round."""
   spec = common.module_spec()
   module = modules.module_info(spec)
-  image_lists = images.create_image_lists(image_dir, 10, 10)
+  image_lists = image_listing.create_image_lists(image_dir, 10, 10)
   # (class folder, image name, image path) of every photo, in cache order.
   photos = [(c.dir, name, image_lists.image_path(i, name))
             for i, c in enumerate(image_lists.classes)
-            for split in images.SPLITS for name in c.split(split)]
+            for split in image_listing.SPLITS
+            for name in c.split(split)]
   count = len(photos)
-  batch = bottlenecks.BATCH_SIZE
+  batch = graph_names.BATCH_SIZE
   pixels = _decoded([path for _, _, path in photos], *module.image_size)
   print(f'{count} photos in {FLAGS.image_dir}, module {spec.name}; '
         f'{common.load()}')

@@ -19,9 +19,9 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from poets import efficientnet_lite  # noqa: E402
-from poets import images  # noqa: E402
-from poets import modules  # noqa: E402
+from poets.core import image_listing  # noqa: E402
+from poets.core import modules  # noqa: E402
+from poets.core.networks import efficientnet_lite  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DIR = os.path.join(REPO_ROOT, '..', 'shared', 'data',
@@ -86,9 +86,11 @@ def subset(image_dir, per_class, destination):
 
 def photo_count(image_dir):
   """How many photos retrain.py would use from `image_dir`."""
-  image_lists = images.create_image_lists(image_dir, 10, 10)
-  return sum(len(c.split(split)) for c in image_lists.classes
-             for split in images.SPLITS)
+  image_lists = image_listing.create_image_lists(image_dir, 10, 10)
+  return sum(
+      len(c.split(split))
+      for c in image_lists.classes
+      for split in image_listing.SPLITS)
 
 
 def module_spec():

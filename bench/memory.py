@@ -25,9 +25,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from bench import common  # noqa: E402
-from poets import bottlenecks  # noqa: E402
-from poets import images  # noqa: E402
-from poets import modules  # noqa: E402
+from poets.core import bottlenecks  # noqa: E402
+from poets.core import image_listing  # noqa: E402
+from poets.core import modules  # noqa: E402
 
 flags.DEFINE_list('sizes', ['24', '120'],
                   'Photos per class of the smaller and the larger folder.')
@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 def _make_bottlenecks():
   """The child's work: what retrain.py does up to the bottleneck cache."""
   spec = common.module_spec()
-  image_lists = images.create_image_lists(FLAGS.image_dir, 10, 10)
+  image_lists = image_listing.create_image_lists(FLAGS.image_dir, 10, 10)
   bottlenecks.cache_bottlenecks(image_lists, modules.module_info(spec),
                                 FLAGS.bottleneck_dir)
 

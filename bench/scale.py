@@ -39,10 +39,11 @@ from PIL import Image  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
-from poets import bottlenecks  # noqa: E402
-from poets import cache_index  # noqa: E402
-from poets import images  # noqa: E402
-from poets import modules  # noqa: E402
+from poets.core import bottlenecks  # noqa: E402
+from poets.core import cache_index  # noqa: E402
+from poets.core import feeds  # noqa: E402
+from poets.core import image_listing  # noqa: E402
+from poets.core import modules  # noqa: E402
 
 matplotlib.use('Agg')
 from matplotlib import pyplot  # noqa: E402
@@ -159,13 +160,13 @@ def _compare_readers(image_dir, bottleneck_dir, module_name, sample):
   seconds: the CPU rate moves much less with other work on the machine.
   """
   # pylint: disable=protected-access
-  entries = list(bottlenecks._entries(
-      images.create_image_lists(image_dir, 10, 10), bottleneck_dir,
-      module_name))[:sample]
+  entries = list(
+      bottlenecks._entries(image_listing.create_image_lists(image_dir, 10, 10),
+                           bottleneck_dir, module_name))[:sample]
   names = bottlenecks._index_names(entries, bottleneck_dir)
 
   def read(index):
-    values = bottlenecks.feedable_empty([len(entries), FLAGS.width])
+    values = feeds.feedable_empty([len(entries), FLAGS.width])
     summary = bottlenecks.CacheSummary()
     bottlenecks._read_cache(entries, names, values, np.zeros(
         len(entries), cache_index.IDENTITY), index, bottleneck_dir, summary)

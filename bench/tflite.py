@@ -30,15 +30,16 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
-from poets import export  # noqa: E402
-from poets import images  # noqa: E402
-from poets import frozen_graphs  # noqa: E402
-from poets import labeling  # noqa: E402
-from poets import modules  # noqa: E402
 from poets import pipeline  # noqa: E402
 from poets import settings  # noqa: E402
-from poets import tflite  # noqa: E402
-from poets import tflite_model  # noqa: E402
+from poets.core import export  # noqa: E402
+from poets.core import frozen_graphs  # noqa: E402
+from poets.core import graph_names  # noqa: E402
+from poets.core import image_decoding
+from poets.core import image_listing  # noqa: E402
+from poets.core import modules  # noqa: E402
+from poets.core import tflite_interpreter  # noqa: E402
+from poets.extras import tflite_converter  # noqa: E402
 
 flags.DEFINE_integer('steps', None,
                      'Training steps (default 4000; --quick: 200).')
@@ -71,12 +72,13 @@ def _convert(graph_def, image_lists, work):
                     for i, image_class in enumerate(image_lists.classes)
                     for name in image_class.training]
   models = {}
-  for quantization in tflite.QUANTIZATIONS:
+  for quantization in settings.QUANTIZATIONS:
     path = os.path.join(work, f'{quantization}.tflite')
     start = time.perf_counter()
-    tflite.save_model(tflite.convert(
-        graph_def, export.INPUT_NAME, OUTPUT, quantization,
-        tflite.calibration_images(training_paths)), path)
+    tflite_converter.save_model(
+        tflite_converter.convert(
+            graph_def, graph_names.INPUT_NAME, OUTPUT, quantization,
+            tflite_converter.calibration_images(training_paths)), path)
     models[quantization] = path, time.perf_counter() - start
   return models
 
@@ -88,9 +90,10 @@ def _held_back(image_lists, size):
     pairs = [(image_lists.image_path(i, name), i)
              for i, image_class in enumerate(image_lists.classes)
              for name in image_class.split(split)]
-    pixels = np.stack([labeling.normalize(tf.io.read_file(path), *size, 0.0,
-                                          255.0).numpy()
-                       for path, _ in pairs])
+    pixels = np.stack([
+        image_decoding.decode_and_normalize(tf.io.read_file(path), *size, 0.0,
+                                            255.0).numpy() for path, _ in pairs
+    ])
     sets[split] = pixels, np.array([label for _, label in pairs])
   return sets
 
@@ -100,16 +103,19 @@ def _pb_classifier(graph_def):
   session = tf.compat.v1.Session(graph=graph, config=tf.compat.v1.ConfigProto(
       intra_op_parallelism_threads=THREADS, inter_op_parallelism_threads=1,
       device_count={'GPU': 0}))
-  image = graph.get_tensor_by_name(f'{export.INPUT_NAME}:0')
+  image = graph.get_tensor_by_name(f'{graph_names.INPUT_NAME}:0')
   scores = graph.get_tensor_by_name(f'{OUTPUT}:0')
   return lambda pixels: session.run(scores, {image: pixels})
 
 
 def _tflite_classifier(path):
   with open(path, 'rb') as f:
-    model = tflite_model.load(f.read(), path, export.INPUT_NAME, OUTPUT,
-                              num_threads=THREADS)
-  return lambda pixels: tflite_model.run(model, pixels)
+    model = tflite_interpreter.load(f.read(),
+                                    path,
+                                    graph_names.INPUT_NAME,
+                                    OUTPUT,
+                                    num_threads=THREADS)
+  return lambda pixels: tflite_interpreter.run(model, pixels)
 
 
 def _measure(classifiers, pixels, rounds):
@@ -142,7 +148,7 @@ def main(argv):
   with tempfile.TemporaryDirectory(prefix='bench_tflite_') as work:
     image_dir = common.photos(work)
     run_settings = _retrain(image_dir, work, steps)
-    image_lists = images.create_image_lists(image_dir, 10, 10)
+    image_lists = image_listing.create_image_lists(image_dir, 10, 10)
     graph_def = frozen_graphs.load_graph_def(run_settings.output_graph)
     converted = _convert(graph_def, image_lists, work)
     held_back = _held_back(image_lists, module.image_size)
@@ -187,9 +193,9 @@ def main(argv):
   pb_top1 = reference.argmax(1)
   pb_test = (pb_top1[:tests] == truth[:tests]).mean()
   worst_test = min((scores[q].argmax(1)[:tests] == truth[:tests]).mean()
-                   for q in tflite.QUANTIZATIONS)
-  worst_agreement = min((scores[q].argmax(1) == pb_top1).mean()
-                        for q in tflite.QUANTIZATIONS)
+                   for q in settings.QUANTIZATIONS)
+  worst_agreement = min(
+      (scores[q].argmax(1) == pb_top1).mean() for q in settings.QUANTIZATIONS)
   print(f"targets: int8/float size = {sizes['int8'] / sizes['none']:.2f} "
         f'(<= 0.33); lowest top-1 agreement with .pb = '
         f'{worst_agreement:.1%} (>= 97%); largest test accuracy drop = '

@@ -28,11 +28,12 @@ from absl import flags  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
-from poets import bottlenecks  # noqa: E402
-from poets import images  # noqa: E402
-from poets import modules  # noqa: E402
 from poets import settings  # noqa: E402
-from poets import training  # noqa: E402
+from poets.core import bottlenecks  # noqa: E402
+from poets.core import final_layer  # noqa: E402
+from poets.core import image_listing  # noqa: E402
+from poets.core import modules  # noqa: E402
+from poets.core import training  # noqa: E402
 
 DEFAULTS = settings.RetrainSettings()
 flags.DEFINE_integer('steps', None, 'Training steps of each (default '
@@ -60,8 +61,10 @@ def _original_batch(image_lists, split, how_many, bottleneck_dir,
     for _ in range(how_many):
       label_index = rng.choice(classes)
       names = image_lists.classes[label_index].split(split)
-      chosen.append((label_index, names[
-          rng.randrange(images.MAX_NUM_IMAGES_PER_CLASS + 1) % len(names)]))
+      chosen.append(
+          (label_index,
+           names[rng.randrange(image_listing.MAX_NUM_IMAGES_PER_CLASS + 1) %
+                 len(names)]))
   values, ground_truths = [], []
   for label_index, name in chosen:
     class_dir = image_lists.classes[label_index].dir
@@ -82,7 +85,7 @@ def _original_training(image_lists, bottleneck_dir, module, steps, work):
   """The original's training loop; returns its final test accuracy."""
   config = settings.RetrainSettings()
   with tf.Graph().as_default() as graph:
-    layer = training.add_final_retrain_ops(
+    layer = final_layer.add_final_retrain_ops(
         len(image_lists.classes), config.final_tensor_name,
         tf.zeros([1, module.bottleneck_size]), None, config.learning_rate)
     merged = tf.compat.v1.summary.merge_all()
@@ -128,7 +131,7 @@ def main(argv):
     image_dir = common.photos(work)
     spec = common.module_spec()
     module = modules.module_info(spec)
-    image_lists = images.create_image_lists(image_dir, 10, 10)
+    image_lists = image_listing.create_image_lists(image_dir, 10, 10)
     bottleneck_dir = os.path.join(work, 'bottlenecks')
     splits, _ = bottlenecks.cache_bottlenecks(image_lists, module,
                                               bottleneck_dir)

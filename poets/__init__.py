@@ -1,7 +1,9 @@
 """TensorFlow for Poets: retrain the last layer of an image network.
 
-The pipeline, one module per stage:
-images (find, split, decode) -> modules (resolve and load a feature extractor)
--> bottlenecks (compute and cache) -> training (the new layer) -> export
-(frozen graph, labels, SavedModel) -> labeling.
+poets/core/ holds the codelab's stages: image_listing -> modules (the network)
+-> bottlenecks -> final_layer and training -> export -> labeling.
+poets/extras/ holds what the codelab did not have: TensorFlow Lite, the
+SavedModel, the TensorBoard graph, experiments, Beam, the ImageNet demo.
+Directly in poets/: what every script shares (errors, files, settings, cli,
+startup, progress, interrupts) and pipeline, one retrain.py run.
 """

@@ -14,13 +14,11 @@ import typing
 
 from absl import flags
 
-from poets import modules
+from poets import files
+from poets.core.networks import architectures
 from poets import settings
 
 USAGE_ERROR = 2
-# The flags defined below belong to the script that asks for them, so its
-# --help lists them and experiments.py can adopt retrain.py's.
-flags.disclaim_key_flags()
 
 
 def parse_flags_or_exit(argv, known_only=False):
@@ -69,6 +67,9 @@ def define_flags(defaults, helps, bounds=None):
   and with the default of the `defaults` field of the same name, so a flag
   and the setting it fills cannot disagree. `bounds` maps a number flag to
   its (lower, upper) bound, None for no bound."""
+  # The flags belong to the script that asks for them, so its --help lists
+  # them and experiments.py can adopt retrain.py's.
+  flags.disclaim_key_flags()
   define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
             float: flags.DEFINE_float, str: flags.DEFINE_string}
   kinds = {field.name: field.type for field in dataclasses.fields(defaults)}
@@ -110,8 +111,9 @@ def define_module_flags(defaults):
   flags.register_validator('model_dir', is_path,
                            'must name a folder (not empty, no NUL)')
   flags.register_validator(
-      'architecture', modules.is_architecture,
-      f'must be one of {modules.architecture_choices()} (any letter case)')
+      'architecture', architectures.is_architecture,
+      f'must be one of {architectures.architecture_choices()} (any letter case)'
+  )
   flags.register_validator('tfhub_module', is_optional_path,
                            'must not hold NUL')
   flags.register_multi_flags_validator(
@@ -122,3 +124,12 @@ def define_module_flags(defaults):
       ['architecture', 'tfhub_module'],
       lambda f: not (f['architecture'] and f['tfhub_module']),
       'pass either --architecture or --tfhub_module, not both')
+
+
+def environment_error_line(error):
+  """The one line a script prints for `error`, a full disk or a denied
+  permission (files.environment_error); re-raises any other error."""
+  line = files.environment_error(error)
+  if line is None:
+    raise error
+  return line

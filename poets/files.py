@@ -7,6 +7,7 @@ file or the new one, never a partial one.
 """
 
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import os
@@ -94,6 +95,11 @@ def _temporary_file(path, mode):
       yield f, temp_path
     # mkstemp makes owner-only files; give the permissions open() would.
     os.chmod(temp_path, 0o666 & ~_umask())
+  except OSError as e:
+    os.unlink(temp_path)
+    if e.filename is None:  # A write's error names no file: name it.
+      raise OSError(e.errno, e.strerror, path) from e
+    raise
   except BaseException:
     os.unlink(temp_path)
     raise
@@ -232,6 +238,37 @@ def read_regular_file(path, flag, limit, fix):
     raise PoetsError(f'{flag} {path} grew past {limit / 2**20:,.0f} MiB '
                      f'while it was read; {fix}.')
   return data
+
+
+# What the machine, not the program, got wrong: a full disk, a denied
+# permission, a read-only mount.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC: 'free some space there',
+                      errno.EDQUOT: 'free some space there',
+                      errno.EACCES: 'give yourself write access there',
+                      errno.EPERM: 'give yourself write access there',
+                      errno.EROFS: 'the file system is read-only'}
+
+
+def environment_error(error):
+  """One line for an error of the machine's (ENVIRONMENT_ERRNOS), naming
+  the path and what to do, or None for any other error. `error` is an
+  OSError, or a TensorFlow error whose message carries the system's words
+  (its writers report a full disk so)."""
+  if isinstance(error, OSError):
+    if error.errno not in ENVIRONMENT_ERRNOS:
+      return None
+    path = error.filename or 'a file'
+    return (f'Cannot write {path} ({error.strerror}); '
+            f'{ENVIRONMENT_ERRNOS[error.errno]}, or choose another folder.')
+  message = str(getattr(error, 'message', error))
+  for number, fix in ENVIRONMENT_ERRNOS.items():
+    words = os.strerror(number)
+    for line in message.splitlines():
+      if words in line:  # TensorFlow's: '<path>; <words>' among others.
+        path = line.strip().split(f'; {words}')[0].strip()
+        return (f'Cannot write {path} ({words}); {fix}, or choose another '
+                'folder.')
+  return None
 
 
 def check_writable(directory, flag):

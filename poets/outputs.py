@@ -22,6 +22,7 @@ import uuid
 import tensorflow as tf
 
 from poets import files
+from poets.errors import PoetsError
 
 RUN_ID_NODE = 'retrain_run_id'
 MANIFEST_SUFFIX = '.run.json'
@@ -92,36 +93,44 @@ def save(run_set, graph_def, labels, build_saved_model=None,
   graph_def = with_run_id(graph_def, run_id)
   labels_bytes = ''.join(f'{label}\n' for label in labels).encode('utf-8')
   staged = []  # (temporary, final), in the order they are renamed
+  current = run_set.tflite or run_set.saved_model_dir or run_set.labels
   try:
     if run_set.tflite:
       staged.append((files.staged_write(run_set.tflite, make_tflite(graph_def)),
                      run_set.tflite))
     if run_set.saved_model_dir:
+      current = run_set.saved_model_dir
       built = files.temporary_sibling(run_set.saved_model_dir)
       staged.append((built, run_set.saved_model_dir))
       build_saved_model(graph_def, built)
+    current = run_set.labels
     staged.append((files.staged_write(run_set.labels, labels_bytes),
                    run_set.labels))
     staged.append((files.staged_write(
         manifest_path(run_set.labels),
         manifest_text(run_id, labels_bytes).encode('utf-8')),
                    manifest_path(run_set.labels)))
+    current = run_set.graph
     staged.append((files.staged_write(run_set.graph,
                                 graph_def.SerializeToString()),
                    run_set.graph))
     while staged:
-      temporary, final = staged[0]
+      temporary, current = staged[0]
       if os.path.isdir(temporary):
-        files.replace_directory(temporary, final)
+        files.replace_directory(temporary, current)
       else:
-        os.replace(temporary, final)
+        os.replace(temporary, current)
       staged.pop(0)
-  except BaseException:
+  except BaseException as e:
     for temporary, _ in staged:
       if os.path.isdir(temporary):
         shutil.rmtree(temporary, ignore_errors=True)
       elif os.path.exists(temporary):
         os.unlink(temporary)
+    if isinstance(e, OSError) and files.environment_error(e):
+      # Named by the output, not its temporary name; the old set stays.
+      raise PoetsError(files.environment_error(
+          OSError(e.errno, e.strerror, current))) from e
     raise
   return [path for path in (run_set.graph, run_set.labels,
                             run_set.saved_model_dir, run_set.tflite) if path]

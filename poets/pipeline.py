@@ -12,18 +12,23 @@ import time
 from absl import logging
 import tensorflow as tf
 
-from poets import bottlenecks
-from poets import export
 from poets import files
-from poets import images
-from poets import modules
 from poets import outputs
 from poets import summaries
-from poets import tflite
-from poets import training
+from poets.core import bottlenecks
+from poets.core import cut_cache
+from poets.core import export
+from poets.core import fine_tuning
+from poets.core import graph_names
+from poets.core import image_listing
+from poets.core import modules
+from poets.core import tflite_metadata
+from poets.core import training
 from poets.errors import PoetsError
 from poets.extras import dashboards
-from poets.extras import tflite_metadata
+from poets.extras import saved_model
+from poets.extras import tensorboard_graph
+from poets.extras import tflite_converter
 
 
 @dataclasses.dataclass
@@ -50,7 +55,7 @@ RUN_FOLDERS = {
 
 
 def _check_tflite(settings):
-  tflite.check_quantization(settings.tflite_quantization,
+  tflite_converter.check_quantization(settings.tflite_quantization,
                             '--tflite_quantization')
   path = settings.output_tflite
   if not path:
@@ -117,16 +122,7 @@ def _check_outputs(settings):
   if settings.saved_model_dir:
     for path in (settings.saved_model_dir,
                  files.interrupted_path(settings.saved_model_dir)):
-      export.check_saved_model_dir(path)
-
-
-def _write_graph_summary(graph_def, summaries_dir, module_name):
-  try:
-    export.write_graph_summary(graph_def, summaries_dir, module_name)
-  except (OSError, tf.errors.OpError) as e:
-    logging.warning('Could not write the graph for TensorBoard to %s (%s); '
-                    'the outputs are saved.', summaries_dir,
-                    getattr(e, 'strerror', None) or e.message)
+      saved_model.check_saved_model_dir(path)
 
 
 def _check_usable(splits, labels):
@@ -138,11 +134,31 @@ def _check_usable(splits, labels):
         'images that decode to at least two class folders.')
 
 
+def train(settings, labels, spec, module, splits, cut=None, cut_splits=None,
+          save_intermediate=None):
+  """Trains the new layer on `splits`' bottlenecks; with a fine_tuning.Cut,
+  then the top blocks with it on `cut_splits`' cuts. Returns the
+  TrainingResult of the last."""
+  result = training.train(settings, splits, labels, spec, save_intermediate,
+                          final_test=cut is None)
+  if cut is None or result.interrupted:
+    return result
+  logging.info('Fine-tuning the top %d blocks with the new layer for %d '
+               'steps', settings.fine_tune_blocks, settings.fine_tune_steps)
+  return training.train(
+      settings, cut_splits, labels, spec, save_intermediate,
+      fine_tuning.FineTuning(
+          cut, fine_tuning.bottom_module(cut, module), result.layer,
+          first_step=settings.how_many_training_steps,
+          steps=settings.fine_tune_steps,
+          learning_rate=settings.fine_tune_learning_rate))
+
+
 def check_inputs(settings):
   """What `run` checks before any work, for callers that start runs
   elsewhere (experiments.py, before its first run): the image folder, the
   module, and the folders runs share. Raises PoetsError."""
-  images.create_image_lists(settings.image_dir, settings.testing_percentage,
+  image_listing.create_image_lists(settings.image_dir, settings.testing_percentage,
                             settings.validation_percentage)
   modules.module_info(modules.resolve_module(
       settings.architecture, settings.tfhub_module, settings.model_dir,
@@ -175,11 +191,11 @@ def run(settings):
   # Images first: a mistyped --image_dir is reported before the embedded
   # module is built.
   start = time.perf_counter()
-  image_lists = images.create_image_lists(settings.image_dir,
+  image_lists = image_listing.create_image_lists(settings.image_dir,
                                           settings.testing_percentage,
                                           settings.validation_percentage)
   if settings.images_per_class is not None:
-    image_lists = images.limit_training_images(
+    image_lists = image_listing.limit_training_images(
         image_lists, settings.images_per_class, settings.random_seed)
   listing_seconds = time.perf_counter() - start
   log_image_lists(image_lists)
@@ -195,9 +211,21 @@ def run(settings):
                module.image_size[0], module.image_size[1],
                module.bottleneck_size)
 
+  cut = cut_splits = None
+  if settings.fine_tune_blocks:
+    cut = fine_tuning.find_cut(spec, settings.fine_tune_blocks)
+    logging.info('Fine-tuning the top %d blocks of %s: caching the %s input '
+                 'of block %d per image', settings.fine_tune_blocks,
+                 spec.name, 'x'.join(map(str, cut.shape)), cut.block)
+
   start = time.perf_counter()
-  splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
-                                                settings.bottleneck_dir)
+  if cut:
+    cut_splits, cache = cut_cache.cache_cuts(image_lists, module, cut,
+                                             settings.bottleneck_dir)
+    splits = fine_tuning.pretrained_bottlenecks(cut, cut_splits)
+  else:
+    splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
+                                                  settings.bottleneck_dir)
   bottleneck_seconds = time.perf_counter() - start
   split_sizes = {name: len(split.ground_truth)
                  for name, split in splits.items()}
@@ -209,7 +237,7 @@ def run(settings):
   _check_usable(splits, labels)
 
   with summaries.claim(settings.summaries_dir, RUN_FOLDERS), export.FrozenGraphs(
-      spec, len(labels), settings.final_tensor_name) as frozen_graphs:
+      spec, len(labels), settings.final_tensor_name, cut) as frozen_graphs:
 
     def save_intermediate(step, layer):
       path = os.path.join(settings.intermediate_output_graphs_dir,
@@ -218,8 +246,8 @@ def run(settings):
       export.save_graph(frozen_graphs.freeze(layer), path)
 
     start = time.perf_counter()
-    result = training.train(settings, splits, labels, spec,
-                            save_intermediate)
+    result = train(settings, labels, spec, module, splits, cut, cut_splits,
+                   save_intermediate)
     training_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -232,18 +260,25 @@ def run(settings):
                                  for path in dataclasses.astuple(run_set)])
     saved = outputs.save(
         run_set, graph_def, labels,
-        lambda graph_def, folder: export.build_saved_model(
+        lambda graph_def, folder: saved_model.build_saved_model(
             graph_def, folder, settings.final_tensor_name),
-        lambda graph_def: tflite_metadata.add_metadata(tflite.convert(
-            graph_def, export.INPUT_NAME, settings.final_tensor_name,
+        lambda graph_def: tflite_metadata.add_metadata(tflite_converter.convert(
+            graph_def, graph_names.INPUT_NAME, settings.final_tensor_name,
             settings.tflite_quantization,
-            tflite.calibration_images(splits['training'].filenames),
+            tflite_converter.calibration_images(splits['training'].filenames),
             what='the retrained graph'), labels))
-    # After the outputs: a summary that cannot be written loses no layer.
-    _write_graph_summary(graph_def, settings.summaries_dir, spec.name)
+    # After the outputs, and its writer only warns: a summary that cannot
+    # be written loses no layer.
+    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
   export_seconds = time.perf_counter() - start
-  dashboards.write_run(settings.summaries_dir, settings, module, splits,
-                       labels, result)
+  try:
+    dashboards.write_run(settings.summaries_dir, settings, module, splits,
+                         labels, result)
+  except (OSError, tf.errors.OpError) as e:
+    line = files.environment_error(e)
+    if line is None:
+      raise
+    logging.warning('Could not write the dashboards: %s', line)
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
                     'the layer trained so far to %s (beside the finished '

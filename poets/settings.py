@@ -10,23 +10,44 @@ the fields it needs where it uses them: `settings.learning_rate` in training,
 import dataclasses
 import re
 
-from poets import images
+from poets.core import graph_names
 
+DEFAULT_IMAGE_DIR = 'tf_files/flower_photos'
+# How --output_tflite is stored (poets.extras.tflite_converter), and how
+# many photos int8 calibrates on.
+QUANTIZATIONS = ('none', 'dynamic', 'int8')
+CALIBRATION_IMAGES = 300
+# label_image.py --imagenet: the embedded module's own classifier, frozen once.
+IMAGENET_GRAPH = 'tf_files/imagenet_graph.pb'
+IMAGENET_LABELS = 'tf_files/imagenet_labels.txt'
+# label_image.py's size for an input that fixes none, and its labels when
+# the model carries none.
+DEFAULT_INPUT_SIZE = 224
+DEFAULT_LABELS = 'tf_files/retrained_labels.txt'
 MAX_IMAGE_SIZE = 4096  # pixels a side, for --input_height/--input_width
 MAX_RANDOM_SEED = 2**31 - 1
-# Top-level names the retrained graph already uses: a softmax given one of
-# them would silently become `<name>_1` and export would look for the wrong
-# tensor.
-_TAKEN_NAMES = frozenset(['input', 'final_retrain_ops', 'cross_entropy',
-                          'train', 'accuracy', 'Placeholder', 'init', 'save'])
 _OP_NAME = re.compile(r'[A-Za-z0-9.][A-Za-z0-9_.\-]*')
+
+
+@dataclasses.dataclass(frozen=True)
+class Distortions:
+  """The original's training-time distortions, each a percentage (0 = off)."""
+  flip_left_right: bool = False
+  random_crop: int = 0
+  random_scale: int = 0
+  random_brightness: int = 0
+
+  @property
+  def enabled(self):
+    return (self.flip_left_right or self.random_crop != 0 or
+            self.random_scale != 0 or self.random_brightness != 0)
 
 
 @dataclasses.dataclass(frozen=True)
 class RetrainSettings:
   """Everything a run needs; the defaults are the codelab's."""
   # Images and their split.
-  image_dir: str = images.DEFAULT_IMAGE_DIR
+  image_dir: str = DEFAULT_IMAGE_DIR
   testing_percentage: float = 10
   validation_percentage: float = 10
   # The feature extractor.
@@ -51,16 +72,20 @@ class RetrainSettings:
   random_scale: int = 0
   random_brightness: int = 0
   summaries_dir: str = ''  # '': tf_files/training_summaries/<module name>.
+  # Fine-tuning the network's top blocks after the new layer (0: none).
+  fine_tune_blocks: int = 0
+  fine_tune_steps: int = 40
+  fine_tune_learning_rate: float = 0.01
   checkpoint_path: str = 'tf_files/_retrain_checkpoint'
   # Export.
-  final_tensor_name: str = 'final_result'
+  final_tensor_name: str = graph_names.FINAL_TENSOR_NAME
   output_graph: str = 'tf_files/retrained_graph.pb'
   output_labels: str = 'tf_files/retrained_labels.txt'
   intermediate_output_graphs_dir: str = 'tf_files/intermediate_graph'
   intermediate_store_frequency: int = 0
   saved_model_dir: str = ''
   output_tflite: str = ''  # '': no TensorFlow Lite model.
-  tflite_quantization: str = 'none'  # One of tflite.QUANTIZATIONS.
+  tflite_quantization: str = 'none'  # One of QUANTIZATIONS.
   # Not a retrain.py flag: experiments.py's images_per_class sweep.
   images_per_class: int | None = None
 
@@ -73,15 +98,15 @@ class RetrainSettings:
 
   @property
   def distortions(self):
-    return images.Distortions(self.flip_left_right, self.random_crop,
-                              self.random_scale, self.random_brightness)
+    return Distortions(self.flip_left_right, self.random_crop,
+                       self.random_scale, self.random_brightness)
 
   def replace(self, **changes):
     return dataclasses.replace(self, **changes)
 
 
 def is_valid_final_tensor_name(name):
-  return bool(_OP_NAME.fullmatch(name)) and name not in _TAKEN_NAMES
+  return bool(_OP_NAME.fullmatch(name)) and name not in graph_names.TAKEN_NAMES
 
 
 def warnings(settings):
@@ -105,3 +130,52 @@ def from_flags(flag_values):
   """RetrainSettings from parsed absl flags, every field by its flag's name."""
   return RetrainSettings(**{name: flag_values[name].value
                             for name in field_names() if name in flag_values})
+
+
+@dataclasses.dataclass
+class LabelConfig:
+  """What to label with which graph; defaults fit this project's graphs."""
+  graph: str = 'tf_files/retrained_graph.pb'
+  labels: str | None = None  # None: a .tflite's own, else DEFAULT_LABELS.
+  images: list[str] = dataclasses.field(default_factory=list)
+  image_dir: str = ''
+  input_layer: str = graph_names.INPUT_NAME
+  output_layer: str = graph_names.FINAL_TENSOR_NAME
+  input_height: int | None = None  # None: the input's static shape, or 224.
+  input_width: int | None = None
+  input_mean: float = graph_names.INPUT_MEAN
+  input_std: float = graph_names.INPUT_STD
+  top_k: int = 5
+  batch_size: int = graph_names.BATCH_SIZE
+  allow_io_ops: bool = False  # Run graphs holding frozen_graphs.IO_OPS.
+
+
+@dataclasses.dataclass
+class ConvertConfig:
+  """tflite_convert.py's flags: a frozen graph that already exists, by its
+  layer names, as the codelab's tflite_convert command took it."""
+  graph_def_file: str = 'tf_files/retrained_graph.pb'
+  output_file: str = 'tf_files/optimized_graph.tflite'
+  input_array: str = graph_names.INPUT_NAME
+  output_array: str = graph_names.FINAL_TENSOR_NAME
+  labels: str = DEFAULT_LABELS
+  quantization: str = 'none'
+  image_dir: str = ''
+  input_mean: float = graph_names.INPUT_MEAN
+  input_std: float = graph_names.INPUT_STD
+  allow_io_ops: bool = False  # Convert graphs holding frozen_graphs.IO_OPS.
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+  """What evaluate.py measures; defaults are the codelab's."""
+  models: list[str] = dataclasses.field(default_factory=list)
+  image_dir: str = DEFAULT_IMAGE_DIR
+  testing_percentage: float = 10
+  validation_percentage: float = 10
+  labels: str | None = None  # None: a .tflite's own, else label_image's.
+  input_layer: str = LabelConfig.input_layer
+  output_layer: str = LabelConfig.output_layer
+  input_mean: float = LabelConfig.input_mean
+  input_std: float = LabelConfig.input_std
+  batch_size: int = LabelConfig.batch_size

@@ -19,6 +19,7 @@ import datetime
 import os
 
 from absl import logging
+import tensorflow as tf
 
 from poets import files
 from poets.errors import PoetsError
@@ -130,3 +131,40 @@ def claim(summaries_dir, run_folders):
     lock.close()
     raise
   return lock
+
+
+class TolerantWriter:
+  """A FileWriter (its file named with this process's id) whose failures, a
+  full disk or a lost permission, are one warning, after which it writes
+  nothing more: a run's curves are worth less than the layer it trains."""
+
+  def __init__(self, directory, graph=None, suffix=''):
+    self._writer = None
+    self._try(self._open, directory, graph, suffix)
+
+  def _open(self, directory, graph, suffix):
+    self._writer = tf.compat.v1.summary.FileWriter(
+        directory, graph, filename_suffix=f'.{os.getpid()}{suffix}')
+
+  def _try(self, write, *args, **kwargs):
+    try:
+      write(*args, **kwargs)
+    except (OSError, RuntimeError, tf.errors.OpError) as e:
+      line = files.environment_error(e)
+      if line is None:
+        raise
+      self._writer = None
+      logging.warning('Could not write TensorBoard summaries: %s The run '
+                      'goes on without them.', line)
+
+  def add_summary(self, *args, **kwargs):
+    if self._writer:
+      self._try(self._writer.add_summary, *args, **kwargs)
+
+  def add_graph(self, *args, **kwargs):
+    if self._writer:
+      self._try(self._writer.add_graph, *args, **kwargs)
+
+  def close(self):
+    if self._writer:
+      self._try(self._writer.close)

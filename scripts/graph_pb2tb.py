@@ -20,7 +20,7 @@ def main(argv):
   startup.begin_script()
   # pylint: disable=g-import-not-at-top
   from poets import files
-  from poets import frozen_graphs
+  from poets.core import frozen_graphs
   from poets.errors import PoetsError
   from poets.extras import graph_tools
   out_dir, graph = argv[1:]

@@ -24,9 +24,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from poets import cli  # noqa: E402
-from poets import export  # noqa: E402
+from poets.core import export  # noqa: E402
+from poets.core import frozen_graphs  # noqa: E402
 from poets import files  # noqa: E402
-from poets import frozen_graphs  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
 from poets.extras import graph_tools  # noqa: E402
 

@@ -219,7 +219,7 @@ def tf1_hub_module(tmp_path_factory):
 def lite0_dir(tmp_path_factory):
   """The default network, built once (seconds) into a model_dir of its own
   for the tests that only read it; building it is tested on its own."""
-  from poets import efficientnet_lite
+  from poets.core.networks import efficientnet_lite
   model_dir = tmp_path_factory.mktemp('models')
   return efficientnet_lite.ensure_module('efficientnet_lite0', str(model_dir))
 
@@ -267,3 +267,26 @@ def http_server(tmp_path):
   thread.start()
   yield served, f'http://127.0.0.1:{server.server_address[1]}'
   server.shutdown()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A folder on a 256 kB file system of its own (a tmpfs mount), to fill;
+  skipped where this machine cannot mount one (not root, no tmpfs)."""
+  folder = tmp_path / 'small_disk'
+  folder.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k',
+                            'tmpfs', str(folder)], capture_output=True)
+  if mounted.returncode:
+    pytest.skip('cannot mount a small tmpfs here')
+  try:
+    yield folder
+  finally:
+    subprocess.run(['umount', '-l', str(folder)], check=False)
+
+
+def fill(folder, leave=0):
+  """Fills `folder`'s file system, leaving about `leave` bytes free."""
+  free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize - leave
+  with open(os.path.join(folder, 'filler'), 'wb') as f:
+    f.write(b'\0' * max(free, 0))

@@ -22,12 +22,12 @@ import tensorflow as tf
 
 from conftest import (CLASS_COLOURS, ODD_FILE_NAMES, ctrl_c_when_logged,
                       encode, make_image_dir, solid_image)
-from poets import bottlenecks
-from poets import images
-from poets import modules
 from poets import pipeline
 from poets import summaries
 from poets import settings
+from poets.core import bottlenecks
+from poets.core import image_listing
+from poets.core import modules
 from poets.errors import PoetsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -447,7 +447,7 @@ def test_arbitrary_bytes_become_a_bottleneck_or_a_logged_skip(
   make_image_dir(root / 'photos', per_class=1)
   for i, blob in enumerate(blobs):
     (root / 'photos' / 'red' / f'fuzz_{i}.jpg').write_bytes(blob)
-  lists = images.create_image_lists(str(root / 'photos'), 0, 0)
+  lists = image_listing.create_image_lists(str(root / 'photos'), 0, 0)
   splits, summary = bottlenecks.cache_bottlenecks(
       lists, loaded_tiny_module, str(root / 'bottlenecks'))
   used = set(splits['training'].filenames)

@@ -1,4 +1,4 @@
-"""Tests for poets/beam_bottlenecks.py: retrain.py's cache, made by Beam.
+"""Tests for poets/extras/beam_pipeline.py: retrain.py's cache, made by Beam.
 
 The pipeline runs on Beam's DirectRunner in this process (in_memory), on
 tiny photos and the tiny module; one slow test runs the script as a user
@@ -18,11 +18,11 @@ import pytest
 beam = pytest.importorskip('apache_beam')
 
 from conftest import make_image_dir  # noqa: E402
-from poets import beam_bottlenecks  # noqa: E402
-from poets import bottlenecks  # noqa: E402
-from poets import images  # noqa: E402
-from poets import modules  # noqa: E402
+from poets.core import bottlenecks  # noqa: E402
+from poets.core import image_listing  # noqa: E402
+from poets.core import modules  # noqa: E402
 from poets.errors import PoetsError  # noqa: E402
+from poets.extras import beam_pipeline  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_PROCESS = ['--runner', 'DirectRunner', '--direct_running_mode',
@@ -61,9 +61,8 @@ def _spec(module_path):
 
 
 def _beam(image_dir, bottleneck_dir, module_path):
-  return beam_bottlenecks.run(beam_bottlenecks.pipeline_options(IN_PROCESS),
-                              image_dir, str(bottleneck_dir),
-                              _spec(module_path))
+  return beam_pipeline.run(beam_pipeline.pipeline_options(IN_PROCESS),
+                           image_dir, str(bottleneck_dir), _spec(module_path))
 
 
 def _retrain_cache(image_dir, bottleneck_dir, module_path):
@@ -72,7 +71,7 @@ def _retrain_cache(image_dir, bottleneck_dir, module_path):
   with tf.Graph().as_default():
     module = modules.load_module(_spec(module_path))
   return bottlenecks.cache_bottlenecks(
-      images.create_image_lists(image_dir, 10, 10), module,
+      image_listing.create_image_lists(image_dir, 10, 10), module,
       str(bottleneck_dir))
 
 
@@ -94,7 +93,7 @@ def test_beam_makes_retrains_cache_and_retrain_reuses_it(made, tf2_module,
   [(path, reason)] = summary.failed
   assert path == broken and reason.startswith('Unknown image file format')
   assert f'Skipping {broken}: Unknown image file format' in log
-  report = beam_bottlenecks.skipped_report_path(str(cache), 'tiny~module')
+  report = beam_pipeline.skipped_report_path(str(cache), 'tiny~module')
   with open(report) as f:
     assert [json.loads(line)[0] for line in f] == [broken]
 
@@ -137,10 +136,10 @@ def test_another_modules_cache_is_refused_and_left_alone(tf2_module,
                                                          tmp_path):
   image_dir, _ = _photos(tmp_path)
   cache = tmp_path / 'cache'
-  lists = images.create_image_lists(image_dir, 10, 10)
+  lists = image_listing.create_image_lists(image_dir, 10, 10)
   written = 0
   for image_class in lists.classes:
-    for split in images.SPLITS:
+    for split in image_listing.SPLITS:
       for name in image_class.split(split):
         path = bottlenecks.bottleneck_path(str(cache), image_class.dir, name,
                                            'tiny~module')
@@ -155,15 +154,15 @@ def test_another_modules_cache_is_refused_and_left_alone(tf2_module,
 
 
 def test_options_default_to_all_cores_and_refuse_unknown_flags():
-  options = beam_bottlenecks.pipeline_options([]).get_all_options()
+  options = beam_pipeline.pipeline_options([]).get_all_options()
   assert options['runner'] == 'DirectRunner'
   assert options['direct_running_mode'] == 'multi_processing'
   assert options['direct_num_workers'] == 0
-  chosen = beam_bottlenecks.pipeline_options(
-      ['--direct_num_workers', '3']).get_all_options()
+  chosen = beam_pipeline.pipeline_options(['--direct_num_workers',
+                                           '3']).get_all_options()
   assert chosen['direct_num_workers'] == 3
   with pytest.raises(PoetsError, match='unknown flag.*--direct_num_worker'):
-    beam_bottlenecks.pipeline_options(['--direct_num_worker', '3'])
+    beam_pipeline.pipeline_options(['--direct_num_worker', '3'])
 
 
 @pytest.mark.slow

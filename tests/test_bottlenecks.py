@@ -1,4 +1,4 @@
-"""Tests for poets/bottlenecks.py: the text cache and batched computing."""
+"""Tests for poets/core/bottlenecks.py: the text cache and batched computing."""
 
 import os
 
@@ -7,11 +7,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_BOTTLENECK, make_image_dir
-from poets import bottlenecks
-from poets import cache_index
 from poets import files
-from poets import images
-from poets import modules
+from poets.core import bottlenecks
+from poets.core import cache_index
+from poets.core import image_listing
+from poets.core import modules
 from poets.errors import PoetsError
 
 
@@ -21,7 +21,7 @@ def _module(path):
 
 
 def _cache(image_dir, module, bottleneck_dir):
-  lists = images.create_image_lists(image_dir, 10, 10)
+  lists = image_listing.create_image_lists(image_dir, 10, 10)
   return lists, *bottlenecks.cache_bottlenecks(lists, module,
                                                str(bottleneck_dir))
 
@@ -62,7 +62,7 @@ def test_second_run_reuses_everything(image_dir, tf2_module, tmp_path):
   _, second, summary = _cache(image_dir, module, tmp_path / 'b')
   assert summary.created == 0 and summary.reused == 60
   assert summary.read_seconds > 0
-  for split in images.SPLITS:
+  for split in image_listing.SPLITS:
     np.testing.assert_array_equal(first[split].bottlenecks,
                                   second[split].bottlenecks)
 
@@ -173,7 +173,7 @@ def test_warm_run_copies_the_index_instead_of_parsing(
   _, second, summary = _cache(image_dir, module, tmp_path / 'b')
   assert summary.indexed == summary.reused == 60 and summary.created == 0
   assert os.stat(_index(tmp_path / 'b')).st_mtime_ns == written  # Unchanged.
-  for split in images.SPLITS:
+  for split in image_listing.SPLITS:
     np.testing.assert_array_equal(first[split].bottlenecks,
                                   second[split].bottlenecks)
 
@@ -232,7 +232,7 @@ def test_damaged_or_missing_index_is_ignored_and_rewritten(
         f.write(data)
   _, second, summary = _cache(image_dir, module, tmp_path / 'b')
   assert summary.indexed == 0 and summary.reused == 60
-  for split in images.SPLITS:
+  for split in image_listing.SPLITS:
     np.testing.assert_array_equal(first[split].bottlenecks,
                                   second[split].bottlenecks)
   warnings = caplog.text.count('Ignoring the bottleneck index')
@@ -245,8 +245,8 @@ def test_run_on_a_subset_keeps_the_other_files_in_the_index(
     image_dir, tf2_module, tmp_path):
   module = _module(tf2_module)
   _warm(image_dir, module, tmp_path / 'b')
-  subset = images.limit_training_images(
-      images.create_image_lists(image_dir, 10, 10), 2)
+  subset = image_listing.limit_training_images(
+      image_listing.create_image_lists(image_dir, 10, 10), 2)
   chosen = list(bottlenecks._entries(subset, str(tmp_path / 'b'),
                                      'tiny~module'))
   _edit_by_hand(tmp_path / 'b' / os.path.relpath(chosen[0].cache_path,
@@ -270,7 +270,7 @@ def test_index_never_passes_a_bad_value(image_dir, tf2_module, tmp_path):
   _, second, summary = _cache(image_dir, module, tmp_path / 'b')
   assert summary.recomputed == 1 and summary.indexed == 58
   assert np.isfinite(bottlenecks.read_bottleneck(str(damaged))[0]).all()
-  for split in images.SPLITS:
+  for split in image_listing.SPLITS:
     np.testing.assert_allclose(first[split].bottlenecks,
                                second[split].bottlenecks, rtol=1e-5)
 
@@ -303,6 +303,6 @@ def test_index_replaced_by_another_run_meanwhile_is_read_whole(
   monkeypatch.setattr(cache_index, 'take', take_after_a_replacement)
   _, second, summary = _cache(image_dir, module, tmp_path / 'b')
   assert summary.indexed == 60
-  for split in images.SPLITS:
+  for split in image_listing.SPLITS:
     np.testing.assert_array_equal(first[split].bottlenecks,
                                   second[split].bottlenecks)

@@ -1,4 +1,4 @@
-"""Tests for poets/codelab_networks.py: the codelab's frozen-graph networks.
+"""Tests for poets/core/networks/codelab_networks.py: the codelab's frozen-graph networks.
 
 Tiny frozen graphs with the original's tensor names (`input` ->
 `MobilenetV1/Predictions/Reshape`, `Mul` -> `pool_3/_reshape`) stand in for
@@ -18,14 +18,16 @@ import pytest
 import tensorflow as tf
 
 from conftest import encode, make_image_dir
-from poets import bottlenecks
-from poets import codelab_networks
-from poets import frozen_graphs
-from poets import images
-from poets import labeling
-from poets import modules
 from poets import pipeline
 from poets import settings
+from poets.core import bottlenecks
+from poets.core import frozen_graphs
+from poets.core import image_decoding
+from poets.core import image_listing
+from poets.core import labeling
+from poets.core import modules
+from poets.core.networks import architectures
+from poets.core.networks import codelab_networks
 from poets.errors import PoetsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -307,7 +309,7 @@ def _photo_dir(root, per_class=3):
 
 
 def _cache(image_dir, spec, bottleneck_dir):
-  lists = images.create_image_lists(image_dir, 10, 10)
+  lists = image_listing.create_image_lists(image_dir, 10, 10)
   with tf.Graph().as_default():
     module = modules.load_module(spec)
   return lists, *bottlenecks.cache_bottlenecks(lists, module,
@@ -364,7 +366,8 @@ def test_the_agreement_check_tells_resize_methods_apart(model_dir, tmp_path,
   graph = tf.Graph()
   with graph.as_default():
     module = modules.load_module(spec)
-    own_resize = module.apply(images.decode_and_resize(jpeg, 224, 224)[None])
+    own_resize = module.apply(
+        image_decoding.decode_and_resize(jpeg, 224, 224)[None])
   with tf.compat.v1.Session(graph=graph) as session:
     assert np.abs(session.run(own_resize)[0] - original).max() > 1e-3
 
@@ -403,22 +406,24 @@ def test_exported_graph_labels_with_label_images_default_flags(
       eval_step_interval=100, summaries_dir=str(tmp_path / 's'),
       checkpoint_path=str(tmp_path / 'c' / 'x'), random_seed=0)
   pipeline.run(config)
-  graph = frozen_graphs.import_graph(frozen_graphs.load_graph_def(config.output_graph),
-                                config.output_graph)
+  graph = frozen_graphs.import_graph(
+      frozen_graphs.load_graph_def(config.output_graph), config.output_graph)
   size = 224 if architecture.startswith('mobilenet') else 299
   assert [str(layer) for layer in frozen_graphs.input_candidates(graph)] == [
       f'Placeholder float32 [?,{size},{size},3]']
   photos = [os.path.join(image_dir, colour, f'{colour}_{i:03d}.jpg')
             for colour in ('blue', 'green', 'red') for i in (0, 7)]
-  run = labeling.label_images(labeling.LabelConfig(
-      graph=config.output_graph, labels=config.output_labels, images=photos))
+  run = labeling.label_images(
+      settings.LabelConfig(graph=config.output_graph,
+                           labels=config.output_labels,
+                           images=photos))
   assert [r.predictions[0].label for r in run.results] == [
       'blue', 'blue', 'green', 'green', 'red', 'red']
   assert not run.warnings
 
 
 def test_the_shipped_archive_is_where_the_default_model_dir_finds_it():
-  network = codelab_networks.find(codelab_networks.SHIPPED)
+  network = architectures.codelab_network(architectures.SHIPPED)
   default_model_dir = settings.RetrainSettings().model_dir
   assert os.path.join(ROOT, default_model_dir, network.archive) == (
       SHIPPED_ARCHIVE)

@@ -8,8 +8,8 @@ from tensorboard.plugins.projector import projector_plugin
 
 from conftest import encode
 from conftest import solid_image
-from poets import bottlenecks
-from poets import training
+from poets.core import bottlenecks
+from poets.core import training
 from poets.extras import dashboards
 
 

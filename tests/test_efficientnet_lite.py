@@ -15,7 +15,8 @@ import skimage.data
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from poets import efficientnet_lite
+from poets.core.networks import architectures
+from poets.core.networks import efficientnet_lite
 from poets.errors import PoetsError
 
 LITE0 = 'efficientnet_lite0'
@@ -38,7 +39,7 @@ def lite0(lite0_dir):
 
 @pytest.fixture(scope='module')
 def photos():
-  return _photos(efficientnet_lite.VARIANTS[LITE0].image_size)
+  return _photos(architectures.EFFICIENTNET_LITE[LITE0].image_size)
 
 
 def test_module_lands_in_model_dir_under_its_name(lite0_dir):
@@ -161,8 +162,10 @@ def test_missing_package_says_what_to_install(tmp_path, monkeypatch):
 def test_cli(lite0_dir):
   def cli(*args):
     return subprocess.run(
-        [sys.executable, '-m', 'poets.efficientnet_lite', *args],
-        capture_output=True, text=True, check=False,
+        [sys.executable, '-m', 'poets.core.networks.efficientnet_lite', *args],
+        capture_output=True,
+        text=True,
+        check=False,
         env=dict(os.environ, PYTHONPATH=_REPO))
   done = cli('--model_dir', os.path.dirname(lite0_dir))
   assert done.returncode == 0, done.stderr
@@ -175,7 +178,7 @@ def test_cli(lite0_dir):
 
 @pytest.mark.parametrize('name', ['efficientnet_lite1', 'efficientnet_lite2'])
 def test_larger_variants_see_a_cat(name, tmp_path):
-  variant = efficientnet_lite.VARIANTS[name]
+  variant = architectures.EFFICIENTNET_LITE[name]
   if importlib.util.find_spec(variant.package.replace('-', '_')) is None:
     pytest.skip(f'{variant.package} is not installed')
   module = hub.load(efficientnet_lite.ensure_module(name, str(tmp_path)))

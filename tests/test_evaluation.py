@@ -8,16 +8,17 @@ import sys
 import numpy as np
 import pytest
 
-from poets import tflite
+from poets import settings
 from poets.errors import PoetsError
 from poets.extras import evaluation
+from poets.extras import tflite_converter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(retrained, *models, **kwargs):
   config, _ = retrained
-  return evaluation.EvaluateConfig(**{
+  return settings.EvaluateConfig(**{
       'models': list(models), 'image_dir': config.image_dir,
       'labels': config.output_labels, **kwargs})
 
@@ -26,7 +27,7 @@ def _config(retrained, *models, **kwargs):
 def float_tflite(retrained, tmp_path_factory):
   config, _ = retrained
   path = str(tmp_path_factory.mktemp('evaluate') / 'optimized_graph.tflite')
-  tflite.convert_graph_file(tflite.ConvertConfig(
+  tflite_converter.convert_graph_file(settings.ConvertConfig(
       graph_def_file=config.output_graph, output_file=path,
       labels=config.output_labels))
   return path

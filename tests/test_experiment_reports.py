@@ -7,13 +7,14 @@ import re
 import numpy as np
 import pytest
 
-from poets import bottlenecks
-from poets import experiment_reports
-from poets import experiments
 from poets import pipeline
 from poets import settings
-from poets import training
+from poets.core import bottlenecks
+from poets.core import training
 from poets.errors import PoetsError
+from poets.extras import experiment_plan
+from poets.extras import experiment_reports
+from poets.extras import experiment_runs
 
 FLAG_NAMES = ['learning_rate', 'how_many_training_steps', 'architecture',
               'output_graph']
@@ -22,7 +23,7 @@ FLAG_NAMES = ['learning_rate', 'how_many_training_steps', 'architecture',
 def fake_outcome(run, accuracy, status='ok', message='', test_images=58):
   """The Outcome of a run that did not need TensorFlow to make."""
   if status != 'ok':
-    return experiments.Outcome(run, status, message, seconds=4.0)
+    return experiment_runs.Outcome(run, status, message, seconds=4.0)
   correct = round(accuracy * test_images)
   confusion = np.array([[correct, test_images - correct], [0, 0]])
   truth = np.zeros(test_images, np.int64)
@@ -34,11 +35,11 @@ def fake_outcome(run, accuracy, status='ok', message='', test_images=58):
       training.TrainingResult(500, False, test, [(0, 0.5), (499, accuracy)]),
       listing_seconds=0.1, bottleneck_seconds=14.2, training_seconds=0.7,
       export_seconds=0.5)
-  return experiments.Outcome(run, 'ok', '', result, seconds=21.0)
+  return experiment_runs.Outcome(run, 'ok', '', result, seconds=21.0)
 
 
 def _experiment(tmp_path, sweep):
-  return experiments.plan([experiments.parse_sweep(sweep, FLAG_NAMES)],
+  return experiment_plan.plan([experiment_plan.parse_sweep(sweep, FLAG_NAMES)],
                           lambda overrides: settings.RetrainSettings(),
                           str(tmp_path / 'out'), str(tmp_path / 'summaries'))
 

@@ -1,4 +1,4 @@
-"""Tests for experiments.py and poets/experiments.py: sweeps and their runs."""
+"""Tests for experiments.py and poets/extras/experiment_runs.py: sweeps and their runs."""
 
 import csv
 import glob
@@ -17,11 +17,12 @@ import pytest
 from conftest import make_image_dir
 from test_experiment_reports import FLAG_NAMES, fake_outcome
 from poets import cli
-from poets import experiment_reports
-from poets import experiments
-from poets import images
 from poets import settings
+from poets.core import image_listing
 from poets.errors import PoetsError
+from poets.extras import experiment_plan
+from poets.extras import experiment_reports
+from poets.extras import experiment_runs
 import experiments as experiments_script
 
 FLAGS = flags.FLAGS
@@ -29,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def logged(run_dir, pattern):
-  with open(os.path.join(run_dir, experiments.LOG_NAME)) as f:
+  with open(os.path.join(run_dir, experiment_plan.LOG_NAME)) as f:
     return re.search(pattern, f.read())
 
 
@@ -91,19 +92,20 @@ def test_everything_the_child_prints_goes_to_its_log(tmp_path, monkeypatch,
                                                      capfd):
   """TensorFlow's C++ start-up lines are written to fd 2 before any logging
   is set up; a child that does the same must not reach the terminal."""
-  monkeypatch.setattr(experiments, '_CHILD_CODE', (
-      'import os, sys; os.write(2, b"E0000 cuda_dsoloader.cc] no cuda\\n"); '
-      'print("on stdout"); sys.exit(3)'))
-  run = experiments.Run({'learning_rate': '0.1'}, settings.RetrainSettings(),
-                        str(tmp_path / 'run'))
-  [outcome] = experiments.run_all([run])
+  monkeypatch.setattr(
+      experiment_runs, '_CHILD_CODE',
+      ('import os, sys; os.write(2, b"E0000 cuda_dsoloader.cc] no cuda\\n"); '
+       'print("on stdout"); sys.exit(3)'))
+  run = experiment_plan.Run({'learning_rate': '0.1'},
+                            settings.RetrainSettings(), str(tmp_path / 'run'))
+  [outcome] = experiment_runs.run_all([run])
   assert outcome.status == 'failed'
   assert outcome.message == 'exited with status 3'
-  log = (tmp_path / 'run' / experiments.LOG_NAME).read_text()
+  log = (tmp_path / 'run' / experiment_plan.LOG_NAME).read_text()
   assert 'no cuda' in log and 'on stdout' in log
   terminal = capfd.readouterr()
   assert 'no cuda' not in terminal.out + terminal.err
-  assert str(tmp_path / 'run' / experiments.LOG_NAME) in terminal.out
+  assert str(tmp_path / 'run' / experiment_plan.LOG_NAME) in terminal.out
 
 
 def test_bad_sweep_value_is_one_line_error(tmp_path, capsys):
@@ -190,11 +192,11 @@ def test_images_per_class_keeps_test_set_and_counts_training_images(
       bottleneck_dir=str(tmp_path / 'bottlenecks'),
       model_dir=str(tmp_path / 'models'),
       how_many_training_steps=10, eval_step_interval=5, random_seed=2)
-  sweeps = [experiments.parse_sweep('images_per_class=3,all', FLAG_NAMES)]
-  experiment = experiments.plan(sweeps, lambda overrides: base,
-                                str(tmp_path / 'out'),
-                                str(tmp_path / 'summaries'))
-  outcomes = experiments.run_all(experiment.runs)
+  sweeps = [experiment_plan.parse_sweep('images_per_class=3,all', FLAG_NAMES)]
+  experiment = experiment_plan.plan(sweeps, lambda overrides: base,
+                                    str(tmp_path / 'out'),
+                                    str(tmp_path / 'summaries'))
+  outcomes = experiment_runs.run_all(experiment.runs)
 
   assert [(o.run.name, o.status) for o in outcomes] == [
       ('images_per_class=3', 'ok'), ('images_per_class=all', 'ok')]
@@ -214,34 +216,36 @@ def test_images_per_class_keeps_test_set_and_counts_training_images(
 
 
 def test_without_a_gpu_device_sweep_says_so_once(tmp_path, monkeypatch):
-  monkeypatch.setattr(experiments, 'gpu_available', lambda: False)
-  sweeps = [experiments.parse_sweep('learning_rate=0.1,1', FLAG_NAMES),
-            experiments.parse_sweep('device=cpu,gpu', FLAG_NAMES)]
-  experiment = experiments.plan(sweeps,
-                                lambda overrides: settings.RetrainSettings(),
-                                str(tmp_path / 'out'),
-                                str(tmp_path / 'summaries'))
+  monkeypatch.setattr(experiment_plan, 'gpu_available', lambda: False)
+  sweeps = [
+      experiment_plan.parse_sweep('learning_rate=0.1,1', FLAG_NAMES),
+      experiment_plan.parse_sweep('device=cpu,gpu', FLAG_NAMES)
+  ]
+  experiment = experiment_plan.plan(
+      sweeps, lambda overrides: settings.RetrainSettings(),
+      str(tmp_path / 'out'), str(tmp_path / 'summaries'))
   assert [run.name for run in experiment.runs] == [
       'learning_rate=0.1,device=cpu', 'learning_rate=1,device=cpu']
-  assert experiment.notes == [experiments.NO_GPU_NOTE]
+  assert experiment.notes == [experiment_plan.NO_GPU_NOTE]
   outcomes = [fake_outcome(run, 0.9) for run in experiment.runs]
   experiment_reports.write_report(outcomes, experiment)
   page = (tmp_path / 'out' / experiment.name / 'results.md').read_text()
   assert page.count('No GPU') == 1
   with pytest.raises(PoetsError, match='sees no GPU'):
-    experiments.plan([experiments.parse_sweep('device=gpu', FLAG_NAMES)],
-                     lambda overrides: None, str(tmp_path / 'out'),
-                     str(tmp_path / 'summaries'))
+    experiment_plan.plan(
+        [experiment_plan.parse_sweep('device=gpu', FLAG_NAMES)],
+        lambda overrides: None, str(tmp_path / 'out'),
+        str(tmp_path / 'summaries'))
 
 
 def test_limit_training_images_is_seeded_nested_and_keeps_other_splits(
     tmp_path):
-  image_lists = images.create_image_lists(
+  image_lists = image_listing.create_image_lists(
       make_image_dir(tmp_path / 'photos', per_class=30), 10, 10)
-  five = images.limit_training_images(image_lists, 5, seed=None)
-  ten = images.limit_training_images(image_lists, 10, seed=None)
-  assert five == images.limit_training_images(image_lists, 5, seed=0)
-  assert five != images.limit_training_images(image_lists, 5, seed=1)
+  five = image_listing.limit_training_images(image_lists, 5, seed=None)
+  ten = image_listing.limit_training_images(image_lists, 10, seed=None)
+  assert five == image_listing.limit_training_images(image_lists, 5, seed=0)
+  assert five != image_listing.limit_training_images(image_lists, 5, seed=1)
   for full, small, large in zip(image_lists.classes, five.classes,
                                 ten.classes):
     assert len(small.training) == 5 and len(large.training) == 10
@@ -251,9 +255,10 @@ def test_limit_training_images_is_seeded_nested_and_keeps_other_splits(
 
 
 def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
-  sweeps = [experiments.parse_sweep('learning_rate=0.01,1.0', FLAG_NAMES),
-            experiments.parse_sweep('architecture=efficientnet_lite0',
-                                    FLAG_NAMES)]
+  sweeps = [
+      experiment_plan.parse_sweep('learning_rate=0.01,1.0', FLAG_NAMES),
+      experiment_plan.parse_sweep('architecture=efficientnet_lite0', FLAG_NAMES)
+  ]
   seen = []
 
   def make_config(overrides):
@@ -261,8 +266,8 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
     return settings.RetrainSettings(architecture=overrides['architecture'],
                                     output_tflite='tf_files/model.tflite')
 
-  experiment = experiments.plan(sweeps, make_config, str(tmp_path / 'out'),
-                                str(tmp_path / 'summaries'))
+  experiment = experiment_plan.plan(sweeps, make_config, str(tmp_path / 'out'),
+                                    str(tmp_path / 'summaries'))
   assert seen == [{'learning_rate': '0.01',
                    'architecture': 'efficientnet_lite0'},
                   {'learning_rate': '1.0',
@@ -295,14 +300,14 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
 ])
 def test_bad_sweeps_are_user_errors(text, message):
   with pytest.raises(PoetsError, match=message):
-    experiments.parse_sweep(text, FLAG_NAMES)
+    experiment_plan.parse_sweep(text, FLAG_NAMES)
 
 
 def test_a_key_swept_twice_is_a_user_error(tmp_path):
-  sweep = experiments.parse_sweep('learning_rate=0.1,1', FLAG_NAMES)
+  sweep = experiment_plan.parse_sweep('learning_rate=0.1,1', FLAG_NAMES)
   with pytest.raises(PoetsError, match='given twice'):
-    experiments.plan([sweep, sweep], lambda overrides: None,
-                     str(tmp_path / 'out'), str(tmp_path / 'summaries'))
+    experiment_plan.plan([sweep, sweep], lambda overrides: None,
+                         str(tmp_path / 'out'), str(tmp_path / 'summaries'))
 
 
 def _wait_for_log(pattern, text, process, timeout=240):
@@ -350,7 +355,7 @@ def test_a_stopped_sweep_still_writes_its_table_and_cleans_up(
   try:
     long_log = _wait_for_log(
         str(out / '*' / 'how_many_training_steps=100000000' /
-            experiments.LOG_NAME), 'Step 1000:', process)
+            experiment_plan.LOG_NAME), 'Step 1000:', process)
     assert long_log
     if how == 'ctrl_c_twice':  # A terminal signals the whole group.
       os.killpg(process.pid, signal.SIGINT)
@@ -389,12 +394,12 @@ def test_a_run_that_saved_before_the_stop_is_reported_finished(
     tmp_path, monkeypatch):
   """The stop arrives after the run's child saved its outputs and its
   result: that run finished, and the table says ok."""
-  experiment = experiments.plan(
-      [experiments.parse_sweep('learning_rate=0.01', FLAG_NAMES)],
+  experiment = experiment_plan.plan(
+      [experiment_plan.parse_sweep('learning_rate=0.01', FLAG_NAMES)],
       lambda overrides: settings.RetrainSettings(), str(tmp_path / 'out'))
   (run,) = experiment.runs
   finished = fake_outcome(run, 0.9).result
-  stop = experiments.StopRequests()
+  stop = experiment_runs.StopRequests()
 
   class SavedThenStopped:
     """A child that wrote its result just before Ctrl-C reached the sweep."""
@@ -412,13 +417,13 @@ def test_a_run_that_saved_before_the_stop_is_reported_finished(
       return 0
 
   monkeypatch.setattr(subprocess, 'Popen', SavedThenStopped)
-  (outcome,) = experiments.run_all(experiment.runs, stop=stop)
+  (outcome,) = experiment_runs.run_all(experiment.runs, stop=stop)
   assert outcome.status == 'ok'
 
 
 def test_sweep_summaries_stay_out_of_the_codelab_tensorboard_folder(tmp_path):
-  experiment = experiments.plan(
-      [experiments.parse_sweep('learning_rate=0.01,1.0', FLAG_NAMES)],
+  experiment = experiment_plan.plan(
+      [experiment_plan.parse_sweep('learning_rate=0.01,1.0', FLAG_NAMES)],
       lambda overrides: settings.RetrainSettings(), str(tmp_path / 'out'))
   assert experiment.summaries_dir == experiment.dir
   assert [run.config.summaries_dir for run in experiment.runs] == [

@@ -7,15 +7,20 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_SIZE
-from poets import bottlenecks
-from poets import export
-from poets import images
-from poets import labeling
-from poets import modules
 from poets import outputs
 from poets import pipeline
-from poets import training
+from poets import settings
+from poets.core import bottlenecks
+from poets.core import export
+from poets.core import final_layer
+from poets.core import graph_names
+from poets.core import image_decoding
+from poets.core import labeling
+from poets.core import modules
 from poets.errors import PoetsError
+from poets.extras import imagenet_demo
+from poets.extras import saved_model
+from poets.extras import tensorboard_graph
 
 
 def _load_graph_def(path):
@@ -64,7 +69,7 @@ def test_frozen_graph_matches_the_training_session(retrained):
   graph = export.import_frozen(_load_graph_def(config.output_graph))
   with graph.as_default():
     contents = tf.io.read_file(image_path)
-    image = images.decode_and_resize(contents, TINY_SIZE, TINY_SIZE)
+    image = image_decoding.decode_and_resize(contents, TINY_SIZE, TINY_SIZE)
   with tf.compat.v1.Session(graph=graph) as session:
     pixels = session.run(image)
     probabilities = session.run('final_result:0',
@@ -134,7 +139,7 @@ def test_saved_model_never_overwrites_a_foreign_folder(retrained, tmp_path,
   foreign = tmp_path / 'mine'
   _write_tree(foreign, tree)
   with pytest.raises(PoetsError, match='--saved_model_dir'):
-    export.export_saved_model(_load_graph_def(config.output_graph),
+    saved_model.export_saved_model(_load_graph_def(config.output_graph),
                               str(foreign), 'final_result')
   for name, content in tree.items():
     assert (foreign / name).read_text() == content
@@ -145,7 +150,7 @@ def test_saved_model_never_replaces_a_file(retrained, tmp_path):
   config, _ = retrained
   (tmp_path / 'model').write_text('precious')
   with pytest.raises(PoetsError, match='--saved_model_dir.*is a file'):
-    export.export_saved_model(_load_graph_def(config.output_graph),
+    saved_model.export_saved_model(_load_graph_def(config.output_graph),
                               str(tmp_path / 'model'), 'final_result')
   assert (tmp_path / 'model').read_text() == 'precious'
   assert os.listdir(tmp_path) == ['model']
@@ -155,14 +160,14 @@ def test_saved_model_replaces_an_earlier_export(retrained, tmp_path):
   config, _ = retrained
   graph_def = _load_graph_def(config.output_graph)
   target = tmp_path / 'sm'
-  export.export_saved_model(graph_def, str(target), 'final_result')
-  export.export_saved_model(graph_def, str(target), 'final_result')
+  saved_model.export_saved_model(graph_def, str(target), 'final_result')
+  saved_model.export_saved_model(graph_def, str(target), 'final_result')
   assert (target / 'saved_model.pb').exists()
   assert os.listdir(tmp_path) == ['sm']
   # A file somebody put into the export since makes it theirs too.
   (target / 'notes.txt').write_text('precious')
   with pytest.raises(PoetsError, match='notes.txt'):
-    export.export_saved_model(graph_def, str(target), 'final_result')
+    saved_model.export_saved_model(graph_def, str(target), 'final_result')
   assert (target / 'notes.txt').read_text() == 'precious'
 
 
@@ -175,7 +180,7 @@ def test_an_interrupted_saved_model_export_leaves_nothing_behind(
 
   monkeypatch.setattr(tf.compat.v1.saved_model.Builder, 'save', interrupted)
   with pytest.raises(KeyboardInterrupt):
-    export.export_saved_model(_load_graph_def(config.output_graph),
+    saved_model.export_saved_model(_load_graph_def(config.output_graph),
                               str(tmp_path / 'sm'), 'final_result')
   assert os.listdir(tmp_path) == []
 
@@ -213,8 +218,8 @@ def _frozen_with_module(spec):
   with graph.as_default():
     module = modules.load_module(spec)
     image = tf.compat.v1.placeholder(
-        tf.float32, [None, *module.image_size, 3], name=export.INPUT_NAME)
-    training.add_final_retrain_ops(3, 'final_result', module.apply(image))
+        tf.float32, [None, *module.image_size, 3], name=graph_names.INPUT_NAME)
+    final_layer.add_final_retrain_ops(3, 'final_result', module.apply(image))
     init = tf.compat.v1.global_variables_initializer()
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
@@ -235,9 +240,9 @@ def test_inlined_module_computes_what_the_call_did(module_fixture, request,
   spec = modules.resolve_module('', request.getfixturevalue(module_fixture),
                                 str(tmp_path))
   frozen = _frozen_with_module(spec)
-  inlined = export.inline_functions(frozen, spec.name)
+  inlined = tensorboard_graph.inline_functions(frozen, spec.name)
   assert not inlined.library.function
-  assert not [n.name for n in inlined.node if n.op in export._CALL_OPS]
+  assert not [n.name for n in inlined.node if n.op in tensorboard_graph._CALL_OPS]
   images = np.random.default_rng(0).uniform(
       size=[4, TINY_SIZE, TINY_SIZE, 3]).astype(np.float32)
   np.testing.assert_allclose(_run(inlined, images), _run(frozen, images),
@@ -269,7 +274,7 @@ def test_weights_inside_a_loop_are_left_out_too():
                 name='final_result')
   frozen = graph.as_graph_def()
   assert _weights_left(frozen)
-  shown = export.tensorboard_graph_def(frozen, 'net')
+  shown = tensorboard_graph.tensorboard_graph_def(frozen, 'net')
   assert shown.library.function  # The loop is still there...
   assert not _weights_left(shown)  # ...without its weights.
 
@@ -277,7 +282,7 @@ def test_weights_inside_a_loop_are_left_out_too():
 def test_tensorboard_graph_is_one_module_scope_without_weights(retrained):
   config, _ = retrained
   name = _module_name(config)  # '~...~tiny_tf2', made from the module's path.
-  shown = export.tensorboard_graph_def(_load_graph_def(config.output_graph),
+  shown = tensorboard_graph.tensorboard_graph_def(_load_graph_def(config.output_graph),
                                        name)
   scope = name.replace('~', '_').lstrip('_')
   assert {n.name.split('/')[0] for n in shown.node} == {
@@ -299,7 +304,7 @@ def test_default_network_graph_event_is_small_and_shows_its_layers(tmp_path,
   spec = modules.resolve_module('efficientnet_lite0', '',
                                 os.path.dirname(lite0_dir))
   frozen = _frozen_with_module(spec)
-  export.write_graph_summary(frozen, str(tmp_path / 'summaries'), spec.name)
+  tensorboard_graph.write_graph_summary(frozen, str(tmp_path / 'summaries'), spec.name)
   (event,) = (tmp_path / 'summaries' / 'retrained_graph').glob('events.*')
   assert frozen.ByteSize() > 10e6  # The weights, in the .pb...
   assert event.stat().st_size < 2e6  # ...but not in TensorBoard's copy.
@@ -317,11 +322,11 @@ def test_imagenet_graph_labels_a_photo_before_any_retraining(tmp_path,
   photo = tmp_path / 'chelsea.jpg'
   photo.write_bytes(tf.io.encode_jpeg(data.chelsea(), quality=95).numpy())
   graph, labels = str(tmp_path / 'imagenet.pb'), str(tmp_path / 'labels.txt')
-  export.export_imagenet_graph(graph, labels,
+  imagenet_demo.export_imagenet_graph(graph, labels,
                                model_dir=os.path.dirname(lite0_dir))
   assert labeling.list_layers(graph).startswith(
       'Inputs (--input_layer):\n  Placeholder float32 [?,224,224,3]\n')
-  run = labeling.label_images(labeling.LabelConfig(
+  run = labeling.label_images(settings.LabelConfig(
       graph=graph, labels=labels, images=[str(photo)]))
   assert run.results[0].predictions[0].label in (
       'Egyptian cat', 'tabby', 'tiger cat')

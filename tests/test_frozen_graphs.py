@@ -12,10 +12,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import encode, solid_image
-from poets import frozen_graphs
-from poets import labeling
-from poets import tflite
+from poets import settings
+from poets.core import frozen_graphs
+from poets.core import labeling
 from poets.errors import PoetsError
+from poets.extras import tflite_converter
 
 LABELS = ['red', 'green', 'blue']
 
@@ -45,7 +46,7 @@ def _graph(tmp_path, extra=None, output=None):
 def _label(tmp_path, graph, **kwargs):
   config = {'graph': graph, 'labels': str(tmp_path / 'labels.txt'),
             'images': [str(tmp_path / 'red.jpg')], **kwargs}
-  return labeling.label_images(labeling.LabelConfig(**config))
+  return labeling.label_images(settings.LabelConfig(**config))
 
 
 def _one_line(call, *args, **kwargs):
@@ -66,7 +67,7 @@ def test_a_graph_that_writes_files_is_refused_unless_allowed(tmp_path):
                             'this program (WriteFile)')
   assert '--allow_io_ops' in message
   assert not target.exists()
-  message = _one_line(tflite.convert_graph_file, tflite.ConvertConfig(
+  message = _one_line(tflite_converter.convert_graph_file, settings.ConvertConfig(
       graph_def_file=graph, output_file=str(tmp_path / 'm.tflite'),
       labels=str(tmp_path / 'labels.txt')))
   assert message.startswith(f'--graph_def_file {graph} holds ops')
@@ -119,7 +120,7 @@ def test_a_device_is_refused_before_reading(tmp_path):
   _graph(tmp_path)
   assert 'not a regular file' in _one_line(_label, tmp_path, '/dev/zero')
   assert 'not a regular file' in _one_line(
-      tflite.convert_graph_file, tflite.ConvertConfig(
+      tflite_converter.convert_graph_file, settings.ConvertConfig(
           graph_def_file='/dev/zero', output_file=str(tmp_path / 'm.tflite'),
           labels=str(tmp_path / 'labels.txt')))
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from poets import export
-from poets import frozen_graphs
-from poets import labeling
+from poets import settings
+from poets.core import export
+from poets.core import frozen_graphs
+from poets.core import labeling
 from poets.errors import PoetsError
 from poets.extras import graph_tools
 
@@ -64,7 +65,7 @@ def test_rounded_graph_has_few_levels_labels_alike_and_compresses(
   photos = sorted(glob.glob(os.path.join(config.image_dir, '*', '*.jpg')))
 
   def top1(graph):
-    run = labeling.label_images(labeling.LabelConfig(
+    run = labeling.label_images(settings.LabelConfig(
         graph=graph, labels=config.output_labels, images=photos, top_k=1))
     return [r.predictions[0].label for r in run.results]
 

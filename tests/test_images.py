@@ -1,4 +1,4 @@
-"""Tests for poets/images.py: finding images, labels and the stable split."""
+"""Tests for poets/core/image_listing.py: finding images, labels and the stable split."""
 
 import hashlib
 import os
@@ -8,14 +8,16 @@ import pytest
 import tensorflow as tf
 
 from conftest import ODD_FILE_NAMES, encode, make_image_dir, solid_image
-from poets import images
+from poets import settings
+from poets.core import image_decoding
+from poets.core import image_listing
 from poets.errors import PoetsError
 
 
 def test_labels_follow_the_original_rule():
-  assert images.label_for('Daisy') == 'daisy'
-  assert images.label_for('Sun--Flowers_2') == 'sun flowers 2'
-  assert images.label_for('roses') == 'roses'
+  assert image_listing.label_for('Daisy') == 'daisy'
+  assert image_listing.label_for('Sun--Flowers_2') == 'sun flowers 2'
+  assert image_listing.label_for('roses') == 'roses'
 
 
 def _original_split(hash_name, testing, validation):
@@ -32,14 +34,17 @@ def _original_split(hash_name, testing, validation):
 def test_split_matches_the_original_hash_rule():
   for i in range(300):
     name = f'photo_{i}.jpg'
-    assert images.which_split('daisy', name, 10, 10) == _original_split(
+    assert image_listing.which_split('daisy', name, 10, 10) == _original_split(
         f'daisy/{name}', 10, 10)
 
 
 def test_split_ignores_nohash_suffix_and_is_roughly_proportional():
-  assert (images.which_split('a', 'x_nohash_1.jpg', 10, 10) ==
-          images.which_split('a', 'x_nohash_2.jpg', 10, 10))
-  splits = [images.which_split('a', f'{i}.jpg', 10, 20) for i in range(2000)]
+  assert (image_listing.which_split('a', 'x_nohash_1.jpg', 10,
+                                    10) == image_listing.which_split(
+                                        'a', 'x_nohash_2.jpg', 10, 10))
+  splits = [
+      image_listing.which_split('a', f'{i}.jpg', 10, 20) for i in range(2000)
+  ]
   assert 0.15 < splits.count('validation') / 2000 < 0.25
   assert 0.06 < splits.count('testing') / 2000 < 0.14
 
@@ -48,9 +53,9 @@ def test_split_does_not_depend_on_how_the_folder_is_typed(tmp_path,
                                                           monkeypatch):
   make_image_dir(tmp_path / 'photos', per_class=30)
   monkeypatch.chdir(tmp_path)
-  plain = images.create_image_lists('photos', 10, 10)
-  dotted = images.create_image_lists('./photos/', 10, 10)
-  absolute = images.create_image_lists(str(tmp_path / 'photos'), 10, 10)
+  plain = image_listing.create_image_lists('photos', 10, 10)
+  dotted = image_listing.create_image_lists('./photos/', 10, 10)
+  absolute = image_listing.create_image_lists(str(tmp_path / 'photos'), 10, 10)
   for a, b, c in zip(plain.classes, dotted.classes, absolute.classes):
     assert a.training == b.training == c.training
     assert a.testing == b.testing == c.testing
@@ -65,7 +70,7 @@ def test_finds_images_in_any_case_nested_and_skips_hidden(tmp_path):
       (root / name / file_name).write_bytes(
           encode(solid_image(colour, i), 'PNG'))
   (root / '.DS_Store').write_bytes(b'\0')
-  lists = images.create_image_lists(str(root), 0, 0)
+  lists = image_listing.create_image_lists(str(root), 0, 0)
   assert lists.labels == ['daisy', 'tulips']
   assert sorted(lists.classes[0].training) == sorted(
       ['a.JPG', 'b.jpeg', 'c.Png', os.path.join('more', 'd.jpg'), 'e.gif'])
@@ -83,7 +88,7 @@ def test_any_name_the_file_system_allows_is_found_and_split(tmp_path):
   for folder in (root / 'red', odd_class):
     for name in ODD_FILE_NAMES:
       (folder / name).write_bytes(b'decoding comes later')
-  lists = images.create_image_lists(str(root), 30, 30)
+  lists = image_listing.create_image_lists(str(root), 30, 30)
   by_dir = {c.dir: c for c in lists.classes}
   assert set(ODD_FILE_NAMES) <= set(_all_images(by_dir['red']))
   assert sorted(_all_images(by_dir[odd_class.name])) == sorted(
@@ -102,7 +107,7 @@ def test_links_are_followed_but_every_photo_counts_once(tmp_path, caplog):
   os.symlink('green_000.jpg', root / 'green' / 'again.jpg')
   os.link(root / 'green' / 'green_001.jpg', root / 'green' / 'hard.jpg')
   os.symlink('.', root / 'all')  # A class folder that is every class.
-  lists = images.create_image_lists(str(root), 10, 10)
+  lists = image_listing.create_image_lists(str(root), 10, 10)
   found = {c.dir: _all_images(c) for c in lists.classes}
   assert {name: len(paths) for name, paths in found.items()} == {
       'blue': 20, 'green': 20, 'red': 25}
@@ -120,7 +125,7 @@ def test_pipes_and_devices_named_like_photos_are_skipped(tmp_path, caplog):
   make_image_dir(root, per_class=2)
   os.mkfifo(root / 'red' / 'pipe.jpg')
   os.symlink('/dev/zero', root / 'red' / 'zeros.jpg')
-  lists = images.create_image_lists(str(root), 0, 0)
+  lists = image_listing.create_image_lists(str(root), 0, 0)
   assert sorted(lists.classes[2].training) == ['red_000.jpg', 'red_001.jpg']
   assert caplog.text.count('not a regular file') == 2
 
@@ -130,28 +135,28 @@ def test_missing_default_folder_tells_how_to_get_the_flowers(monkeypatch,
   monkeypatch.chdir(tmp_path)
   with pytest.raises(PoetsError, match=r'flower_photos\.tgz.*tar xz -C '
                      r'tf_files.*any\s+folder of class sub-folders'):
-    images.create_image_lists('tf_files/flower_photos', 10, 10)
+    image_listing.create_image_lists('tf_files/flower_photos', 10, 10)
   with pytest.raises(PoetsError, match="'elsewhere' not found"):
-    images.create_image_lists('elsewhere', 10, 10)
+    image_listing.create_image_lists('elsewhere', 10, 10)
 
 
 def test_needs_two_classes(tmp_path):
   make_image_dir(tmp_path / 'one', colours={'red': (255, 0, 0)})
   (tmp_path / 'one' / 'empty').mkdir()
   with pytest.raises(PoetsError, match="at least 2 class folders.*only 'red'"):
-    images.create_image_lists(str(tmp_path / 'one'), 10, 10)
+    image_listing.create_image_lists(str(tmp_path / 'one'), 10, 10)
 
 
 def test_labels_that_collide_are_refused(tmp_path):
   make_image_dir(tmp_path / 'p', colours={'Sun Flowers': (255, 0, 0),
                                           'sun_flowers': (250, 0, 0)}, per_class=2)
   with pytest.raises(PoetsError, match='both give the label'):
-    images.create_image_lists(str(tmp_path / 'p'), 10, 10)
+    image_listing.create_image_lists(str(tmp_path / 'p'), 10, 10)
 
 
 def test_small_folder_warns(tmp_path, caplog):
   make_image_dir(tmp_path / 'p', per_class=3)
-  images.create_image_lists(str(tmp_path / 'p'), 10, 10)
+  image_listing.create_image_lists(str(tmp_path / 'p'), 10, 10)
   assert 'has less than 20 images' in caplog.text
 
 
@@ -167,23 +172,25 @@ def _run(tensor_fn, contents):
 def test_decode_goes_by_content_and_scales_to_unit_range():
   pixels = solid_image((250, 10, 10), 0, size=10)
   png = encode(pixels, 'PNG')
-  resized = _run(lambda c: images.decode_and_resize(c, 10, 10), png)
+  resized = _run(lambda c: image_decoding.decode_and_resize(c, 10, 10), png)
   np.testing.assert_allclose(resized, pixels / 255.0, atol=1e-6)
   gray = encode(pixels[:, :, 0], 'PNG')
-  assert _run(lambda c: images.decode_and_resize(c, 4, 6), gray).shape == (
-      4, 6, 3)
+  assert _run(lambda c: image_decoding.decode_and_resize(c, 4, 6),
+              gray).shape == (4, 6, 3)
 
 
 def test_distortions_keep_the_size_and_vary():
   contents = encode(solid_image((120, 120, 120), 0, size=40), 'JPEG')
-  distortions = images.Distortions(flip_left_right=True, random_crop=10,
-                                   random_scale=20, random_brightness=30)
-  assert distortions.enabled and not images.Distortions().enabled
+  distortions = settings.Distortions(flip_left_right=True,
+                                     random_crop=10,
+                                     random_scale=20,
+                                     random_brightness=30)
+  assert distortions.enabled and not settings.Distortions().enabled
   graph = tf.Graph()
   with graph.as_default():
     seed = tf.compat.v1.placeholder(tf.int64, [2])
-    output = images.decode_and_distort(tf.constant(contents), 16, 16,
-                                       distortions, seed)
+    output = image_decoding.decode_and_distort(tf.constant(contents), 16, 16,
+                                               distortions, seed)
   with tf.compat.v1.Session(graph=graph) as session:
     first, again, other = [session.run(output, {seed: s})
                            for s in ([1, 2], [1, 2], [3, 4])]
@@ -206,12 +213,13 @@ def test_decode_in_batches_keeps_the_good_images_and_says_why_not_the_rest(
            str(tmp_path / 'damaged.jpg')]
   graph = tf.Graph()
   with graph.as_default():
-    decoded = images.decode_in_batches(
-        paths, lambda contents: images.decode_and_resize(contents, 8, 8),
+    decoded = image_decoding.decode_in_batches(
+        paths,
+        lambda contents: image_decoding.decode_and_resize(contents, 8, 8),
         batch_size=1)
   with tf.compat.v1.Session(graph=graph) as session:
-    batches = list(images.each_batch(session,
-                                     [decoded.indices, decoded.images]))
+    batches = list(
+        image_decoding.each_batch(session, [decoded.indices, decoded.images]))
     positions = [int(i) for indices, _ in batches for i in indices]
     failures = dict(decoded.failures(session, positions))
   assert positions == [0, 2]  # In order, one per batch of 1.
@@ -220,7 +228,40 @@ def test_decode_in_batches_keeps_the_good_images_and_says_why_not_the_rest(
   np.testing.assert_allclose(batches[1][1][0], blue / 255.0,
                              atol=1e-6)
   assert failures.keys() == {1, 3}
-  assert failures[1] == images.Failure('No such file or directory',
-                                       unreadable=True)
+  assert failures[1] == image_decoding.Failure('No such file or directory',
+                                               unreadable=True)
   assert not failures[3].unreadable
   assert failures[3].reason.startswith('Unknown image file format.')
+
+
+def test_a_link_into_another_class_keeps_its_photos_in_their_class(
+    tmp_path, caplog):
+  """daisy/r -> ../roses trained every rose as a daisy, and roses
+  disappeared."""
+  root = tmp_path / 'photos'
+  make_image_dir(root, per_class=4)
+  os.symlink('../red', root / 'blue' / 'r')
+  os.symlink('../green/green_000.jpg', root / 'blue' / 'g.jpg')
+  lists = image_listing.create_image_lists(str(root), 0, 0)
+  found = {c.dir: sorted(_all_images(c)) for c in lists.classes}
+  assert found == {colour: [f'{colour}_{i:03d}.jpg' for i in range(4)]
+                   for colour in ('blue', 'green', 'red')}
+  assert caplog.text.count('a link into the class folder') == 2
+
+
+def test_an_unreadable_folder_is_reported(tmp_path, caplog, monkeypatch):
+  root = tmp_path / 'photos'
+  make_image_dir(root, per_class=3)
+  make_image_dir(root / 'red', per_class=2, colours={'closed': (200, 0, 0)})
+  scandir = os.scandir
+
+  def denied(path='.'):
+    if os.fspath(path).endswith('closed'):
+      raise PermissionError(13, 'Permission denied', os.fspath(path))
+    return scandir(path)
+
+  monkeypatch.setattr(os, 'scandir', denied)
+  lists = image_listing.create_image_lists(str(root), 0, 0)
+  assert len(_all_images(lists.classes[2])) == 3
+  assert (f'Cannot read the folder {root / "red" / "closed"} (Permission '
+          'denied); its photos are left out.') in caplog.text

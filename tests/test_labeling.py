@@ -1,4 +1,4 @@
-"""label_image.py, poets.labeling and poets.label_output: right scores,
+"""label_image.py, poets.core.labeling and poets.core.label_output: right scores,
 right flags, clear errors.
 
 One tiny retrained graph is made once per module by the real pipeline; the
@@ -20,14 +20,14 @@ import tensorflow as tf
 
 from conftest import ODD_FILE_NAMES, make_image_dir
 from conftest import make_tf2_module
-from poets import bottlenecks
-from poets import frozen_graphs
-from poets import images
-from poets import label_output
-from poets import labeling
-from poets import modules
 from poets import pipeline
 from poets import settings
+from poets.core import bottlenecks
+from poets.core import frozen_graphs
+from poets.core import image_decoding
+from poets.core import label_output
+from poets.core import labeling
+from poets.core import modules
 from poets.errors import PoetsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,8 +55,9 @@ def retrained(tmp_path_factory):
 
 
 def _config(retrained, **kwargs):
-  return labeling.LabelConfig(graph=retrained.output_graph,
-                              labels=retrained.output_labels, **kwargs)
+  return settings.LabelConfig(graph=retrained.output_graph,
+                              labels=retrained.output_labels,
+                              **kwargs)
 
 
 def _photo(retrained, colour, index=0):
@@ -103,8 +104,9 @@ def test_default_normalization_is_bit_identical_to_retrain():
                   tf.uint8)).numpy()
   with tf.Graph().as_default(), tf.compat.v1.Session() as session:
     ours, retrains = session.run([
-        labeling.normalize(contents, 17, 23, 0.0, 255.0),
-        images.decode_and_resize(contents, 17, 23)])
+        image_decoding.decode_and_normalize(contents, 17, 23, 0.0, 255.0),
+        image_decoding.decode_and_resize(contents, 17, 23)
+    ])
   assert np.array_equal(ours, retrains)
 
 
@@ -124,7 +126,8 @@ def _expected(path, size, mean, std):
   """What a graph trained on (pixel - mean) / std should answer, by way of
   retrain's own decode_and_resize."""
   with open(path, 'rb') as f:
-    pixels = images.decode_and_resize(f.read(), size, size).numpy() * 255.0
+    pixels = image_decoding.decode_and_resize(f.read(), size,
+                                              size).numpy() * 255.0
   return _softmax(5.0 * ((pixels - mean) / std).mean(axis=(0, 1)))
 
 
@@ -159,10 +162,15 @@ def codelab_graphs(tmp_path_factory):
 def test_codelab_graphs_with_the_readme_flags(retrained, codelab_graphs,
                                               layer, size):
   paths = [_photo(retrained, colour, 1) for colour in RGB_LABELS]
-  run = labeling.label_images(labeling.LabelConfig(
-      graph=codelab_graphs[layer], labels=codelab_graphs['labels'],
-      images=paths, input_layer=layer, input_height=size, input_width=size,
-      input_mean=128, input_std=128))
+  run = labeling.label_images(
+      settings.LabelConfig(graph=codelab_graphs[layer],
+                           labels=codelab_graphs['labels'],
+                           images=paths,
+                           input_layer=layer,
+                           input_height=size,
+                           input_width=size,
+                           input_mean=128,
+                           input_std=128))
   assert not run.warnings
   for path, result in zip(paths, run.results):
     scores = _scores(result)
@@ -174,9 +182,13 @@ def test_codelab_graphs_with_the_readme_flags(retrained, codelab_graphs,
 
 def test_a_fixed_batch_size_is_padded(retrained, codelab_graphs):
   paths = [_photo(retrained, colour, 1) for colour in RGB_LABELS]
-  run = labeling.label_images(labeling.LabelConfig(
-      graph=codelab_graphs['fixed_batch'], labels=codelab_graphs['labels'],
-      images=paths, input_layer='input', input_mean=128, input_std=128))
+  run = labeling.label_images(
+      settings.LabelConfig(graph=codelab_graphs['fixed_batch'],
+                           labels=codelab_graphs['labels'],
+                           images=paths,
+                           input_layer='input',
+                           input_mean=128,
+                           input_std=128))
   assert run.batches == 2
   assert [r.predictions[0].label for r in run.results] == RGB_LABELS
 
@@ -185,10 +197,13 @@ def test_mul_graph_agrees_with_its_own_decoding(retrained, codelab_graphs):
   """Fed at Mul, the graph scores like it does from the JPEG bytes (which
   resize with the older corner alignment, hence the tolerance)."""
   path = _photo(retrained, 'blue', 2)
-  run = labeling.label_images(labeling.LabelConfig(
-      graph=codelab_graphs['Mul'], labels=codelab_graphs['labels'],
-      images=[path], input_layer='import/Mul:0', input_mean=128,
-      input_std=128))
+  run = labeling.label_images(
+      settings.LabelConfig(graph=codelab_graphs['Mul'],
+                           labels=codelab_graphs['labels'],
+                           images=[path],
+                           input_layer='import/Mul:0',
+                           input_mean=128,
+                           input_std=128))
   mul = codelab_graphs['Mul']
   graph = frozen_graphs.import_graph(frozen_graphs.load_graph_def(mul), mul)
   with tf.compat.v1.Session(graph=graph) as session, open(path, 'rb') as f:
@@ -209,7 +224,7 @@ def test_an_inner_input_layer_is_flagged(retrained, tmp_path):
   image = _photo(retrained, 'red')
 
   def warnings(layer):
-    return labeling.label_images(labeling.LabelConfig(
+    return labeling.label_images(settings.LabelConfig(
         graph=path, labels=retrained.output_labels, images=[image],
         input_layer=layer)).warnings
 
@@ -239,9 +254,11 @@ def test_mean_and_std_that_do_not_match_training_are_flagged(
                                       input_mean=128, input_std=128))
   (warning,) = run.warnings
   assert '--input_mean=0 --input_std=255' in warning
-  run = labeling.label_images(labeling.LabelConfig(
-      graph=codelab_graphs['Mul'], labels=codelab_graphs['labels'],
-      images=[image], input_layer='Mul'))
+  run = labeling.label_images(
+      settings.LabelConfig(graph=codelab_graphs['Mul'],
+                           labels=codelab_graphs['labels'],
+                           images=[image],
+                           input_layer='Mul'))
   (warning,) = run.warnings
   assert '--input_mean=128 --input_std=128' in warning
 
@@ -291,7 +308,7 @@ def test_a_pipe_or_device_gets_an_error_not_a_hang(retrained, tmp_path):
 
 def _error(**kwargs):
   with pytest.raises(PoetsError) as raised:
-    labeling.label_images(labeling.LabelConfig(**kwargs))
+    labeling.label_images(settings.LabelConfig(**kwargs))
   message = str(raised.value)
   assert '\n' not in message
   return message

@@ -1,4 +1,4 @@
-"""Tests for poets/modules.py: resolving handles, reading sizes, and
+"""Tests for poets/core/modules.py: resolving handles, reading sizes, and
 loading in graph mode."""
 
 import contextlib
@@ -18,8 +18,8 @@ from tensorflow_hub import registry
 
 from conftest import TINY_BOTTLENECK, TINY_SIZE
 from conftest import make_tf1_hub_module, make_tf2_module
-from poets import codelab_networks
-from poets import modules
+from poets.core import modules
+from poets.core.networks import architectures
 from poets.errors import PoetsError
 
 
@@ -119,7 +119,7 @@ def _codelab_stand_in(path, node_names):
 
 def test_codelab_sizes_come_from_the_name_and_a_wrong_graph_is_named_early(
     tmp_path, monkeypatch):
-  network = codelab_networks.find('mobilenet_0.50_160')
+  network = architectures.codelab_network('mobilenet_0.50_160')
   good = _codelab_stand_in(tmp_path / 'good.pb', [
       'input', 'MobilenetV1/Predictions/Reshape'])
   wrong = _codelab_stand_in(tmp_path / 'wrong.pb', ['input'])

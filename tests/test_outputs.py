@@ -3,16 +3,17 @@ any stop, and label_image.py tells a graph and labels of two runs apart."""
 
 import json
 import os
+import re
 import shutil
 
 import pytest
 
-from conftest import make_image_dir
-from poets import labeling
+from conftest import fill, make_image_dir
+from poets.core import labeling
+from poets.extras import tflite_converter
 from poets import outputs
 from poets import pipeline
 from poets import settings
-from poets import tflite
 from poets.errors import PoetsError
 
 
@@ -52,7 +53,7 @@ def test_a_stop_during_the_tflite_step_leaves_the_old_set(run_config,
   def stopped(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(tflite, 'convert', stopped)
+  monkeypatch.setattr(tflite_converter, 'convert', stopped)
   with pytest.raises(KeyboardInterrupt):
     pipeline.run(run_config.replace(random_seed=1))
   assert _contents(tmp_path / 'out') == before  # No temporary file either.
@@ -71,7 +72,7 @@ def test_graph_and_labels_of_two_runs_are_told_apart(retrained, tmp_path):
                                                       'red')))[0])
 
   def label():
-    return labeling.label_images(labeling.LabelConfig(
+    return labeling.label_images(settings.LabelConfig(
         graph=str(graph), labels=str(labels), images=[photo]))
 
   assert label().results[0].predictions[0].label == 'red'
@@ -89,3 +90,22 @@ def test_graph_and_labels_of_two_runs_are_told_apart(retrained, tmp_path):
     label()
   os.unlink(manifest_file)  # Labels from elsewhere: nothing to check.
   assert label().results[0].predictions[0].label == 'blue'
+
+
+def test_a_full_disk_under_the_outputs_is_one_line_and_keeps_the_old_set(
+    run_config, tmp_path, small_disk):
+  config = run_config.replace(
+      output_graph=str(small_disk / 'graph.pb'),
+      output_labels=str(small_disk / 'labels.txt'), output_tflite='',
+      saved_model_dir='')
+  pipeline.run(config)
+  before = _contents(small_disk)
+  fill(small_disk, leave=4096)
+  before['filler'] = (small_disk / 'filler').read_bytes()
+  with pytest.raises(PoetsError) as raised:
+    pipeline.run(config.replace(random_seed=1))
+  assert re.fullmatch(
+      f'Cannot write {small_disk}/(labels.txt|labels.run.json|graph.pb) '
+      r'\(No space left on device\); free some space there, or choose '
+      'another folder.', str(raised.value))
+  assert _contents(small_disk) == before

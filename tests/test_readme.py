@@ -218,6 +218,20 @@ def test_project_layout_names_every_file_and_only_files_that_exist():
   assert all(os.path.exists(os.path.join(ROOT, path)) for path in listed), (
       sorted(p for p in listed if not os.path.exists(os.path.join(ROOT, p))))
   files = {name for name in os.listdir(ROOT) if name.endswith('.py')}
-  files |= {f'poets/{name}' for name in os.listdir(os.path.join(ROOT, 'poets'))
-            if name.endswith(('.py', '.txt'))}
+  for folder, _, names in os.walk(os.path.join(ROOT, 'poets')):
+    folder = os.path.relpath(folder, ROOT)
+    files |= {
+        os.path.join(folder, name)
+        for name in names
+        if name.endswith(('.py', '.txt'))
+    }
   assert files <= listed, sorted(files - listed)
+  # No two modules share a name (scripts/ holds the codelab's shims of the
+  # top-level scripts, on purpose).
+  names = [
+      os.path.basename(path)
+      for path in files
+      if path.endswith('.py') and not path.endswith('__init__.py')
+  ]
+  assert len(names) == len(set(names)), sorted(
+      name for name in names if names.count(name) > 1)

@@ -8,7 +8,7 @@ import sys
 from absl import flags
 import pytest
 
-from conftest import encode, make_image_dir, solid_image
+from conftest import encode, fill, make_image_dir, solid_image
 from poets import cli
 import retrain as retrain_script
 
@@ -92,3 +92,25 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch,
   error = code if isinstance(code, str) else capsys.readouterr().err.strip()
   assert error.startswith('ERROR: ') and '\n' not in error
   assert message in error
+
+
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path, monkeypatch,
+                                                 capsys, tf2_module,
+                                                 small_disk):
+  """The bottleneck cache on a full disk ended in a traceback."""
+  make_image_dir(tmp_path / 'photos', per_class=3)
+  monkeypatch.chdir(tmp_path)
+  fill(small_disk)
+  FLAGS.unparse_flags()
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      cli.parse_flags_or_exit([
+          'retrain.py', '--image_dir', 'photos', '--tfhub_module', tf2_module,
+          '--bottleneck_dir', str(small_disk / 'cache')])
+      retrain_script.main(['retrain.py'])
+  finally:
+    FLAGS.unparse_flags()
+  error = exit_info.value.code
+  assert re.fullmatch(f'ERROR: Cannot write {small_disk}/cache\\S* \\(No '
+                      'space left on device\\); free some space there, or '
+                      'choose another folder.', error), error

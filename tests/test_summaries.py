@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import make_image_dir
+from conftest import fill, make_image_dir
 from poets import files
 from poets import pipeline
 from poets import settings
@@ -98,3 +98,21 @@ def test_marker_names_what_the_folder_may_hold(tmp_path):
   assert files.strangers(str(tmp_path / 'train')) == []
   (tmp_path / 'train' / 'photo.jpg').write_bytes(b'x')
   assert files.strangers(str(tmp_path / 'train')) == ['photo.jpg']
+
+
+def test_a_full_disk_under_the_summaries_costs_no_layer(tmp_path, tf2_module,
+                                                        small_disk, caplog):
+  config = settings.RetrainSettings(
+      image_dir=make_image_dir(tmp_path / 'photos', per_class=6),
+      output_graph=str(tmp_path / 'out' / 'graph.pb'),
+      output_labels=str(tmp_path / 'out' / 'labels.txt'),
+      bottleneck_dir=str(tmp_path / 'bottlenecks'), tfhub_module=tf2_module,
+      model_dir=str(tmp_path / 'models'), how_many_training_steps=20,
+      eval_step_interval=5, summaries_dir=str(small_disk / 'summaries'),
+      checkpoint_path=str(tmp_path / 'checkpoint' / 'x'), random_seed=0)
+  fill(small_disk, leave=32 * 1024)  # Room for the folders, not the events.
+  result = pipeline.run(config)
+  assert result.training.steps_done == 20
+  assert os.path.getsize(config.output_graph) > 0
+  assert 'Could not write TensorBoard summaries: Cannot write' in caplog.text
+  assert 'No space left on device' in caplog.text

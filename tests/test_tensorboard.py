@@ -6,6 +6,7 @@ the first aside) and a two-run experiments.py sweep beside them, then one
 that TensorBoard's own pages use.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -26,7 +27,7 @@ import tensorflow as tf
 from absl import flags
 from conftest import make_image_dir
 from poets import cli
-from poets import modules
+from poets.core import modules
 from poets import pipeline
 from poets import summaries
 from poets import settings
@@ -93,18 +94,17 @@ def _get(url):
     return response.read().decode('utf-8')
 
 
-@pytest.fixture(scope='module')
-def tensorboard(logdir, tmp_path_factory):
-  """The README's `tensorboard --logdir` serving on loopback; yields a
-  _Server that GETs a path from it."""
-  folder, name, _, sweep = logdir
+@contextlib.contextmanager
+def serve(folder, wanted, log):
+  """The README's `tensorboard --logdir folder` serving on loopback, once it
+  lists every run in `wanted`; yields a _Server that GETs a path from it.
+  The server's output goes to the file `log`."""
   # The README's command: the console script that `pip install -r
   # requirements.txt` puts next to this Python (or on the PATH).
   command = shutil.which('tensorboard', path=os.path.dirname(
       sys.executable)) or shutil.which('tensorboard')
   assert command, 'tensorboard not found: pip install -r requirements.txt'
   port = _free_port()
-  log = tmp_path_factory.mktemp('tensorboard_log') / 'tensorboard.log'
   with open(log, 'wb') as output:
     server = subprocess.Popen(
         [command, '--logdir', str(folder), '--host', '127.0.0.1', '--port',
@@ -112,11 +112,8 @@ def tensorboard(logdir, tmp_path_factory):
         env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
   base = f'http://127.0.0.1:{port}'
   try:
-    # Up, and done reading the logdir: every run of the current one listed.
+    # Up, and done reading the logdir: every run wanted is listed.
     deadline = time.monotonic() + 180
-    wanted = {f'{name}/{run}' for run in pipeline.RUN_FOLDERS} | {
-        f'experiments/{sweep}/learning_rate={rate}'
-        for rate in SWEPT_RATES}
     while True:
       assert server.poll() is None, log.read_text()
       try:
@@ -134,6 +131,18 @@ def tensorboard(logdir, tmp_path_factory):
     except subprocess.TimeoutExpired:
       server.kill()
       server.wait()
+
+
+@pytest.fixture(scope='module')
+def tensorboard(logdir, tmp_path_factory):
+  """`tensorboard --logdir` over `logdir`, done reading the current run and
+  the sweep."""
+  folder, name, _, sweep = logdir
+  wanted = {f'{name}/{run}' for run in pipeline.RUN_FOLDERS} | {
+      f'experiments/{sweep}/learning_rate={rate}' for rate in SWEPT_RATES}
+  log = tmp_path_factory.mktemp('tensorboard_log') / 'tensorboard.log'
+  with serve(folder, wanted, log) as server:
+    yield server
 
 
 class _Server:

@@ -17,13 +17,13 @@ import pytest
 
 from conftest import make_image_dir
 from conftest import make_tf2_module
-from poets import labeling
+from poets.core import labeling
+from poets.extras import tflite_converter
+from poets.core import tflite_interpreter
 from poets import pipeline
 from poets import settings
-from poets import tflite
-from poets import tflite_model
 from poets.errors import PoetsError
-from poets.extras import tflite_metadata
+from poets.core import tflite_metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = ['blue', 'green', 'red']
@@ -42,7 +42,7 @@ def exported(tmp_path_factory):
       summaries_dir=str(root / 'summaries'),
       checkpoint_path=str(root / 'checkpoint' / 'ckpt'), random_seed=0)
   configs = {}
-  for quantization in tflite.QUANTIZATIONS:
+  for quantization in settings.QUANTIZATIONS:
     out = root / quantization
     configs[quantization] = base.replace(
         output_graph=str(out / 'graph.pb'),
@@ -61,7 +61,7 @@ def _photos(config):
 
 
 def _label(graph, config, **kwargs):
-  run = labeling.label_images(labeling.LabelConfig(
+  run = labeling.label_images(settings.LabelConfig(
       graph=graph, labels=config.output_labels,
       images=kwargs.pop('images', None) or _photos(config), **kwargs))
   assert all(r.error is None for r in run.results)
@@ -78,7 +78,7 @@ def _scores(run):
                     for label in COLOURS] for r in run.results])
 
 
-@pytest.mark.parametrize('quantization', tflite.QUANTIZATIONS)
+@pytest.mark.parametrize('quantization', settings.QUANTIZATIONS)
 def test_each_quantization_labels_every_photo_as_the_pb(exported,
                                                         quantization):
   config = exported[quantization]
@@ -132,13 +132,13 @@ def test_models_are_told_apart_by_content_not_name(exported, tmp_path):
 
 
 def _convert(config, **kwargs):
-  size = tflite.convert_graph_file(tflite.ConvertConfig(
+  size = tflite_converter.convert_graph_file(settings.ConvertConfig(
       graph_def_file=config.output_graph, labels=config.output_labels,
       **kwargs))
   assert size == os.path.getsize(kwargs['output_file'])
 
 
-@pytest.mark.parametrize('quantization', tflite.QUANTIZATIONS)
+@pytest.mark.parametrize('quantization', settings.QUANTIZATIONS)
 def test_converting_an_existing_graph_as_the_codelab_did(exported, tmp_path,
                                                          capfd, quantization):
   config = exported['none']
@@ -154,11 +154,11 @@ def test_converting_an_existing_graph_as_the_codelab_did(exported, tmp_path,
 
 def test_calibration_images_are_spread_over_every_class():
   paths = [f'{colour}/{i}.jpg' for colour in COLOURS for i in range(200)]
-  chosen = tflite.calibration_images(paths, 30)
+  chosen = tflite_converter.calibration_images(paths, 30)
   assert len(chosen) == len(set(chosen)) == 30
   assert {path.split('/')[0] for path in chosen[:10]} == {'blue'}
   assert [sum(p.startswith(c) for p in chosen) for c in COLOURS] == [10] * 3
-  assert tflite.calibration_images(paths[:5], 30) == paths[:5]
+  assert tflite_converter.calibration_images(paths[:5], 30) == paths[:5]
 
 
 def _error(function, *args, **kwargs):
@@ -177,7 +177,7 @@ def test_converter_mistakes_are_one_line(exported, tmp_path):
   def error(**kwargs):
     kwargs = {'graph_def_file': graph, 'output_file': out,
               'labels': config.output_labels, **kwargs}
-    return _error(tflite.convert_graph_file, tflite.ConvertConfig(**kwargs))
+    return _error(tflite_converter.convert_graph_file, settings.ConvertConfig(**kwargs))
 
   assert error(input_array='input') == (
       f"--input_array: no operation 'input' in {graph}; its inputs are: "
@@ -211,7 +211,7 @@ def test_int8_with_photos_that_do_not_decode_says_so(exported, tmp_path):
   (tmp_path / 'photos').mkdir()
   for i in range(3):
     (tmp_path / 'photos' / f'{i}.jpg').write_bytes(b'not a photo')
-  assert _error(tflite.convert_graph_file, tflite.ConvertConfig(
+  assert _error(tflite_converter.convert_graph_file, settings.ConvertConfig(
       graph_def_file=exported['none'].output_graph,
       output_file=str(tmp_path / 'm.tflite'), quantization='int8',
       labels=exported['none'].output_labels,
@@ -247,7 +247,7 @@ def test_damaged_tflite_models_are_one_line(exported, tmp_path):
   photo = _photos(config)[:1]
 
   def error(graph, **kwargs):
-    return _error(labeling.label_images, labeling.LabelConfig(
+    return _error(labeling.label_images, settings.LabelConfig(
         graph=str(graph), labels=config.output_labels, images=photo,
         **kwargs))
 
@@ -258,7 +258,7 @@ def test_damaged_tflite_models_are_one_line(exported, tmp_path):
       '--graph.')
   not_a_model = tmp_path / 'notes.tflite'
   not_a_model.write_text('a shopping list, not a model')
-  assert error(not_a_model) == tflite_model.not_tflite_message(
+  assert error(not_a_model) == tflite_interpreter.not_tflite_message(
       str(not_a_model), '--graph')
   assert error(config.output_tflite, input_layer='input').startswith(
       f"--input_layer: no tensor 'input' in {config.output_tflite}; its "
@@ -267,7 +267,7 @@ def test_damaged_tflite_models_are_one_line(exported, tmp_path):
                                         input_height=224)
   wrong_labels = tmp_path / 'labels.txt'
   wrong_labels.write_text('a\nb\n')
-  assert _error(labeling.label_images, labeling.LabelConfig(
+  assert _error(labeling.label_images, settings.LabelConfig(
       graph=config.output_tflite, labels=str(wrong_labels),
       images=photo)).startswith(f'--labels {wrong_labels} has 2 labels but')
 
@@ -312,29 +312,29 @@ def test_tflite_convert_replaces_only_tflite_models(exported, tmp_path):
   labels = exported['none'].output_labels
   for output, message in [(graph, 'is the --graph_def_file itself'),
                           (tmp_path / '.' / 'graph.pb', 'itself')]:
-    assert message in _error(tflite.convert_graph_file, tflite.ConvertConfig(
+    assert message in _error(tflite_converter.convert_graph_file, settings.ConvertConfig(
         graph_def_file=str(graph), output_file=str(output),
         labels=labels))
   notes = tmp_path / 'notes.tflite'
   notes.write_text('my notes')
   assert 'exists and is not a TensorFlow Lite model' in _error(
-      tflite.convert_graph_file, tflite.ConvertConfig(
+      tflite_converter.convert_graph_file, settings.ConvertConfig(
           graph_def_file=str(graph), output_file=str(notes),
           labels=labels))
   assert graph.read_bytes() == before
   assert notes.read_text() == 'my notes'
   old = tmp_path / 'old.tflite'
   shutil.copy(exported['none'].output_tflite, old)
-  tflite.convert_graph_file(tflite.ConvertConfig(
+  tflite_converter.convert_graph_file(settings.ConvertConfig(
       graph_def_file=str(graph), output_file=str(old), labels=labels))
 
 
-@pytest.mark.parametrize('quantization', tflite.QUANTIZATIONS)
+@pytest.mark.parametrize('quantization', settings.QUANTIZATIONS)
 def test_every_tflite_carries_its_labels(exported, quantization):
   config = exported[quantization]
   with open(config.output_tflite, 'rb') as f:
     assert tflite_metadata.read_labels(f.read()) == COLOURS
-  run = labeling.label_images(labeling.LabelConfig(
+  run = labeling.label_images(settings.LabelConfig(
       graph=config.output_tflite, images=_photos(config)[::20]))
   assert _top1(run) == COLOURS
 
@@ -343,7 +343,7 @@ def test_given_labels_win_over_the_models_own(exported, tmp_path):
   config = exported['none']
   named = tmp_path / 'labels.txt'
   named.write_text('azure\nemerald\nruby\n')
-  run = labeling.label_images(labeling.LabelConfig(
+  run = labeling.label_images(settings.LabelConfig(
       graph=config.output_tflite, labels=str(named),
       images=_photos(config)[::20]))
   assert _top1(run) == ['azure', 'emerald', 'ruby']

@@ -6,9 +6,9 @@ import pickle
 import numpy as np
 import pytest
 
-from poets import efficientnet_lite
+from poets.core.networks import efficientnet_lite
+from poets.core.networks.torch_weights import read_state_dict
 from poets.errors import PoetsError
-from poets.torch_weights import read_state_dict
 
 _HEADER = b''.join(pickle.dumps(x, protocol=2) for x in (
     0x1950a86a20f9469cfc6c, 1001,

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from poets import bottlenecks
+from poets.core import bottlenecks
+from poets.core import feeds
+from poets.core import image_listing
+from poets.core import modules
+from poets.core import training
 from poets import settings
-from poets import training
 from poets.errors import PoetsError
 
 
@@ -304,9 +307,8 @@ def test_a_stop_whose_exception_was_lost_before_training_stops_it_at_once(
 @pytest.mark.parametrize('flip', [True, False])
 def test_distortions_train_through_the_module(tmp_path, tf2_module, flip):
   from conftest import make_image_dir
-  from poets import images, modules
   image_dir = make_image_dir(tmp_path / 'p', per_class=8)
-  lists = images.create_image_lists(image_dir, 0, 0)
+  lists = image_listing.create_image_lists(image_dir, 0, 0)
   spec = modules.ModuleSpec(tf2_module, 'tiny')
   with tf.Graph().as_default():
     module = modules.load_module(spec)
@@ -327,9 +329,8 @@ def test_distortions_train_through_the_module(tmp_path, tf2_module, flip):
 def test_same_seed_same_layer(tmp_path, tf2_module, distorted):
   """--random_seed makes a run repeat exactly, distortions included."""
   from conftest import make_image_dir
-  from poets import images, modules
   image_dir = make_image_dir(tmp_path / 'p', per_class=6)
-  lists = images.create_image_lists(image_dir, 0, 0)
+  lists = image_listing.create_image_lists(image_dir, 0, 0)
   spec = modules.ModuleSpec(tf2_module, 'tiny')
   with tf.Graph().as_default():
     module = modules.load_module(spec)
@@ -369,9 +370,9 @@ def test_training_bottlenecks_are_fed_without_a_copy():
   # A copy of all of them would double their memory at 100,000 photos.
   rng = np.random.default_rng(0)
   split = _split(rng, 50, 2)
-  aligned = bottlenecks.feedable_empty(split.bottlenecks.shape)
+  aligned = feeds.feedable_empty(split.bottlenecks.shape)
   aligned[...] = split.bottlenecks
-  assert aligned.ctypes.data % bottlenecks.FEED_ALIGNMENT == 0
+  assert aligned.ctypes.data % feeds.FEED_ALIGNMENT == 0
   with tf.Graph().as_default():
     [fed] = training._CachedBatches(
         bottlenecks.SplitBottlenecks(aligned, split.ground_truth,
@@ -379,7 +380,7 @@ def test_training_bottlenecks_are_fed_without_a_copy():
     assert fed is aligned
     # Any other array is copied once, aligned, rather than at every step.
     [fed] = training._CachedBatches(split, 2, 10, 0).feed.values()
-    assert fed.ctypes.data % bottlenecks.FEED_ALIGNMENT == 0
+    assert fed.ctypes.data % feeds.FEED_ALIGNMENT == 0
     np.testing.assert_array_equal(fed, split.bottlenecks)
 
 

@@ -1,1 +1,3 @@
-"""Extras beside the core stages: what the codelab's second half adds."""
+"""What the codelab did not have, built on the core stages: TensorFlow Lite,
+the SavedModel, the TensorBoard graph, experiments, Beam, the ImageNet demo,
+evaluation."""

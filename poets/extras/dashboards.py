@@ -43,7 +43,7 @@ from tensorboard.plugins.text import summary as text_summary
 import tensorflow as tf
 
 from poets import files
-from poets import training
+from poets.core import summary_ops
 from poets.settings import RetrainSettings
 
 TEST_RUN = 'test'
@@ -357,9 +357,9 @@ def _tagged(summary, tag):
 
 
 def _event_writer(directory):
-  """training.event_writer, which needs a graph, for summaries made here."""
+  """summary_ops.event_writer, which needs a graph, for summaries made here."""
   with tf.Graph().as_default():
-    return training.event_writer(directory)
+    return summary_ops.event_writer(directory)
 
 
 def write_run(summaries_dir, run_settings, module, splits, labels, result):

@@ -19,27 +19,13 @@ import dataclasses
 
 import numpy as np
 
-from poets import images
-from poets import labeling
+from poets import settings
+from poets.core import image_listing
+from poets.core import labeling
 from poets.errors import PoetsError
 
 SMALLEST_SCORE = 1e-7
 ALL_SCORES = 2**31 - 1  # As label_image's --top_k: every label's score.
-
-
-@dataclasses.dataclass
-class EvaluateConfig:
-  """What evaluate.py measures; defaults are the codelab's."""
-  models: list[str] = dataclasses.field(default_factory=list)
-  image_dir: str = images.DEFAULT_IMAGE_DIR
-  testing_percentage: float = 10
-  validation_percentage: float = 10
-  labels: str | None = None  # None: a .tflite's own, else label_image's.
-  input_layer: str = labeling.LabelConfig.input_layer
-  output_layer: str = labeling.LabelConfig.output_layer
-  input_mean: float = labeling.LabelConfig.input_mean
-  input_std: float = labeling.LabelConfig.input_std
-  batch_size: int = labeling.LabelConfig.batch_size
 
 
 @dataclasses.dataclass
@@ -75,7 +61,7 @@ class ModelResult:
 
 def test_photos(config):
   """The photos retrain.py tests on for this --image_dir and percentages."""
-  image_lists = images.create_image_lists(config.image_dir,
+  image_lists = image_listing.create_image_lists(config.image_dir,
                                           config.testing_percentage,
                                           config.validation_percentage)
   paths, labels = [], []
@@ -94,7 +80,7 @@ def test_photos(config):
 def evaluate_model(model, photos, config):
   """Runs `model` (a path) on `photos`; returns a ModelResult. Raises
   PoetsError when the model's labels do not name the photos' classes."""
-  run = labeling.label_images(labeling.LabelConfig(
+  run = labeling.label_images(settings.LabelConfig(
       graph=model, labels=config.labels, images=photos.paths,
       input_layer=config.input_layer, output_layer=config.output_layer,
       input_mean=config.input_mean, input_std=config.input_std,

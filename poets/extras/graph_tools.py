@@ -13,8 +13,9 @@ functions too.
 import numpy as np
 import tensorflow as tf
 
-from poets import export
-from poets import training
+from poets.core import export
+from poets.core import summary_ops
+from poets.extras import tensorboard_graph
 from poets.errors import PoetsError
 
 DEFAULT_BITDEPTH = 8
@@ -36,9 +37,9 @@ def count_ops(graph_def, op_name=None):
 def write_tensorboard_graph(graph_def, out_dir):
   """An event file in `out_dir` holding the graph, for TensorBoard's Graphs
   tab: functions opened up into their layers, weights left out."""
-  shown = export.tensorboard_graph_def(graph_def, TENSORBOARD_SCOPE)
+  shown = tensorboard_graph.tensorboard_graph_def(graph_def, TENSORBOARD_SCOPE)
   with tf.Graph().as_default():  # FileWriter refuses to run eagerly.
-    writer = training.event_writer(out_dir)
+    writer = summary_ops.event_writer(out_dir)
     writer.add_graph(None, graph_def=shown)
     writer.close()
 

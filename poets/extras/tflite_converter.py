@@ -14,38 +14,37 @@ TensorFlow's converter on a frozen graph in one of three ways:
            uint8, the camera's pixels and what MediaPipe Tasks takes.
 
 Every .tflite carries its labels and its input's normalization as metadata
-(poets.extras.tflite_metadata), so MediaPipe Tasks loads it alone.
+(poets.core.tflite_metadata), so MediaPipe Tasks loads it alone.
 """
 
 import contextlib
-import dataclasses
 import os
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from poets import export
 from poets import files
-from poets import frozen_graphs
-from poets import images
-from poets import labeling
+from poets import settings
 from poets import startup
-from poets import tflite_model
+from poets.core import export
+from poets.core import frozen_graphs
+from poets.core import image_decoding
+from poets.core import image_listing
+from poets.core import labeling
+from poets.core import tflite_interpreter
+from poets.core import tflite_metadata
 from poets.errors import PoetsError
-from poets.extras import tflite_metadata
 
-QUANTIZATIONS = ('none', 'dynamic', 'int8')
-CALIBRATION_IMAGES = 300
 
 
 def check_quantization(quantization, flag):
-  if quantization not in QUANTIZATIONS:
+  if quantization not in settings.QUANTIZATIONS:
     raise PoetsError(f'{flag}={quantization} is not one of '
-                     f'{", ".join(QUANTIZATIONS)}.')
+                     f'{", ".join(settings.QUANTIZATIONS)}.')
 
 
-def calibration_images(paths, count=CALIBRATION_IMAGES):
+def calibration_images(paths, count=settings.CALIBRATION_IMAGES):
   """At most `count` of `paths`, evenly spaced: a list sorted by class gives
   every class its share, and the choice is the same every run."""
   if len(paths) <= count:
@@ -68,10 +67,10 @@ class _Calibration:
     self.used = 0
     self._extremes = [np.full([1, height, width, 3], (pixel - input_mean) /
                               input_std, np.float32) for pixel in (0, 255)]
-    self._dataset = images.in_parallel_batches(
-        tf.data.Dataset.from_tensor_slices(images.file_names(paths)),
-        lambda path: labeling.normalize(tf.io.read_file(path), height, width,
-                                        input_mean, input_std),
+    self._dataset = image_decoding.in_parallel_batches(
+        tf.data.Dataset.from_tensor_slices(image_decoding.file_names(paths)),
+        lambda path: image_decoding.decode_and_normalize(
+            tf.io.read_file(path), height, width, input_mean, input_std),
         1, skip_failures=True)
 
   def __call__(self):
@@ -134,7 +133,7 @@ def convert(graph_def, input_name, output_name, quantization,
     hint = ('; try --quantization dynamic, which keeps float arithmetic'
             if quantization == 'int8' else '')
     raise PoetsError(f'TensorFlow Lite cannot convert {what} '
-                     f'({tflite_model.first_line(e)}){hint}.') from e
+                     f'({tflite_interpreter.first_line(e)}){hint}.') from e
   # Without samples the converter still makes a model, with made-up ranges.
   if calibration is not None and not calibration.used:
     raise PoetsError(
@@ -160,7 +159,7 @@ def check_replaceable(output_file, graph_def_file):
     return
   try:
     with open(output_file, 'rb') as f:
-      ours = os.path.isfile(output_file) and tflite_model.is_tflite(f.read(8))
+      ours = os.path.isfile(output_file) and tflite_interpreter.is_tflite(f.read(8))
   except OSError:
     ours = False
   if not ours:
@@ -171,22 +170,6 @@ def check_replaceable(output_file, graph_def_file):
 
 def save_model(model, path):
   files.atomic_write(path, model)
-
-
-@dataclasses.dataclass
-class ConvertConfig:
-  """tflite_convert.py's flags: a frozen graph that already exists, by its
-  layer names, as the codelab's tflite_convert command took it."""
-  graph_def_file: str = 'tf_files/retrained_graph.pb'
-  output_file: str = 'tf_files/optimized_graph.tflite'
-  input_array: str = export.INPUT_NAME
-  output_array: str = 'final_result'
-  labels: str = 'tf_files/retrained_labels.txt'
-  quantization: str = 'none'
-  image_dir: str = ''
-  input_mean: float = 0.0
-  input_std: float = 255.0
-  allow_io_ops: bool = False  # Convert graphs holding frozen_graphs.IO_OPS.
 
 
 def convert_graph_file(config):
@@ -209,7 +192,7 @@ def convert_graph_file(config):
   calibration_paths = []
   if config.quantization == 'int8':
     calibration_paths = calibration_images(
-        labeling.find_images([], config.image_dir))
+        image_listing.given_images([], config.image_dir))
   path = config.graph_def_file
   graph_def = frozen_graphs.load_graph_def(path, '--graph_def_file')
   if not config.allow_io_ops:

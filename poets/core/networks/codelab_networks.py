@@ -12,10 +12,8 @@ is imported with `import_graph_def`, so a bottleneck file made by the
 original script and one made here agree, and each run reads the other's.
 """
 
-import dataclasses
 import http.client
 import os
-import re
 import shutil
 import tarfile
 import urllib.request
@@ -27,81 +25,23 @@ import tensorflow as tf
 
 import poets
 from poets import files
-from poets import images
+from poets.core import image_decoding
+from poets.core.networks import architectures
 from poets.errors import PoetsError
 
 # The original's download location; tests point it at a local server.
 DOWNLOAD_ROOT = 'http://download.tensorflow.org/models/'
 
-CHOICES = ('mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128>[_quantized], '
-           'inception_v3')
+
+def url(network):
+  return DOWNLOAD_ROOT + network.url_path
+
 
 # The archive this project ships in tf_files/models, so the codelab's
 # MobileNet runs offline on a fresh clone, whatever --model_dir says.
-SHIPPED = 'mobilenet_0.25_224'
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(poets.__file__))), 'tf_files', 'models')
 
-_MOBILENET_RE = re.compile(
-    r'mobilenet_(1\.0|0\.75|0\.50|0\.25)_(224|192|160|128)(_quantized)?')
-
-
-@dataclasses.dataclass(frozen=True)
-class CodelabNetwork:
-  """One network as the original's create_model_info described it."""
-  archive: str  # file name in --model_dir, as downloaded
-  url_path: str  # under DOWNLOAD_ROOT
-  graph_file: str  # the frozen graph, relative to --model_dir once unpacked
-  input_tensor: str  # takes the resized, normalized image
-  bottleneck_tensor: str
-  bottleneck_size: int
-  image_size: int
-  input_mean: float
-  input_std: float
-  batched: bool  # False: the graph only takes a batch of one image
-
-  @property
-  def url(self):
-    return DOWNLOAD_ROOT + self.url_path
-
-
-INCEPTION_V3 = CodelabNetwork(
-    archive='inception-2015-12-05.tgz',
-    url_path='image/imagenet/inception-2015-12-05.tgz',
-    graph_file='classify_image_graph_def.pb',
-    input_tensor='Mul:0',
-    bottleneck_tensor='pool_3/_reshape:0',
-    bottleneck_size=2048,
-    image_size=299,
-    input_mean=128,
-    input_std=128,
-    # "built explicitly to support a batch size of 1" (tensorflow#554):
-    # pool_3/_reshape reshapes to [1, 2048].
-    batched=False)
-
-
-def find(architecture):
-  """The network an --architecture names, in any letter case, or None."""
-  name = architecture.lower()
-  if name == 'inception_v3':
-    return INCEPTION_V3
-  match = _MOBILENET_RE.fullmatch(name)
-  if not match:
-    return None
-  width, size, quantized = match.groups()
-  folder = f'mobilenet_v1_{width}_{size}'
-  return CodelabNetwork(
-      archive=f'{folder}_frozen.tgz',
-      url_path=f'{folder}_frozen.tgz',
-      graph_file=os.path.join(
-          folder, 'quantized_graph.pb' if quantized else 'frozen_graph.pb'),
-      input_tensor='input:0',
-      bottleneck_tensor='MobilenetV1/Predictions/Reshape:0',
-      bottleneck_size=1001,
-      image_size=int(size),
-      input_mean=127.5,
-      input_std=127.5,
-      batched=True)
 
 
 def ensure_graph(network, model_dir):
@@ -124,22 +64,23 @@ def ensure_graph(network, model_dir):
   _unpack(archive_path, model_dir)
   if not os.path.isfile(graph_path):
     raise PoetsError(f'{archive_path} holds no {network.graph_file}; it is '
-                     f'not the archive from {network.url}: replace it with '
+                     f'not the archive from {url(network)}: replace it with '
                      'that one.')
   return graph_path
 
 
 def _download(network, archive_path, model_dir):
-  logging.info('Downloading %s to %s (once).', network.url, archive_path)
+  logging.info('Downloading %s to %s (once).', url(network), archive_path)
   try:
-    with urllib.request.urlopen(network.url, timeout=60) as response:
+    with urllib.request.urlopen(url(network), timeout=60) as response:
       data = response.read()
   except (OSError, http.client.HTTPException, ValueError) as e:
     reason = getattr(e, 'reason', None) or e
     raise PoetsError(
         f'{network.archive} is not in {model_dir} and could not be '
-        f'downloaded ({reason}): put {network.archive} (from {network.url}) '
-        f'in {os.path.join(model_dir, "")}, or use --architecture {SHIPPED} '
+        f'downloaded ({reason}): put {network.archive} (from {url(network)}) '
+        f'in {os.path.join(model_dir, "")}, or use --architecture '
+        f'{architectures.SHIPPED} '
         '(shipped) or efficientnet_lite0 (built offline).') from e
   files.atomic_write(archive_path, data)
 
@@ -193,10 +134,10 @@ def decode_and_resize(network, contents):
 
   Its add_jpeg_decoding: decode, cast to float, add a batch dimension,
   `resize_bilinear` (corners not aligned, no half-pixel centres, unlike
-  poets.images.resize). Decoding goes by content, which for a JPEG gives
-  decode_jpeg's pixels and also reads PNG, GIF, BMP and WEBP.
+  poets.core.image_decoding.resize). Decoding goes by content, which for a
+  JPEG gives decode_jpeg's pixels and also reads PNG, GIF, BMP and WEBP.
   """
-  image = tf.cast(images.decode_image(contents), tf.float32)
+  image = tf.cast(image_decoding.decode_image(contents), tf.float32)
   resized = tf.compat.v1.image.resize_bilinear(
       tf.expand_dims(image, 0), [network.image_size, network.image_size])
   return resized[0] / 255.0

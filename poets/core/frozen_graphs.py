@@ -17,7 +17,7 @@ from google.protobuf import message
 import tensorflow as tf
 
 from poets import files
-from poets import tflite_model
+from poets.core import tflite_interpreter
 from poets.errors import PoetsError
 
 PREFIX = 'import'
@@ -75,15 +75,15 @@ def parse_graph_def(data, path, flag='--graph'):
   """The GraphDef in `data` (read from `path`), or PoetsError saying what
   the file is instead."""
   fix = _graph_fix(flag)
-  if tflite_model.is_tflite(data):
+  if tflite_interpreter.is_tflite(data):
     raise PoetsError(f'{flag} {path} is already a TensorFlow Lite model, not '
                      f'a frozen GraphDef; {fix}.')
   graph_def = tf.compat.v1.GraphDef()
   try:
     graph_def.ParseFromString(data)
   except message.DecodeError as e:
-    if path.lower().endswith(tflite_model.EXTENSIONS):
-      raise PoetsError(tflite_model.not_tflite_message(path, flag)) from e
+    if path.lower().endswith(tflite_interpreter.EXTENSIONS):
+      raise PoetsError(tflite_interpreter.not_tflite_message(path, flag)) from e
     raise PoetsError(f'{flag} {path} is not a frozen GraphDef ({e}); {fix}.'
                      ) from e
   if not graph_def.node:

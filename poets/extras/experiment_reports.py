@@ -1,9 +1,9 @@
 """What an experiment leaves behind: its table, plots, manifest and the index.
 
-poets.experiments runs the grid; here its Outcomes become results.md (the
-command, the table and the plots), results.csv (every measure, unrounded),
-one accuracy-and-time figure per swept key and the validation curves, all in
-the experiment's own folder. Each experiment also keeps a small manifest,
+poets.extras.experiment_runs runs the grid; here its Outcomes become
+results.md (the command, the table and the plots), results.csv (every
+measure, unrounded), one accuracy-and-time figure per swept key and the
+validation curves, all in the experiment's own folder. Each experiment also keeps a small manifest,
 experiment.json, from which index.md beside the folders lists them all,
 finished or not.
 """
@@ -200,7 +200,8 @@ def curves_figure(outcomes):
 
 
 # The parts of a run's time, bottom to top of its bar.
-_TIME_PARTS = (('bottleneck_seconds', 'making bottlenecks', 'tab:orange'),
+_TIME_PARTS = (('bottleneck_seconds', 'making bottlenecks or the cut cache',
+                'tab:orange'),
                ('training_seconds', 'training', 'tab:green'),
                ('other_seconds', 'start-up, loading, export', 'lightgrey'))
 # Colours of the runs that share the other keys' values: none of the above.

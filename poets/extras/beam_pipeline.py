@@ -32,10 +32,12 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 import tensorflow as tf
 
-from poets import bottlenecks
 from poets import files
-from poets import images
-from poets import modules
+from poets.core import bottlenecks
+from poets.core import graph_names
+from poets.core import image_decoding
+from poets.core import image_listing
+from poets.core import modules
 from poets.errors import PoetsError
 
 NAMESPACE = 'poets'
@@ -91,7 +93,7 @@ class _Checked:
 
 def _list_class(class_dir, image_dir, bottleneck_dir, module_name):
   # Each class on its own worker: links are taken once within a class.
-  image_names, _ = images.find_images(os.path.join(image_dir, class_dir))
+  image_names, _ = image_listing.find_images(os.path.join(image_dir, class_dir))
   for image_name in image_names:
     yield _Image(os.path.join(image_dir, class_dir, image_name),
                  bottlenecks.bottleneck_path(bottleneck_dir, class_dir,
@@ -150,7 +152,7 @@ class _DecodeImages(beam.DoFn):
   def setup(self):
     graph = tf.Graph()
     with graph.as_default():
-      self._decoder = images.FileDecoder.build(self._decode)
+      self._decoder = image_decoding.FileDecoder.build(self._decode)
     self._session = tf.compat.v1.Session(graph=graph)
 
   def process(self, image):
@@ -190,14 +192,15 @@ class ModuleHandler(tensorflow_inference.TFModelHandlerNumpy):
 
   The handler's own loader takes Keras SavedModels only; retrain.py's
   modules are TF Hub and TF1 Hub modules and frozen graphs, loaded into a
-  graph by poets.modules. The rest is Beam's: batching (fixed at retrain.py's
-  batch size), one copy of the module per worker process shared by its
+  graph by poets.core.modules. The rest is Beam's: batching (fixed at
+  retrain.py's batch size), one copy of the module per worker process shared by its
   threads, and the inference metrics.
   """
 
   def __init__(self, spec):
-    super().__init__(spec.handle, min_batch_size=bottlenecks.BATCH_SIZE,
-                     max_batch_size=bottlenecks.BATCH_SIZE)
+    super().__init__(spec.handle,
+                     min_batch_size=graph_names.BATCH_SIZE,
+                     max_batch_size=graph_names.BATCH_SIZE)
     self._spec = spec
 
   def load_model(self):
@@ -221,12 +224,12 @@ def build(root, image_dir, bottleneck_dir, spec, module):
   the workers load the module themselves).
   """
   checked = (
-      root
-      | 'Class folders' >> beam.Create(images.class_dirs(image_dir))
-      | 'List images' >> beam.FlatMap(_list_class, image_dir, bottleneck_dir,
-                                      spec.name)
-      | 'Spread images' >> beam.Reshuffle()
-      | 'Check the cache' >> beam.Map(_check_cache, module.bottleneck_size))
+      root |
+      'Class folders' >> beam.Create(image_listing.class_dirs(image_dir)) |
+      'List images' >> beam.FlatMap(_list_class, image_dir, bottleneck_dir,
+                                    spec.name) |
+      'Spread images' >> beam.Reshuffle() |
+      'Check the cache' >> beam.Map(_check_cache, module.bottleneck_size))
   counts = (
       checked
       | 'Sound or other size' >> beam.Map(_tally)

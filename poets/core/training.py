@@ -24,11 +24,14 @@ import numpy as np
 import tensorflow as tf
 
 from poets import files
-from poets import images
 from poets import interrupts
-from poets import modules
 from poets import settings as settings_module
-from poets.bottlenecks import FEED_ALIGNMENT, feedable_empty
+from poets.core import feeds
+from poets.core import final_layer
+from poets.core import fine_tuning
+from poets.core import image_decoding
+from poets.core import modules
+from poets.core import summary_ops
 from poets.errors import PoetsError
 
 
@@ -67,121 +70,17 @@ class TrainingResult:
   layer: dict = dataclasses.field(default_factory=dict)
 
 
-def layer_variables_of(graph):
-  """The new layer's variables: what is trained, saved and exported."""
-  return graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
-                              scope='final_retrain_ops')
-
-
-def event_writer(directory, graph=None):
-  """A FileWriter whose file name carries this process's id.
-
-  Event files are named by the second and the host only; two runs writing
-  into one --summaries_dir at once would otherwise share one file and
-  corrupt it.
-  """
-  return tf.compat.v1.summary.FileWriter(directory, graph,
-                                         filename_suffix=f'.{os.getpid()}')
-
-
-def _summary(kind, name, value):
-  """A summary whose tag is exactly `<current scope>/<name>`.
-
-  tf.compat.v1.summary.scalar would make the tags `accuracy_1` and
-  `cross_entropy_1` (their name scopes are taken by the ops); the tags
-  TensorBoard shows should be the plain names.
-  """
-  scope = tf.compat.v1.get_default_graph().get_name_scope()
-  tag = f'{scope}/{name}' if scope else name
-  if kind == 'scalar':
-    op = tf.raw_ops.ScalarSummary(tags=tag, values=value)
-  else:
-    op = tf.raw_ops.HistogramSummary(tag=tag, values=value)
-  tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.SUMMARIES, op)
-
-
-def variable_summaries(var):
-  """Mean, stddev, min, max and a histogram of a tensor, as the original."""
-  with tf.name_scope('summaries'):
-    mean = tf.reduce_mean(var)
-    _summary('scalar', 'mean', mean)
-    _summary('scalar', 'stddev',
-             tf.sqrt(tf.reduce_mean(tf.square(var - mean))))
-    _summary('scalar', 'max', tf.reduce_max(var))
-    _summary('scalar', 'min', tf.reduce_min(var))
-    _summary('histogram', 'histogram', var)
-
-
-@dataclasses.dataclass
-class FinalLayer:
-  bottleneck_input: tf.Tensor
-  ground_truth_input: tf.Tensor
-  final_tensor: tf.Tensor
-  train_step: tf.Operation | None = None
-  cross_entropy: tf.Tensor | None = None
-  evaluation_step: tf.Tensor | None = None
-  prediction: tf.Tensor | None = None
-
-
-def add_final_retrain_ops(class_count, final_tensor_name, bottleneck_tensor,
-                          ground_truth_tensor=None, learning_rate=None):
-  """Adds the new softmax layer on top of `bottleneck_tensor`.
-
-  Both inputs are placeholders with defaults, named as the original's, so
-  evaluation can feed them. Without a learning rate the graph is for
-  evaluation and export only: no loss, no training ops.
-  """
-  bottleneck_size = bottleneck_tensor.shape[-1]
-  with tf.name_scope('input'):
-    bottleneck_input = tf.compat.v1.placeholder_with_default(
-        bottleneck_tensor, shape=[None, bottleneck_size],
-        name='BottleneckInputPlaceholder')
-    if ground_truth_tensor is None:
-      ground_truth_input = tf.compat.v1.placeholder(
-          tf.int64, [None], name='GroundTruthInput')
-    else:
-      ground_truth_input = tf.compat.v1.placeholder_with_default(
-          ground_truth_tensor, [None], name='GroundTruthInput')
-  with tf.name_scope('final_retrain_ops'):
-    with tf.name_scope('weights'):
-      layer_weights = tf.compat.v1.Variable(
-          tf.random.truncated_normal([bottleneck_size, class_count],
-                                     stddev=0.001), name='final_weights')
-      variable_summaries(layer_weights)
-    with tf.name_scope('biases'):
-      layer_biases = tf.compat.v1.Variable(tf.zeros([class_count]),
-                                           name='final_biases')
-      variable_summaries(layer_biases)
-    with tf.name_scope('Wx_plus_b'):
-      logits = tf.matmul(bottleneck_input, layer_weights) + layer_biases
-      _summary('histogram', 'pre_activations', logits)
-  final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
-  if final_tensor.op.name != final_tensor_name:
-    # TensorFlow renamed it: the module already has an op of that name.
-    raise PoetsError(f"--final_tensor_name '{final_tensor_name}' is already "
-                     'the name of an operation in the graph; choose another.')
-  _summary('histogram', 'activations', final_tensor)
-  layer = FinalLayer(bottleneck_input, ground_truth_input, final_tensor)
-  if learning_rate is None:
-    return layer
-  with tf.name_scope('cross_entropy'):
-    layer.cross_entropy = tf.compat.v1.losses.sparse_softmax_cross_entropy(
-        labels=ground_truth_input, logits=logits)
-  _summary('scalar', 'cross_entropy', layer.cross_entropy)
-  with tf.name_scope('train'):
-    optimizer = tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
-    # Only the new layer learns; the module stays as it was pretrained.
-    layer.train_step = optimizer.minimize(
-        layer.cross_entropy, var_list=[layer_weights, layer_biases])
-  with tf.name_scope('accuracy'):
-    with tf.name_scope('correct_prediction'):
-      layer.prediction = tf.argmax(final_tensor, 1)
-      correct_prediction = tf.equal(layer.prediction, ground_truth_input)
-    with tf.name_scope('accuracy'):
-      layer.evaluation_step = tf.reduce_mean(
-          tf.cast(correct_prediction, tf.float32))
-  _summary('scalar', 'accuracy', layer.evaluation_step)
-  return layer
+def _kernel_summaries(variables):
+  """Each fine-tuned kernel's histogram, and that of its change since
+  training began, which shows the blocks learning where the first hardly
+  moves."""
+  for variable in variables:
+    scope, name = variable.op.name.rsplit('/', 1)
+    if name == 'kernel':
+      with tf.name_scope(f'{scope}/'):
+        summary_ops.summary('histogram', name, variable)
+        summary_ops.summary('histogram', f'{name}_change',
+                 variable - variable.initial_value)
 
 
 def _class_ranges(ground_truth, class_count):
@@ -207,16 +106,6 @@ def _sample_indices(offsets, counts, class_draw, image_draw):
   return tf.gather(tf.constant(offsets, tf.int64), classes) + within, classes
 
 
-def _feedable(values):
-  """`values`, or a copy TensorFlow can be fed without copying it again."""
-  if (values.ctypes.data % FEED_ALIGNMENT == 0 and
-      values.flags.c_contiguous and values.dtype == np.float32):
-    return values
-  aligned = feedable_empty(values.shape)
-  aligned[...] = values
-  return aligned
-
-
 class _CachedBatches:
   """Training batches sampled in-graph from all training bottlenecks.
 
@@ -227,14 +116,16 @@ class _CachedBatches:
 
   def __init__(self, split, class_count, batch_size, seed):
     all_bottlenecks = tf.compat.v1.placeholder(
-        tf.float32, split.bottlenecks.shape, name='training_bottlenecks')
-    self.feed = {all_bottlenecks: _feedable(split.bottlenecks)}
+        split.bottlenecks.dtype, split.bottlenecks.shape,
+        name='training_bottlenecks')
+    self.feed = {all_bottlenecks: feeds.feedable(split.bottlenecks)}
     offsets, counts = _class_ranges(split.ground_truth, class_count)
     indices, self.ground_truth = _sample_indices(
         offsets, counts, tf.random.uniform([batch_size], seed=seed),
         tf.random.uniform([batch_size], seed=None if seed is None else
                           seed + 1))
-    self.bottlenecks = tf.gather(all_bottlenecks, indices)
+    self.bottlenecks = tf.cast(tf.gather(all_bottlenecks, indices),
+                               tf.float32)
 
 
 class _DistortedBatches:
@@ -244,7 +135,7 @@ class _DistortedBatches:
                seed):
     offsets, counts = _class_ranges(split.ground_truth, class_count)
     height, width = module.image_size
-    filenames = tf.constant(images.file_names(split.filenames))
+    filenames = tf.constant(image_decoding.file_names(split.filenames))
 
     def sample(random):
       # Each element's own stateless seed picks its image and distortion, so
@@ -254,11 +145,12 @@ class _DistortedBatches:
       draws = tf.random.stateless_uniform([2], seeds[0])
       index, label = _sample_indices(offsets, counts, draws[:1], draws[1:])
       contents = tf.io.read_file(tf.gather(filenames, index[0]))
-      return (images.decode_and_distort(contents, height, width, distortions,
-                                        seeds[1]), label[0])
+      return (image_decoding.decode_and_distort(contents, height, width,
+                                                distortions,
+                                                seeds[1]), label[0])
 
-    dataset = images.in_parallel_batches(tf.data.Dataset.random(seed=seed),
-                                         sample, batch_size)
+    dataset = image_decoding.in_parallel_batches(
+        tf.data.Dataset.random(seed=seed), sample, batch_size)
     distorted, self.ground_truth = tf.compat.v1.data.make_one_shot_iterator(
         dataset).get_next()
     self.bottlenecks = module.apply(distorted)
@@ -388,7 +280,8 @@ class LossCheck:
           _lower_learning_rate(self.learning_rate))
 
 
-def train(settings, splits, labels, module_spec=None, save_intermediate=None):
+def train(settings, splits, labels, module_spec=None, save_intermediate=None,
+          fine_tune=None, final_test=True):
   """Trains the final layer on cached bottlenecks (or distorted images).
 
   `settings` is the run's RetrainSettings; `splits` maps split names to
@@ -399,6 +292,10 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
   Ctrl-C (or SIGTERM, see poets/interrupts.py) stops training after the
   current step and saves the checkpoint beside the finished one
   (files.interrupted_path); the caller still exports what was trained.
+
+  With `fine_tune` (a fine_tuning.FineTuning) the splits hold cuts, not
+  bottlenecks, and the fine-tuned blocks train with the layer, from the
+  layer's values in `fine_tune.start`, for its steps.
   """
   class_count = len(labels)
   _warn_empty(splits, labels)
@@ -411,23 +308,37 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
     if settings.distortions.enabled:
       batches = _DistortedBatches(splits['training'], class_count,
                                   settings.train_batch_size,
+                                  fine_tune.bottom if fine_tune else
                                   modules.load_module(module_spec),
                                   settings.distortions, seed)
     else:
       batches = _CachedBatches(splits['training'], class_count,
                                settings.train_batch_size, seed)
-    layer = add_final_retrain_ops(class_count, settings.final_tensor_name,
-                                  batches.bottlenecks, batches.ground_truth,
-                                  settings.learning_rate)
+    features, fine_tuned = batches.bottlenecks, None
+    if fine_tune:
+      cut_input = fine_tuning.cut_input(fine_tune.cut, batches.bottlenecks)
+      features = fine_tuning.top(fine_tune.cut, cut_input)
+      fine_tuned = (fine_tuning.top_variables_of(graph),
+                    fine_tune.learning_rate)
+      _kernel_summaries(fine_tuned[0])
+    layer = final_layer.add_final_retrain_ops(
+        class_count, settings.final_tensor_name, features,
+        batches.ground_truth, settings.learning_rate, fine_tuned)
+    if fine_tune:
+      layer.bottleneck_input = cut_input  # What evaluation feeds.
     merged = tf.compat.v1.summary.merge_all()
     # Only the new layer: export puts it on top of a freshly loaded module.
-    layer_variables = layer_variables_of(graph)
+    layer_variables = final_layer.layer_variables_of(graph)
     saver = tf.compat.v1.train.Saver(layer_variables)
     init = tf.compat.v1.global_variables_initializer()
-    train_writer = event_writer(os.path.join(settings.summaries_dir, 'train'),
-                                graph)
-    validation_writer = event_writer(
-        os.path.join(settings.summaries_dir, 'validation'))
+    # The fine-tuning graph holds the top's weights; the Graphs tab shows
+    # the top in the exported graph instead (retrained_graph).
+    suffix = '.fine_tune' if fine_tune else ''
+    train_writer = summary_ops.event_writer(
+        os.path.join(settings.summaries_dir, 'train'),
+        None if fine_tune else graph, suffix)
+    validation_writer = summary_ops.event_writer(
+        os.path.join(settings.summaries_dir, 'validation'), suffix=suffix)
   check_loss = LossCheck(class_count, settings.learning_rate)
   validation = splits['validation']
   validation_batch_size = _validation_batch_size(
@@ -435,8 +346,17 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
   curve = []
   step = 0
   interrupted = False
+  first_step, end_step = 0, settings.how_many_training_steps
+  if fine_tune:
+    first_step = fine_tune.first_step
+    end_step = first_step + fine_tune.steps
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
+    if fine_tune:
+      with graph.as_default():  # Variable.load needs it.
+        for variable in layer_variables:
+          if variable.op.name in fine_tune.start:
+            variable.load(fine_tune.start[variable.op.name], session)
     # Cheaper per call than session.run.
     train_step = session.make_callable(layer.train_step,
                                        feed_list=list(batches.feed))
@@ -452,14 +372,14 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
           save_intermediate):
         save_intermediate(step, layer_values())
 
-    steps_done = 0
+    steps_done = first_step
     try:
       with interrupts.at_step_boundaries() as boundary:
-        for step in range(settings.how_many_training_steps):
+        for step in range(first_step, end_step):
           steps_done = step
           if boundary.stop_requested:
             raise KeyboardInterrupt
-          is_last_step = step + 1 == settings.how_many_training_steps
+          is_last_step = step + 1 == end_step
           if step % settings.eval_step_interval and not is_last_step:
             train_step(*batches.feed.values())
             save_if_due(step)
@@ -497,21 +417,28 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None):
             logging.info('%s: Step %d: Validation accuracy = %.1f%% (N=%d)',
                          _now(), step, validation_accuracy * 100, len(truth))
           save_if_due(step)
-        steps_done = settings.how_many_training_steps
+        steps_done = end_step
     except KeyboardInterrupt:
       interrupted = True
       logging.warning('Interrupted at step %d of %d; saving what was trained.',
-                      steps_done, settings.how_many_training_steps)
+                      steps_done, end_step)
     checkpoint_path = settings.checkpoint_path
     if interrupted:
       checkpoint_path = files.interrupted_path(checkpoint_path)
-    os.makedirs(os.path.dirname(checkpoint_path) or '.', exist_ok=True)
-    saver.save(session, checkpoint_path, write_state=False)
+    try:
+      os.makedirs(os.path.dirname(checkpoint_path) or '.', exist_ok=True)
+      saver.save(session, checkpoint_path, write_state=False)
+    except (OSError, tf.errors.OpError) as e:
+      line = files.environment_error(e)
+      if line is None:
+        raise
+      # The layer's values are kept in memory: export still has them.
+      logging.warning('Could not save the checkpoint: %s', line)
     values = layer_values()
     train_writer.close()
     validation_writer.close()
     test = None
-    if not interrupted:
+    if final_test and not interrupted:
       test = _final_test(session, layer, splits['testing'], settings, labels,
                          rng)
   return TrainingResult(steps_done, interrupted, test, curve, values)

@@ -1,15 +1,17 @@
 """Labeling: run a frozen graph on photos and name the top classes.
 
-The last stage, what label_image.py does. poets.frozen_graphs reads the
+The last stage, what label_image.py does. poets.core.frozen_graphs reads the
 graph and finds its layers by the names users know. Images get the pixels
-retrain.py gave them (poets.images' decode and bilinear resize) and then
+retrain.py gave them (poets.core.image_decoding's decode and bilinear
+resize) and then
 (pixel - input_mean) / input_std, so the defaults (0, 255) reproduce exactly
 the [0, 1] input of this project's graphs. A tf.data pipeline decodes the
 images in parallel and the graph runs on batches of them; an image that
 cannot be read or decoded is reported and the others are still labelled.
 A TensorFlow Lite model, told apart from a graph by its content, takes the
-same flags and gets the same pixels; poets.tflite_model runs it, and the
-labels packed in it serve when no labels file is named.
+same flags and gets the same pixels; poets.core.tflite_interpreter runs it,
+and the labels packed in it (poets.core.tflite_metadata) serve when no
+labels file is named.
 """
 
 import codecs
@@ -23,37 +25,16 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from poets import bottlenecks
-from poets import export
 from poets import files
-from poets import frozen_graphs
-from poets import images
 from poets import outputs
-from poets import tflite_model
+from poets import settings
+from poets.core import frozen_graphs
+from poets.core import graph_names
+from poets.core import image_decoding
+from poets.core import image_listing
+from poets.core import tflite_interpreter
+from poets.core import tflite_metadata
 from poets.errors import PoetsError
-from poets.extras import tflite_metadata
-
-DEFAULT_INPUT_SIZE = 224
-DEFAULT_LABELS = 'tf_files/retrained_labels.txt'
-
-
-@dataclasses.dataclass
-class LabelConfig:
-  """What to label with which graph; defaults fit this project's graphs."""
-  graph: str = 'tf_files/retrained_graph.pb'
-  labels: str | None = None  # None: a .tflite's own, else DEFAULT_LABELS.
-  images: list[str] = dataclasses.field(default_factory=list)
-  image_dir: str = ''
-  input_layer: str = export.INPUT_NAME
-  output_layer: str = 'final_result'
-  input_height: int | None = None  # None: the input's static shape, or 224.
-  input_width: int | None = None
-  input_mean: float = 0.0
-  input_std: float = 255.0
-  top_k: int = 5
-  batch_size: int = bottlenecks.BATCH_SIZE
-  allow_io_ops: bool = False  # Run graphs holding frozen_graphs.IO_OPS.
-
 
 @dataclasses.dataclass(frozen=True)
 class Convention:
@@ -69,7 +50,7 @@ class Convention:
 # What makes a mean/std that does not match training visible: graphs whose
 # input is known by name and whose pixel range is known.
 CONVENTIONS = (
-    Convention(export.INPUT_NAME, None, 0.0, 1.0,
+    Convention(graph_names.INPUT_NAME, None, 0.0, 1.0,
                '--input_mean=0 --input_std=255',
                "this project's and TF Hub's retrain.py"),
     Convention('Mul', None, -1.0, 1.0, '--input_mean=128 --input_std=128',
@@ -110,9 +91,9 @@ def list_layers(graph_path):
   """The --list_layers answer for the graph or .tflite file at
   `graph_path`."""
   data = frozen_graphs.read_model_file(graph_path)
-  if tflite_model.is_tflite(data):
-    return tflite_model.describe_layers(
-        tflite_model.load_interpreter(data, graph_path))
+  if tflite_interpreter.is_tflite(data):
+    return tflite_interpreter.describe_layers(
+        tflite_interpreter.load_interpreter(data, graph_path))
   graph_def = frozen_graphs.parse_graph_def(data, graph_path)
   return frozen_graphs.describe_layers(
       frozen_graphs.import_graph(graph_def, graph_path))
@@ -174,11 +155,11 @@ def read_model_and_labels(config):
   for attempt in range(2):
     data = frozen_graphs.read_model_file(config.graph)
     graph_def = None
-    if not tflite_model.is_tflite(data):
+    if not tflite_interpreter.is_tflite(data):
       graph_def = frozen_graphs.parse_graph_def(data, config.graph)
     elif config.labels is None:
       return data, None, None
-    path = config.labels or DEFAULT_LABELS
+    path = config.labels or settings.DEFAULT_LABELS
     labels_data = files.read_regular_file(path, '--labels', MAX_LABELS_BYTES,
                                           _LABELS_FIX)
     problem = _mismatch(graph_def, labels_data, path, config)
@@ -195,32 +176,6 @@ def _check_labels(labels, source, classes, config):
         f'{source} has {len(labels)} labels but '
         f"--output_layer '{config.output_layer}' of {config.graph} gives "
         f'{classes} scores; pass the labels file written with this graph.')
-
-
-def find_images(paths, image_dir):
-  """The images to label: `paths` as given, then `image_dir`'s photos."""
-  found = list(paths)
-  if image_dir:
-    if not os.path.isdir(image_dir):
-      raise PoetsError(f'--image_dir {image_dir} is not a folder; pass a '
-                       'folder of photos.')
-    # pylint: disable-next=protected-access
-    in_dir, _ = images.find_images(image_dir)
-    if not in_dir:
-      raise PoetsError(f'--image_dir {image_dir} holds no images ending in '
-                       f'{", ".join(images.IMAGE_EXTENSIONS)}.')
-    found += [os.path.join(image_dir, name) for name in in_dir]
-  if not found:
-    raise PoetsError('No images to label; pass --image photo.jpg (several '
-                     'allowed) or --image_dir folder/.')
-  return found
-
-
-def normalize(contents, height, width, mean, std):
-  """File bytes -> float32 [height, width, 3]: retrain.py's decode and resize,
-  then (pixel - mean) / std; for mean 0, std 255 exactly decode_and_resize."""
-  resized = images.resize(images.decode_image(contents), height, width)
-  return (resized - mean) / std
 
 
 def _input_size(tensor, config):
@@ -254,7 +209,7 @@ def _image_size(config, static_height, static_width, shape_text):
       raise PoetsError(f"{flag}={value} but --input_layer "
                        f"'{config.input_layer}' takes {shape_text} images; "
                        f'drop {flag}.')
-    size.append(value or static or DEFAULT_INPUT_SIZE)
+    size.append(value or static or settings.DEFAULT_INPUT_SIZE)
   return tuple(size)
 
 
@@ -374,27 +329,27 @@ def _saved_model_classifier(config):
 
 @contextlib.contextmanager
 def _tflite_classifier(data, config):
-  model = tflite_model.load(data, config.graph, config.input_layer,
-                            config.output_layer)
-  height, width = _image_size(config, *tflite_model.image_size(model),
-                              tflite_model.shape_text(model.input))
-  yield _Classifier(height, width, tflite_model.fixed_batch(model),
+  model = tflite_interpreter.load(data, config.graph, config.input_layer,
+                                  config.output_layer)
+  height, width = _image_size(config, *tflite_interpreter.image_size(model),
+                              tflite_interpreter.shape_text(model.input))
+  yield _Classifier(height, width, tflite_interpreter.fixed_batch(model),
                     int(model.output['shape'][-1]),
-                    lambda pixels: tflite_model.run(model, pixels),
+                    lambda pixels: tflite_interpreter.run(model, pixels),
                     tflite_metadata.read_labels(data))
 
 
 def label_images(config):
   """Labels every image of `config` with a frozen graph, a TensorFlow Lite
-  model (told apart by content) or a SavedModel folder; returns a LabelRun. Raises PoetsError
-  for a problem with the model, labels or flags; a bad image only gets an
+  model (told apart by content) or a SavedModel folder; returns a LabelRun.
+  Raises PoetsError for a problem with the model, labels or flags; a bad image only gets an
   error in its ImageResult."""
   if config.input_std <= 0:
     raise PoetsError(f'--input_std={config.input_std:g} must be positive '
                      '(255 for this project\'s graphs).')
   if config.top_k < 1 or config.batch_size < 1:
     raise PoetsError('--top_k and --batch_size must be at least 1.')
-  paths = find_images(config.images, config.image_dir)
+  paths = image_listing.given_images(config.images, config.image_dir)
   labels = None
   if is_saved_model(config.graph):
     model = _saved_model_classifier(config)
@@ -411,7 +366,7 @@ def _labels(classifier, labels, config):
   for errors."""
   if config.labels is None and classifier.labels is not None:
     return classifier.labels, f'The labels packed in {config.graph}'
-  path = config.labels or DEFAULT_LABELS
+  path = config.labels or settings.DEFAULT_LABELS
   return labels or read_labels(path), f'--labels {path}'
 
 
@@ -421,7 +376,7 @@ def _run(classifier, pixels, config):
   except tf.errors.OpError as e:
     raise PoetsError(
         f'--graph {config.graph} failed while labelling '
-        f'({tflite_model.first_line(e)}); check --output_layer '
+        f'({tflite_interpreter.first_line(e)}); check --output_layer '
         f"'{config.output_layer}' with --list_layers.") from e
 
 
@@ -450,15 +405,15 @@ def _label(paths, classifier, labels, config):
   fixed_batch = classifier.fixed_batch
   graph = tf.Graph()
   with graph.as_default():
-    data = images.decode_in_batches(
-        paths, lambda contents: normalize(
+    data = image_decoding.decode_in_batches(
+        paths, lambda contents: image_decoding.decode_and_normalize(
             contents, classifier.height, classifier.width, config.input_mean,
             config.input_std), fixed_batch or config.batch_size)
   results = [None] * len(paths)
   seconds = 0.0
   batches = 0
   with tf.compat.v1.Session(graph=graph) as data_session:
-    for batch_indices, pixels in images.each_batch(
+    for batch_indices, pixels in image_decoding.each_batch(
         data_session, [data.indices, data.images]):
       count = len(batch_indices)
       if fixed_batch and count < fixed_batch:

@@ -1,14 +1,10 @@
-"""Images: find them, split them, decode them.
+"""Image lists: find the images of each class and split them.
 
-The first stage of the pipeline. `create_image_lists` walks `--image_dir` (one
-sub-folder per class) and assigns every image to training, testing or
-validation with the original retrain.py's stable hash rule, so an image never
-changes sets when photos are added. `decode_and_resize` and `decode_and_distort`
-are the TensorFlow ops that turn file bytes into the float [0,1] RGB a module
-expects; retrain.py and label_image.py share them so an image gets the same
-pixels in both. `decode_in_batches` is the one tf.data pipeline that decodes a
-list of files for bottlenecks and labeling, and says why it left a file out;
-training's distortions share its batching and options.
+The first stage of the pipeline, plain Python (no TensorFlow).
+`create_image_lists` walks `--image_dir` (one sub-folder per class) and
+assigns every image to training, testing or validation with the original
+retrain.py's stable hash rule, so an image never changes sets when photos
+are added. Decoding is poets.core.image_decoding's.
 """
 
 import dataclasses
@@ -19,9 +15,8 @@ import re
 import stat
 
 from absl import logging
-import numpy as np
-import tensorflow as tf
 
+from poets import settings
 from poets.errors import PoetsError
 
 # The original's cap: above this many images per class the hash buckets
@@ -32,7 +27,6 @@ MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
 # counts as a photo when walking a folder.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
 
-DEFAULT_IMAGE_DIR = 'tf_files/flower_photos'
 FLOWER_PHOTOS_COMMAND = (
     'curl http://download.tensorflow.org/example_images/flower_photos.tgz'
     ' | tar xz -C tf_files')
@@ -106,7 +100,16 @@ def _identity(path):
   return status.st_dev, status.st_ino
 
 
-def find_images(class_path, seen=None):
+def _inside(path, folders):
+  """The first of `folders` (real paths) that `path` leads into, or None."""
+  real = os.path.realpath(path)
+  for folder in folders:
+    if os.path.commonpath([real, folder]) == folder:
+      return folder
+  return None
+
+
+def find_images(class_path, seen=None, other_classes=()):
   """Image files under a class folder, recursively, skipping hidden entries.
 
   Links are followed, but each real folder and file is taken once: a link
@@ -114,21 +117,39 @@ def find_images(class_path, seen=None):
   photo reached twice could land in both training and test. `seen` holds
   the (device, inode) of everything taken so far, to share it between
   folders; returns (relative paths, sorted; how many were left out as
-  already found).
+  already found). A link into one of `other_classes` (real paths of the
+  other class folders) is left out with a warning: its photos belong to
+  the class the user filed them in. A folder that cannot be read is
+  reported, not silently skipped.
   """
+
+  def unreadable(error):
+    logging.warning('Cannot read the folder %s (%s); its photos are left '
+                    'out.', error.filename, error.strerror)
+
+  def leads_elsewhere(path):
+    other = os.path.islink(path) and _inside(path, other_classes)
+    if other:
+      logging.warning('Skipping %s: a link into the class folder %s, whose '
+                      'photos stay in that class.', path, other)
+    return other
+
   seen = set() if seen is None else seen
   if _identity(class_path) in seen:  # A link to a folder already searched.
     return [], 1
   seen.add(_identity(class_path))
   by_identity = {}  # One stat per file: listing time matters at scale.
   repeated = 0
-  for root, dirs, files in os.walk(class_path, followlinks=True):
+  for root, dirs, files in os.walk(class_path, followlinks=True,
+                                   onerror=unreadable):
     kept = []
     # Real folders before links to them, then by name, so the way to a
     # folder that is kept does not vary.
     for name in sorted((d for d in dirs if not d.startswith('.')),
                        key=lambda d: (os.path.islink(os.path.join(root, d)),
                                       d)):
+      if leads_elsewhere(os.path.join(root, name)):
+        continue
       identity = _identity(os.path.join(root, name))
       if identity in seen:
         repeated += 1
@@ -143,6 +164,8 @@ def find_images(class_path, seen=None):
           os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS):
         continue
       path = os.path.join(root, name)
+      if other_classes and leads_elsewhere(path):
+        continue
       try:
         status = os.stat(path)
         identity = status.st_dev, status.st_ino
@@ -171,7 +194,8 @@ def find_images(class_path, seen=None):
 
 def _missing_dir_message(image_dir):
   message = f"Image directory '{image_dir}' not found."
-  if os.path.normpath(image_dir) == os.path.normpath(DEFAULT_IMAGE_DIR):
+  if os.path.normpath(image_dir) == os.path.normpath(
+      settings.DEFAULT_IMAGE_DIR):
     message += (f' Download the codelab\'s flower photos (needs network) with:'
                 f' {FLOWER_PHOTOS_COMMAND}  -- or pass --image_dir with any'
                 ' folder of class sub-folders.')
@@ -202,10 +226,15 @@ def create_image_lists(image_dir, testing_percentage, validation_percentage):
   classes = []
   dir_names = class_dirs(image_dir)
   seen = {_identity(image_dir)}
+  real_dirs = {name: os.path.realpath(os.path.join(image_dir, name))
+               for name in dir_names}
   for dir_name in dir_names:
     class_path = os.path.join(image_dir, dir_name)
     logging.info("Looking for images in '%s'", dir_name)
-    images, repeated = find_images(class_path, seen)
+    own = real_dirs[dir_name]
+    images, repeated = find_images(
+        class_path, seen, [real for real in real_dirs.values()
+                           if os.path.commonpath([real, own]) != real])
     if repeated:
       logging.warning('%s: %d links lead to folders or photos already found; '
                       'each is used once.', class_path, repeated)
@@ -261,210 +290,20 @@ def limit_training_images(image_lists, per_class, seed=None):
   return dataclasses.replace(image_lists, classes=classes)
 
 
-def decode_failure_reason(error):
-  """The useful line of a TensorFlow decode error.
-
-  Graph errors wrap the reason ("Unknown image file format...") between a
-  generic first line and a [[node]] marker; it is the last line before it.
-  """
-  lines = [line.strip() for line in error.message.splitlines()
-           if line.strip() and not line.strip().startswith('[[')]
-  return (lines or [type(error).__name__])[-1]
-
-
-def decode_image(contents):
-  """Decodes JPEG, PNG, GIF (first frame), BMP or WEBP bytes to uint8 RGB.
-
-  Goes by content, so a PNG named .jpg decodes; grayscale and RGBA become RGB.
-  """
-  image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-  image.set_shape([None, None, 3])
-  return image
-
-
-def resize(image, height, width):
-  """uint8 [h, w, 3] -> float32 [height, width, 3] in [0, 255], bilinear.
-
-  Resizing the uint8 image before converting keeps a very large photo from
-  becoming an even larger float copy. label_image.py normalizes the result
-  with its own mean and std, so it sees the pixels retrain.py saw.
-  """
-  return tf.image.resize(image, [height, width],
-                         method=tf.image.ResizeMethod.BILINEAR)
-
-
-def decode_and_resize(contents, height, width):
-  """File bytes -> float32 [height, width, 3] in [0, 1], bilinear resize."""
-  return resize(decode_image(contents), height, width) / 255.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Distortions:
-  """The original's training-time distortions, each a percentage (0 = off)."""
-  flip_left_right: bool = False
-  random_crop: int = 0
-  random_scale: int = 0
-  random_brightness: int = 0
-
-  @property
-  def enabled(self):
-    return (self.flip_left_right or self.random_crop != 0 or
-            self.random_scale != 0 or self.random_brightness != 0)
-
-
-def decode_and_distort(contents, height, width, distortions, seed):
-  """File bytes -> a randomly distorted float32 [height, width, 3] in [0, 1].
-
-  The original's recipe: scale up by the crop margin times a random scale,
-  crop a random window of the module's size, maybe flip, then multiply the
-  brightness by a random factor. `seed` is a stateless seed (shape [2]), so
-  each image's distortion is fixed by its seed however tf.data schedules the
-  work, and seeded runs repeat exactly.
-  """
-  scale_seed, crop_seed, flip_seed, brightness_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 4))
-  image = decode_image(contents)
-  margin_scale = 1.0 + distortions.random_crop / 100.0
-  resize_scale = tf.random.stateless_uniform(
-      [], scale_seed, 1.0, 1.0 + distortions.random_scale / 100.0)
-  scale = margin_scale * resize_scale
-  precrop_size = tf.cast(tf.stack([scale * height, scale * width]), tf.int32)
-  precropped = tf.image.resize(image, precrop_size,
-                               method=tf.image.ResizeMethod.BILINEAR) / 255.0
-  distorted = tf.image.stateless_random_crop(precropped, [height, width, 3],
-                                             crop_seed)
-  if distortions.flip_left_right:
-    distorted = tf.image.stateless_random_flip_left_right(distorted,
-                                                          flip_seed)
-  brightness = tf.random.stateless_uniform(
-      [], brightness_seed, 1.0 - distortions.random_brightness / 100.0,
-      1.0 + distortions.random_brightness / 100.0)
-  return distorted * brightness
-
-
-def pipeline_options():
-  """The tf.data options of every image pipeline here.
-
-  Autotuning's model thread held up closing the session in about half of our
-  runs (4 s typical, 10 s seen, on 600 photos); without it AUTOTUNE still
-  decodes one image per core at a time.
-  """
-  options = tf.data.Options()
-  options.autotune.enabled = False
-  return options
-
-
-def in_parallel_batches(dataset, load, batch_size, skip_failures=False):
-  """`load` mapped over `dataset` in parallel, kept in order, in batches.
-
-  With `skip_failures` an element whose `load` fails (a file that cannot be
-  read or decoded) is left out; without it the error stops the pipeline,
-  which is right where no element should fail and skipping could wait
-  forever for a batch (training samples endlessly from decoded images).
-  """
-  loaded = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-  if skip_failures:
-    loaded = loaded.ignore_errors()
-  return (loaded.batch(batch_size).prefetch(2)
-          .with_options(pipeline_options()))
-
-
-def file_names(paths):
-  """Paths as a tf.string array: bytes, not str, because a file name need
-  not be valid UTF-8 to exist."""
-  return np.array([os.fsencode(path) for path in paths], object)
-
-
-@dataclasses.dataclass(frozen=True)
-class Failure:
-  """Why an image file gave no image."""
-  reason: str  # The operating system's strerror, or TensorFlow's line.
-  unreadable: bool  # The file could not be read; else, not be decoded.
-
-
-@dataclasses.dataclass
-class FileDecoder:
-  """`decode` of one image file at a time, in a session.
-
-  Where images come one by one (Beam), and to learn why the batch pipeline,
-  which only drops what fails, left an image out.
-  """
-  contents: tf.Tensor
-  decoded: tf.Tensor
-
-  @classmethod
-  def build(cls, decode):
-    """The decoder in the current graph; `decode`: file bytes -> image."""
-    contents = tf.compat.v1.placeholder(tf.string)
-    return cls(contents, decode(contents))
-
-  def decode_file(self, session, path):
-    """(image, None), or (None, the Failure that says why not).
-
-    A pipe or a device is refused, not read: reading one could wait forever.
-    """
-    try:
-      if not stat.S_ISREG(os.stat(path).st_mode):
-        return None, Failure('not a regular file (a pipe, a device or a '
-                             'folder)', unreadable=True)
-      with open(path, 'rb') as f:
-        contents = f.read()
-    except OSError as e:
-      return None, Failure(e.strerror or str(e), unreadable=True)
-    try:
-      return session.run(self.decoded, {self.contents: contents}), None
-    except tf.errors.OpError as e:
-      return None, Failure(decode_failure_reason(e), unreadable=False)
-
-
-@dataclasses.dataclass
-class DecodedBatches:
-  """Image files read and decoded in parallel, in batches, in a graph.
-
-  A file that cannot be read or decoded is left out of the batches;
-  `indices` says which of `paths` a batch holds, and `failures` why the
-  others are missing.
-  """
-  paths: list[str]
-  indices: tf.Tensor  # int64 [n]: positions in `paths`.
-  images: tf.Tensor  # [n, ...]: what `decode` made of them.
-  decoder: FileDecoder
-
-  def failures(self, session, decoded):
-    """(position, Failure) of each image not among the positions `decoded`;
-    the Failure is None if the image decodes when tried again alone."""
-    decoded = set(decoded)
-    for position, path in enumerate(self.paths):
-      if position not in decoded:
-        yield position, self.decoder.decode_file(session, path)[1]
-
-
-def decode_in_batches(paths, decode, batch_size):
-  """Builds, in the current graph, the pipeline that decodes `paths`.
-
-  `decode` turns one file's bytes into an image tensor (each module decodes
-  and resizes its own way). Only regular files go in: reading a pipe or a
-  device could wait forever.
-  """
-  regular = [position for position, path in enumerate(paths)
-             if os.path.isfile(path)]
-
-  def load(position, path):
-    return position, decode(tf.io.read_file(path))
-
-  dataset = tf.data.Dataset.from_tensor_slices(
-      (np.array(regular, np.int64),
-       file_names([paths[position] for position in regular])))
-  indices, batch = tf.compat.v1.data.make_one_shot_iterator(
-      in_parallel_batches(dataset, load, batch_size, skip_failures=True)
-  ).get_next()
-  return DecodedBatches(list(paths), indices, batch, FileDecoder.build(decode))
-
-
-def each_batch(session, fetches):
-  """session.run(fetches), again and again until the pipeline ends."""
-  while True:
-    try:
-      yield session.run(fetches)
-    except tf.errors.OutOfRangeError:
-      return
+def given_images(paths, image_dir):
+  """The images to label (or calibrate on): `paths` as given, then
+  `image_dir`'s photos."""
+  found = list(paths)
+  if image_dir:
+    if not os.path.isdir(image_dir):
+      raise PoetsError(f'--image_dir {image_dir} is not a folder; pass a '
+                       'folder of photos.')
+    in_dir, _ = find_images(image_dir)
+    if not in_dir:
+      raise PoetsError(f'--image_dir {image_dir} holds no images ending in '
+                       f'{", ".join(IMAGE_EXTENSIONS)}.')
+    found += [os.path.join(image_dir, name) for name in in_dir]
+  if not found:
+    raise PoetsError('No images to label; pass --image photo.jpg (several '
+                     'allowed) or --image_dir folder/.')
+  return found

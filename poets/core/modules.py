@@ -9,8 +9,8 @@ EfficientNet-Lite builds and any `--tfhub_module` load with `hub.load`, their
 sizes read from the module's own signature in saved_model.pb (TF2
 SavedModel, or the legacy TF1 Hub format through its `image_feature_vector`
 or `default` signature); the codelab's MobileNet and Inception names are
-frozen graphs (poets.codelab_networks), imported with the original's
-preprocessing.
+frozen graphs (poets.core.networks.codelab_networks), imported with the
+original's preprocessing.
 
 A module URL is downloaded and unpacked here, into --model_dir, and
 `hub.load` gets the local folder: importing this module changes nothing in
@@ -33,13 +33,12 @@ from google.protobuf import message
 import tensorflow_hub as hub
 from tensorflow.python.saved_model import loader_impl
 
-from poets import codelab_networks
-from poets import efficientnet_lite
 from poets import files
-from poets import images
+from poets.core import image_decoding
+from poets.core.networks import architectures
+from poets.core.networks import codelab_networks
+from poets.core.networks import efficientnet_lite
 from poets.errors import PoetsError
-
-DEFAULT_ARCHITECTURE = 'efficientnet_lite0'
 
 OFFLINE_ALTERNATIVES = (
     '--architecture efficientnet_lite0 (the default, built from an installed '
@@ -58,7 +57,7 @@ class ModuleSpec:
   model_dir: str | None = None  # TF Hub's download cache
   input_size: tuple[int, int] | None = None  # for modules that fix none
   # Set for the codelab's frozen-graph networks; `handle` is then the graph.
-  network: codelab_networks.CodelabNetwork | None = None
+  network: architectures.CodelabNetwork | None = None
 
 
 @dataclasses.dataclass
@@ -76,18 +75,6 @@ class ModuleInfo:
 class LoadedModule(ModuleInfo):
   """A module loaded into the current graph, ready to apply to images."""
   apply: object  # images float32 [N, H, W, 3] in [0, 1] -> [N, bottleneck_size]
-
-
-def architecture_choices():
-  """The names --architecture accepts, for help text and errors."""
-  return ', '.join([*efficientnet_lite.VARIANTS, codelab_networks.CHOICES])
-
-
-def is_architecture(architecture):
-  """Whether resolve_module knows --architecture (any letter case; '' is the
-  default), so a typo is refused before any run starts."""
-  return (not architecture or architecture.lower() in efficientnet_lite.VARIANTS
-          or codelab_networks.find(architecture) is not None)
 
 
 def _sanitized(handle):
@@ -113,17 +100,17 @@ def resolve_module(architecture, tfhub_module, model_dir, input_size=None):
 
   if tfhub_module:
     return spec(tfhub_module, _sanitized(tfhub_module))
-  architecture = architecture or DEFAULT_ARCHITECTURE
-  if architecture.lower() in efficientnet_lite.VARIANTS:
+  architecture = architecture or architectures.DEFAULT_ARCHITECTURE
+  if architecture.lower() in architectures.EFFICIENTNET_LITE:
     return spec(efficientnet_lite.ensure_module(architecture.lower(),
                                                 model_dir), architecture)
-  network = codelab_networks.find(architecture)
+  network = architectures.codelab_network(architecture)
   if network:
     return ModuleSpec(codelab_networks.ensure_graph(network, model_dir),
                       architecture, model_dir, input_size, network)
   raise PoetsError(
       f"Unknown --architecture '{architecture}'; choose one of: "
-      f'{architecture_choices()}, or pass --tfhub_module.')
+      f'{architectures.architecture_choices()}, or pass --tfhub_module.')
 
 
 def _cache_dir(model_dir):
@@ -289,10 +276,12 @@ def module_info(spec):
   if bottleneck_size is None:
     raise PoetsError(f"The module '{spec.name}' does not fix the size of its "
                      'output, so it cannot serve as a feature vector.')
-  return ModuleInfo(spec=spec, image_size=(height, width),
+  return ModuleInfo(spec=spec,
+                    image_size=(height, width),
                     bottleneck_size=bottleneck_size,
-                    decode=functools.partial(images.decode_and_resize,
-                                             height=height, width=width))
+                    decode=functools.partial(image_decoding.decode_and_resize,
+                                             height=height,
+                                             width=width))
 
 
 def _codelab_info(spec):

@@ -13,7 +13,7 @@ renamed, so a killed run leaves no half-written file and a rerun resumes.
 
 Every bottleneck of the run goes into one array; the splits are slices of
 it, so memory is one copy of the bottlenecks. A warm run copies the rows of
-unchanged files from the cache's binary index (poets/cache_index.py) and
+unchanged files from the cache's binary index (poets/core/cache_index.py) and
 parses only the rest, by threads, each a chunk of files with one TensorFlow
 call; then it brings the index up to date.
 """
@@ -21,6 +21,7 @@ call; then it brings the index up to date.
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import time
 
@@ -28,25 +29,22 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from poets import cache_index
-from poets import images
-from poets.files import NAME_MAX, atomic_write, fitted_name
-from poets import modules
 from poets import progress
+from poets.core import cache_index
+from poets.core import feeds
+from poets.core import graph_names
+from poets.core import image_decoding
+from poets.core import image_listing
+from poets.core import modules
 from poets.errors import PoetsError
+from poets.files import NAME_MAX, atomic_write, fitted_name
 
-# Images per session run: large enough to amortise the call, small enough
-# that memory does not grow with the folder.
-BATCH_SIZE = 32
 # Cache files parsed by one TensorFlow call: enough that the call's overhead
 # vanishes, few enough that a damaged file costs a re-read of only these.
 READ_CHUNK = 256
 # Files computed but not yet written: the writer can fall behind a fast
 # module, and a queue of 100,000 of them would hold memory for nothing.
-MAX_PENDING_WRITES = 4 * BATCH_SIZE
-# TensorFlow takes a fed NumPy array without copying it only when its data
-# starts on a 64-byte boundary (Eigen's alignment); NumPy's are 16-byte.
-FEED_ALIGNMENT = 64
+MAX_PENDING_WRITES = 4 * graph_names.BATCH_SIZE
 
 
 @dataclasses.dataclass
@@ -73,18 +71,6 @@ def bottleneck_path(bottleneck_dir, class_dir, image_name, module_name):
   folder, name = os.path.split(image_name)
   cache_name = fitted_name(f'{name}_{module_name}', NAME_MAX - len('.txt'))
   return os.path.join(bottleneck_dir, class_dir, folder, f'{cache_name}.txt')
-
-
-def feedable_empty(shape):
-  """An uninitialised float32 array TensorFlow can be fed without a copy.
-
-  Training feeds all training bottlenecks at every step; a copy would cost
-  their size in memory and time at each one.
-  """
-  size = int(np.prod(shape)) * 4
-  raw = np.empty(size + FEED_ALIGNMENT, np.uint8)
-  start = -raw.ctypes.data % FEED_ALIGNMENT
-  return raw[start:start + size].view(np.float32).reshape(shape)
 
 
 def format_bottleneck(values):
@@ -129,19 +115,24 @@ class _Entry:
   cache_path: str
 
 
-def _entries(image_lists, bottleneck_dir, module_name):
-  """Every image, split by split and class by class within a split.
+def entries_of(image_lists, cache_path):
+  """Every image, split by split and class by class within a split, with
+  its cache file `cache_path(class folder, image name)`.
 
   In that order each split is one block of rows, sorted by class as training
   needs, so the splits can be slices of one array instead of copies.
   """
-  for split in images.SPLITS:
+  for split in image_listing.SPLITS:
     for class_index, image_class in enumerate(image_lists.classes):
       for image_name in image_class.split(split):
         yield _Entry(split, class_index,
                      image_lists.image_path(class_index, image_name),
-                     bottleneck_path(bottleneck_dir, image_class.dir,
-                                     image_name, module_name))
+                     cache_path(image_class.dir, image_name))
+
+
+def _entries(image_lists, bottleneck_dir, module_name):
+  return entries_of(image_lists, functools.partial(
+      bottleneck_path, bottleneck_dir, module_name=module_name))
 
 
 def _index_names(entries, bottleneck_dir):
@@ -150,7 +141,7 @@ def _index_names(entries, bottleneck_dir):
   return [os.fsencode(e.cache_path[len(prefix):]) for e in entries]
 
 
-def _existing(paths):
+def existing(paths):
   """Which of `paths` exist: one listing per folder, not one stat per file."""
   listed = {}
   found = np.zeros(len(paths), bool)
@@ -203,7 +194,7 @@ def _read_cache(entries, names, values, identities, index, bottleneck_dir,
   """
   bottleneck_size = values.shape[1]
   cached = []
-  for row in np.flatnonzero(_existing([e.cache_path for e in entries])):
+  for row in np.flatnonzero(existing([e.cache_path for e in entries])):
     try:
       identities[row] = cache_index.identity_of(entries[row].cache_path)
       cached.append(row)
@@ -263,23 +254,25 @@ def foreign_cache_message(bottleneck_dir, other_size, bottleneck_size):
           '(or move that folder away) and rerun.')
 
 
-def _compute(entries, todo, module_spec, summary):
-  """Runs the images at indices `todo` through the module, batch by batch.
+def compute(entries, todo, load_module, summary):
+  """Runs the images at indices `todo` through the module that
+  `load_module()` loads into the current graph, batch by batch.
 
   Yields (index, bottleneck) as results arrive; images that fail to read or
   decode are recorded in `summary.failed` and skipped.
   """
   with tf.Graph().as_default() as graph:
-    module = modules.load_module(module_spec)
-    decoded = images.decode_in_batches([entries[i].image_path for i in todo],
-                                       module.decode, BATCH_SIZE)
+    module = load_module()
+    decoded = image_decoding.decode_in_batches(
+        [entries[i].image_path for i in todo], module.decode,
+        graph_names.BATCH_SIZE)
     bottlenecks = module.apply(decoded.images)
     init = tf.compat.v1.global_variables_initializer()
   done = []
   with tf.compat.v1.Session(graph=graph) as session:
     session.run(init)
     with progress.progress(len(todo), 'Bottlenecks', 'img') as bar:
-      for positions, values in images.each_batch(
+      for positions, values in image_decoding.each_batch(
           session, [decoded.indices, bottlenecks]):
         for position, value in zip(positions, values):
           done.append(int(position))
@@ -305,7 +298,7 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir):
   names = _index_names(entries, bottleneck_dir)
   summary = CacheSummary()
   # Rows are only touched (and take memory) as they are filled.
-  values = feedable_empty([len(entries), module.bottleneck_size])
+  values = feeds.feedable_empty([len(entries), module.bottleneck_size])
   identities = np.zeros(len(entries), cache_index.IDENTITY)
   index_path = cache_index.index_path(bottleneck_dir, module.spec.name)
   start = time.perf_counter()
@@ -331,7 +324,7 @@ def cache_bottlenecks(image_lists, module, bottleneck_dir):
   logging.info('Bottlenecks: %d created (%d replacing bad cache files), %d '
                'reused, %d failed', summary.created, summary.recomputed,
                summary.reused, len(summary.failed))
-  return _by_split(entries, values, have), summary
+  return by_split(entries, values, have), summary
 
 
 def _create_missing(entries, values, identities, have, module_spec, summary,
@@ -346,7 +339,9 @@ def _create_missing(entries, values, identities, have, module_spec, summary,
   # batch; on the way out (even Ctrl-C) it finishes what was computed.
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
     pending = collections.deque()
-    for index, bottleneck in _compute(entries, todo, module_spec, summary):
+    for index, bottleneck in compute(
+        entries, todo, functools.partial(modules.load_module, module_spec),
+        summary):
       # The value as the file holds it, so cold and warm runs agree.
       values[index] = bottleneck
       have[index] = True
@@ -367,7 +362,7 @@ def _finish_write(pending, identities):
   identities[index] = write.result()  # A failed write stops the run now.
 
 
-def _by_split(entries, values, have):
+def by_split(entries, values, have):
   """The splits as slices of `values`, without the images that failed."""
   kept = np.flatnonzero(have)
   if len(kept) < len(entries):
@@ -378,7 +373,7 @@ def _by_split(entries, values, have):
         values[target] = values[source]
   splits = {}
   start = 0
-  for split in images.SPLITS:
+  for split in image_listing.SPLITS:
     chosen = [entries[i] for i in kept if entries[i].split == split]
     end = start + len(chosen)
     splits[split] = SplitBottlenecks(

@@ -1,50 +1,25 @@
-"""Experiments: a grid of retrains, measured side by side.
+"""Experiments: the plan of a grid of retrains.
 
 The codelab asks learners to vary the learning rate, the training steps and
 the number of images, to time CPU against GPU and to compare networks.
 `experiments.py` at the top level turns `--sweep key=v1,v2,...` flags into
 `Sweep`s; here they become an `Experiment`: runs (the cross product of all
-sweeps) in a folder of their own, each run going through `pipeline.run`, and
-poets.experiment_reports makes the outcomes a table and plots in that
-folder. An index beside the
-folders lists every experiment, so no command overwrites an earlier one's
-answers.
-
-Every run is a child process of its own. Hiding the GPU for device=cpu must
-happen before TensorFlow starts, which is once per process; a fresh process
-also gives every run the same cold start, so times compare, hands all memory
-back between runs, and turns a crash into a failed row instead of a lost
-sweep. The price is a few seconds of TensorFlow start-up per run, which the
-plots show as its own share of the run time. Runs go one after another and
-share one bottleneck cache, so only the first run of each module and image
-set makes bottlenecks.
+sweeps) in a folder of their own, so no command overwrites an earlier one's
+answers. poets.extras.experiment_runs runs them, and
+poets.extras.experiment_reports makes the outcomes a table and plots.
 """
 
-import contextlib
 import dataclasses
 import datetime
 import itertools
 import os
-import pickle
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 
-from absl import flags
-from absl import logging
-import tensorflow as tf
-from tqdm import tqdm
-
-from poets import experiment_reports
 from poets import files
-from poets import interrupts
-from poets import pipeline
 from poets import settings
 from poets import startup
 from poets.errors import PoetsError
+from poets.extras import experiment_reports
 
 DEFAULT_EXPERIMENTS_DIR = os.path.join('tf_files', 'experiments')
 # Sweep keys that are not retrain flags.
@@ -64,19 +39,6 @@ NO_GPU_NOTE = (
     'left out. Where it sees one, each device=gpu run keeps the GPU and each '
     'device=cpu run hides it (CUDA_VISIBLE_DEVICES=-1), and the table compares '
     'their bottleneck, training and run seconds.')
-
-# The child's entry point; sys.argv[1] is the pickled _Job. A stop that
-# comes while TensorFlow is still importing ends it quietly.
-_CHILD_CODE = ('import sys\n'
-               'try:\n'
-               '  from poets import startup\n'
-               '  startup.import_tensorflow()\n'
-               '  from poets import experiments\n'
-               '  experiments.run_child(sys.argv[1])\n'
-               'except KeyboardInterrupt:\n'
-               '  sys.exit(130)\n')
-# So the child imports this very package, wherever the parent was started.
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,24 +84,6 @@ class Experiment:
   @property
   def keys(self):
     return [sweep.key for sweep in self.sweeps]
-
-
-@dataclasses.dataclass
-class Outcome:
-  """What became of a run: 'ok', 'failed' or 'interrupted'."""
-  run: Run
-  status: str
-  message: str = ''
-  result: pipeline.RunResult | None = None
-  seconds: float = 0.0  # wall clock of the child, start-up included
-  warnings: int = 0  # warning lines in the run's log
-
-
-@dataclasses.dataclass
-class _Job:
-  """What a child process needs; pickled to a file it is given."""
-  config: settings.RetrainSettings
-  verbosity: str
 
 
 def _safe(value):
@@ -204,6 +148,8 @@ def _per_run(config, run_dir, summaries_dir, images_per_class):
 
 
 def gpu_available():
+  # TensorFlow only when a device sweep asks: planning needs none.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return bool(tf.config.list_physical_devices('GPU'))
 
 
@@ -224,10 +170,11 @@ def _without_missing_gpu(sweeps):
       NO_GPU_NOTE]
 
 
-def _check_inputs(configs):
-  """Each run's image folder and module, checked as a run checks them first
-  (each distinct one once), so that a typo stops the command before it
-  writes anything. Their log lines are left to the runs, which log them."""
+def _check_inputs(configs, check):
+  """Each run's image folder and module, checked by `check` (a run's own
+  first check, pipeline.check_inputs) each distinct one once, so that a typo
+  stops the command before it writes anything. Their log lines are left to
+  the runs, which log them."""
   checked = set()
   for config in configs:
     inputs = (config.image_dir, config.testing_percentage,
@@ -236,7 +183,7 @@ def _check_inputs(configs):
               config.bottleneck_dir)
     if inputs not in checked:
       with startup.warnings_only():
-        pipeline.check_inputs(config)
+        check(config)
       checked.add(inputs)
 
 
@@ -252,15 +199,15 @@ def _new_folder(parent, stem):
 
 
 def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
-         summaries_root=None, command='', check_inputs=False):
+         summaries_root=None, command='', check_inputs=None):
   """The Experiment of the cross product of `sweeps`, the first slowest.
 
   `make_config(overrides)` returns the base RetrainSettings with the retrain
   flags in `overrides` ({flag: value text}) changed, raising PoetsError for a
   value a flag does not take. All configs are made before the experiment's
   folder, so a bad value stops the command before it writes anything; with
-  `check_inputs`, so does a missing image folder or module, as in
-  retrain.py. `command` is the command line, kept with the results. Each
+  `check_inputs` (pipeline.check_inputs), so does a missing image folder or
+  module, as in retrain.py. `command` is the command line, kept with the results. Each
   run's summaries go to <summaries_root>/<experiment>/<run>, by default its
   own folder.
   """
@@ -284,7 +231,7 @@ def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
                                       in values.items()
                                       if key not in SPECIAL_KEYS})))
   if check_inputs:
-    _check_inputs(config for _, config in grid)
+    _check_inputs((config for _, config in grid), check_inputs)
   now = datetime.datetime.now()
   name = _new_folder(experiments_dir,
                      f'{now:%Y-%m-%d_%H%M%S}_{"+".join(keys)}')
@@ -302,160 +249,3 @@ def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
   experiment_reports.write_manifest(experiment, None)
   experiment_reports.write_index(experiments_dir)
   return experiment
-
-
-class StopRequests:
-  """Ctrl-C and SIGTERM during a sweep, passed on to the run in progress.
-
-  Each run is a child in a session of its own, so a terminal's Ctrl-C
-  reaches this process only, and SIGTERM (which reaches only this process
-  anyway) is handled the same way: every signal is passed on to the child,
-  which finishes its step, saves what it trained and exits; the sweep then
-  starts no further run and still writes the table of those that finished.
-  A second Ctrl-C, passed on too, stops the child's export short; the
-  table is still written and the temporary folder removed.
-  """
-
-  def __init__(self):
-    self.received = []
-    self.child = None
-
-  def __call__(self, signum, frame):
-    del frame  # Unused.
-    self.received.append(signum)
-    self._pass_on(signum)
-
-  def _pass_on(self, signum):
-    if self.child is not None and self.child.poll() is None:
-      self.child.send_signal(signum)
-
-  def watch(self, child):
-    """Passes signals on to `child` from now on (and one that came while it
-    was starting)."""
-    self.child = child
-    if self.received:
-      self._pass_on(self.received[-1])
-
-  @property
-  def exit_code(self):
-    return 128 + self.received[0]
-
-
-@contextlib.contextmanager
-def stop_requests():
-  """While inside, Ctrl-C and SIGTERM become StopRequests, not exceptions:
-  nothing this process does (writing the table, removing its temporary
-  folder) is cut short."""
-  requests = StopRequests()
-  previous = {signum: signal.signal(signum, requests)
-              for signum in interrupts.STOP_SIGNALS}
-  try:
-    yield requests
-  finally:
-    for signum, handler in previous.items():
-      signal.signal(signum, handler)
-
-
-def run_all(runs, verbosity='info', stop=None):
-  """Runs each in a child process, one after another; returns Outcomes.
-
-  Once `stop` (StopRequests; see stop_requests) has received a signal, the
-  sweep stops and the outcomes so far come back, the run that was stopped
-  'interrupted'.
-  """
-  stop = stop or StopRequests()
-  outcomes = []
-  with tempfile.TemporaryDirectory(prefix='poets-experiments-') as scratch:
-    # In a log file the per-run lines below are the progress.
-    with tqdm(total=len(runs), desc='Runs', unit='run',
-              disable=not sys.stderr.isatty()) as progress:
-      for index, run in enumerate(runs):
-        if stop.received:
-          break
-        progress.set_postfix_str(run.name)
-        outcome = _run_child(run, os.path.join(scratch, f'{index}.pickle'),
-                             verbosity, stop)
-        outcomes.append(outcome)
-        progress.update()
-        tqdm.write(experiment_reports.summary_line(outcome))
-        if outcome.status == 'interrupted':
-          break
-  return outcomes
-
-
-def _count_warnings(log_path):
-  with open(log_path, errors='replace') as f:
-    # Our warnings, not TensorFlow's start-up line that starts the same way
-    # (the child filters it out unless POETS_SHOW_TF_LOGS=1).
-    return sum(1 for line in f if line.startswith('WARNING: ') and
-               not startup.is_start_up_line(line.rstrip('\n')))
-
-
-def _run_child(run, job_path, verbosity, stop):
-  with open(job_path, 'wb') as f:
-    pickle.dump(_Job(run.config, verbosity), f)
-  env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join(
-      filter(None, [_PACKAGE_ROOT, env.get('PYTHONPATH')]))
-  if run.device == 'cpu':
-    env['CUDA_VISIBLE_DEVICES'] = '-1'
-  os.makedirs(run.dir, exist_ok=True)
-  start = time.perf_counter()
-  # All the child writes (less TensorFlow's start-up lines, as for the
-  # scripts) is its log; the terminal keeps one line per run.
-  signals_before = len(stop.received)
-  with open(run.log_path, 'wb') as log:
-    child = subprocess.Popen([sys.executable, '-c', _CHILD_CODE, job_path],
-                             env=env, stdin=subprocess.DEVNULL, stdout=log,
-                             stderr=log, start_new_session=True)
-  stop.watch(child)
-  returncode = child.wait()
-  stop.child = None
-  interrupted = len(stop.received) > signals_before
-  seconds = time.perf_counter() - start
-  warnings = _count_warnings(run.log_path)
-  if not os.path.exists(job_path + '.result'):
-    return Outcome(run, 'interrupted' if interrupted else 'failed',
-                   f'exited with status {returncode}', seconds=seconds,
-                   warnings=warnings)
-  with open(job_path + '.result', 'rb') as f:
-    status, payload = pickle.load(f)
-  if status != 'ok':
-    # A run stopped on request is interrupted, whatever the stop broke in
-    # it (a second Ctrl-C can land mid-export); the detail keeps what.
-    return Outcome(run, 'interrupted' if interrupted else status, payload,
-                   seconds=seconds, warnings=warnings)
-  # A stop that came after the run saved its outputs found it finished.
-  if payload.training.interrupted:
-    return Outcome(run, 'interrupted', 'stopped on request', payload,
-                   seconds, warnings)
-  return Outcome(run, 'ok', '', payload, seconds, warnings)
-
-
-def _log_to_stderr(verbosity):
-  """Every log line to stderr, which the parent has pointed at the log."""
-  flags.FLAGS.mark_as_parsed()  # The child has no flags; absl would warn.
-  logging.use_absl_handler()
-  logging.set_verbosity(verbosity)
-  startup.plain_log_lines()
-
-
-def run_child(job_path):
-  """The child side of run_all: one pipeline.run, its outcome pickled."""
-  with open(job_path, 'rb') as f:
-    job = pickle.load(f)
-  _log_to_stderr(job.verbosity)
-  with interrupts.StopSignals():  # SIGTERM, passed on, acts as Ctrl-C.
-    try:
-      outcome = ('ok', pipeline.run(job.config))
-    except PoetsError as e:
-      logging.error('%s', e)
-      outcome = ('failed', str(e))
-    except KeyboardInterrupt:
-      outcome = ('interrupted', 'stopped on request before it finished')
-    except Exception as e:  # pylint: disable=broad-except
-      # A bug, not a setting: keep the traceback in the log, let the sweep
-      # go on.
-      logging.exception('The run crashed.')
-      outcome = ('failed', f'crashed: {type(e).__name__}: {e}')
-    files.atomic_write(job_path + '.result', pickle.dumps(outcome))

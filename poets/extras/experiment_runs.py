@@ -1,0 +1,227 @@
+"""Experiments: run each planned retrain in a child process of its own.
+
+Hiding the GPU for device=cpu must happen before TensorFlow starts, which is
+once per process; a fresh process also gives every run the same cold start,
+so times compare, hands all memory back between runs, and turns a crash into
+a failed row instead of a lost sweep. The price is TensorFlow's start-up per
+run, which the plots show as its own share of the run time. Runs go one after
+another and share one bottleneck cache, so only the first run of each module
+and image set makes bottlenecks.
+"""
+
+import contextlib
+import dataclasses
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import flags
+from absl import logging
+from tqdm import tqdm
+
+from poets import files
+from poets import interrupts
+from poets import pipeline
+from poets import settings
+from poets import startup
+from poets.errors import PoetsError
+from poets.extras import experiment_plan
+from poets.extras import experiment_reports
+
+# The child's entry point; sys.argv[1] is the pickled _Job. A stop that
+# comes while TensorFlow is still importing ends it quietly.
+_CHILD_CODE = ('import sys\n'
+               'try:\n'
+               '  from poets import startup\n'
+               '  startup.import_tensorflow()\n'
+               '  from poets.extras import experiment_runs\n'
+               '  experiment_runs.run_child(sys.argv[1])\n'
+               'except KeyboardInterrupt:\n'
+               '  sys.exit(130)\n')
+# So the child imports this very package, wherever the parent was started.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What became of a run: 'ok', 'failed' or 'interrupted'."""
+  run: experiment_plan.Run
+  status: str
+  message: str = ''
+  result: pipeline.RunResult | None = None
+  seconds: float = 0.0  # wall clock of the child, start-up included
+  warnings: int = 0  # warning lines in the run's log
+
+
+@dataclasses.dataclass
+class _Job:
+  """What a child process needs; pickled to a file it is given."""
+  config: settings.RetrainSettings
+  verbosity: str
+
+
+class StopRequests:
+  """Ctrl-C and SIGTERM during a sweep, passed on to the run in progress.
+
+  Each run is a child in a session of its own, so a terminal's Ctrl-C
+  reaches this process only, and SIGTERM (which reaches only this process
+  anyway) is handled the same way: every signal is passed on to the child,
+  which finishes its step, saves what it trained and exits; the sweep then
+  starts no further run and still writes the table of those that finished.
+  A second Ctrl-C, passed on too, stops the child's export short; the
+  table is still written and the temporary folder removed.
+  """
+
+  def __init__(self):
+    self.received = []
+    self.child = None
+
+  def __call__(self, signum, frame):
+    del frame  # Unused.
+    self.received.append(signum)
+    self._pass_on(signum)
+
+  def _pass_on(self, signum):
+    if self.child is not None and self.child.poll() is None:
+      self.child.send_signal(signum)
+
+  def watch(self, child):
+    """Passes signals on to `child` from now on (and one that came while it
+    was starting)."""
+    self.child = child
+    if self.received:
+      self._pass_on(self.received[-1])
+
+  @property
+  def exit_code(self):
+    return 128 + self.received[0]
+
+
+@contextlib.contextmanager
+def stop_requests():
+  """While inside, Ctrl-C and SIGTERM become StopRequests, not exceptions:
+  nothing this process does (writing the table, removing its temporary
+  folder) is cut short."""
+  requests = StopRequests()
+  previous = {signum: signal.signal(signum, requests)
+              for signum in interrupts.STOP_SIGNALS}
+  try:
+    yield requests
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+
+
+def run_all(runs, verbosity='info', stop=None):
+  """Runs each in a child process, one after another; returns Outcomes.
+
+  Once `stop` (StopRequests; see stop_requests) has received a signal, the
+  sweep stops and the outcomes so far come back, the run that was stopped
+  'interrupted'.
+  """
+  stop = stop or StopRequests()
+  outcomes = []
+  with tempfile.TemporaryDirectory(prefix='poets-experiments-') as scratch:
+    # In a log file the per-run lines below are the progress.
+    with tqdm(total=len(runs), desc='Runs', unit='run',
+              disable=not sys.stderr.isatty()) as progress:
+      for index, run in enumerate(runs):
+        if stop.received:
+          break
+        progress.set_postfix_str(run.name)
+        outcome = _run_child(run, os.path.join(scratch, f'{index}.pickle'),
+                             verbosity, stop)
+        outcomes.append(outcome)
+        progress.update()
+        tqdm.write(experiment_reports.summary_line(outcome))
+        if outcome.status == 'interrupted':
+          break
+  return outcomes
+
+
+def _count_warnings(log_path):
+  with open(log_path, errors='replace') as f:
+    # Our warnings, not TensorFlow's start-up line that starts the same way
+    # (the child filters it out unless POETS_SHOW_TF_LOGS=1).
+    return sum(1 for line in f if line.startswith('WARNING: ') and
+               not startup.is_start_up_line(line.rstrip('\n')))
+
+
+def _run_child(run, job_path, verbosity, stop):
+  with open(job_path, 'wb') as f:
+    pickle.dump(_Job(run.config, verbosity), f)
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(
+      filter(None, [_PACKAGE_ROOT, env.get('PYTHONPATH')]))
+  if run.device == 'cpu':
+    env['CUDA_VISIBLE_DEVICES'] = '-1'
+  os.makedirs(run.dir, exist_ok=True)
+  start = time.perf_counter()
+  # All the child writes (less TensorFlow's start-up lines, as for the
+  # scripts) is its log; the terminal keeps one line per run.
+  signals_before = len(stop.received)
+  with open(run.log_path, 'wb') as log:
+    child = subprocess.Popen([sys.executable, '-c', _CHILD_CODE, job_path],
+                             env=env, stdin=subprocess.DEVNULL, stdout=log,
+                             stderr=log, start_new_session=True)
+  stop.watch(child)
+  returncode = child.wait()
+  stop.child = None
+  interrupted = len(stop.received) > signals_before
+  seconds = time.perf_counter() - start
+  warnings = _count_warnings(run.log_path)
+  if not os.path.exists(job_path + '.result'):
+    return Outcome(run, 'interrupted' if interrupted else 'failed',
+                   f'exited with status {returncode}', seconds=seconds,
+                   warnings=warnings)
+  with open(job_path + '.result', 'rb') as f:
+    status, payload = pickle.load(f)
+  if status != 'ok':
+    # A run stopped on request is interrupted, whatever the stop broke in
+    # it (a second Ctrl-C can land mid-export); the detail keeps what.
+    return Outcome(run, 'interrupted' if interrupted else status, payload,
+                   seconds=seconds, warnings=warnings)
+  # A stop that came after the run saved its outputs found it finished.
+  if payload.training.interrupted:
+    return Outcome(run, 'interrupted', 'stopped on request', payload,
+                   seconds, warnings)
+  return Outcome(run, 'ok', '', payload, seconds, warnings)
+
+
+def _log_to_stderr(verbosity):
+  """Every log line to stderr, which the parent has pointed at the log."""
+  flags.FLAGS.mark_as_parsed()  # The child has no flags; absl would warn.
+  logging.use_absl_handler()
+  logging.set_verbosity(verbosity)
+  startup.plain_log_lines()
+
+
+def run_child(job_path):
+  """The child side of run_all: one pipeline.run, its outcome pickled."""
+  with open(job_path, 'rb') as f:
+    job = pickle.load(f)
+  _log_to_stderr(job.verbosity)
+  with interrupts.StopSignals():  # SIGTERM, passed on, acts as Ctrl-C.
+    try:
+      outcome = ('ok', pipeline.run(job.config))
+    except PoetsError as e:
+      logging.error('%s', e)
+      outcome = ('failed', str(e))
+    except KeyboardInterrupt:
+      outcome = ('interrupted', 'stopped on request before it finished')
+    except Exception as e:  # pylint: disable=broad-except
+      line = files.environment_error(e)
+      if line:  # A full disk, a denied permission: the machine's.
+        logging.error('%s', line)
+        outcome = ('failed', line)
+      else:
+        # A bug, not a setting: keep the traceback in the log, let the
+        # sweep go on.
+        logging.exception('The run crashed.')
+        outcome = ('failed', f'crashed: {type(e).__name__}: {e}')
+    files.atomic_write(job_path + '.result', pickle.dumps(outcome))
