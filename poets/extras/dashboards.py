@@ -36,7 +36,7 @@ from PIL import ImageFont
 from PIL import ImageOps
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hparams_summary
-from tensorboard.plugins.image import summary as image_summary
+from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 from tensorboard.plugins.projector import projector_config_pb2
 from tensorboard.plugins.text import summary as text_summary
@@ -222,10 +222,10 @@ def write_projector(directory, sample, embeddings, sprite_cache):
 
 
 def _figure_image(figure):
-  """A matplotlib figure as uint8 [1, height, width, 3]."""
+  """A matplotlib figure as uint8 [height, width, 3]."""
   canvas = FigureCanvasAgg(figure)
   canvas.draw()
-  return np.asarray(canvas.buffer_rgba())[np.newaxis, ..., :3]
+  return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
 
 
 def confusion_figure(evaluation, labels):
@@ -349,6 +349,22 @@ def _sample_text(sample, splits):
           'and try PCA, t-SNE and UMAP.')
 
 
+def _image_summary(tag, image, image_format, description):
+  """An Images-tab summary of one uint8 [height, width, 3] image, encoded
+  here: the tensorboard plugin's own pb() starts a TensorFlow session to
+  encode it, which costs more than all the rest."""
+  encoded = io.BytesIO()
+  Image.fromarray(image).save(encoded, image_format)
+  height, width = image.shape[:2]
+  metadata = tf.compat.v1.SummaryMetadata.FromString(
+      image_metadata.create_summary_metadata(
+          display_name=tag, description=description).SerializeToString())
+  summary = tf.compat.v1.Summary()
+  summary.value.add(tag=tag, metadata=metadata, tensor=tf.make_tensor_proto(
+      [str(width), str(height), encoded.getvalue()], dtype=tf.string))
+  return summary
+
+
 def _tagged(summary, tag):
   """`summary` under exactly `tag`: the plugins' pb() append a suffix."""
   (value,) = summary.value
@@ -388,17 +404,16 @@ def write_run(summaries_dir, run_settings, module, splits, labels, result):
       'network', network_table(module)), 'network'), step)
   test = result.test
   if test is not None:
-    writer.add_summary(_tagged(image_summary.pb(
+    writer.add_summary(_image_summary(
         'confusion_matrix', _figure_image(confusion_figure(test, labels)),
-        description='Rows: the true class; columns: what the network said. '
-        'The diagonal is right.'), 'confusion_matrix'), step)
+        'PNG', 'Rows: the true class; columns: what the network said. The '
+        'diagonal is right.'), step)
     mistakes = misclassified_image(test, labels)
     if mistakes is not None:
-      writer.add_summary(_tagged(image_summary.pb(
-          'misclassified', mistakes[np.newaxis],
-          description='Test photos the network got wrong, the most '
-          'confident first: the true class, the prediction and its score.'),
-          'misclassified'), step)
+      writer.add_summary(_image_summary(
+          'misclassified', mistakes, 'JPEG', 'Test photos the network got '
+          'wrong, the most confident first: the true class, the prediction '
+          'and its score.'), step)
     for index, label in enumerate(labels):
       writer.add_summary(_tagged(pr_curve_summary.pb(
           'pr_curve', test.ground_truth == index,
