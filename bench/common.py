@@ -133,6 +133,19 @@ def load():
 _RETRAIN_CHILD = """
 import json, sys, time
 started = time.perf_counter()
+
+def own_peak_mib():
+  # This process's own high-water mark: os.wait4's ru_maxrss starts from
+  # the parent's at the fork, which hides the child's when the parent is
+  # larger (a benchmark that trained in-process first).
+  try:
+    with open('/proc/self/status') as status:
+      for line in status:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    return None
+
 from absl import flags
 import retrain
 from poets import pipeline
@@ -151,7 +164,8 @@ with open(sys.argv[1], 'w') as f:
              'created': result.cache.created, 'reused': result.cache.reused,
              'indexed': result.cache.indexed,
              'accuracy': test and test.accuracy,
-             'test_images': test and test.count}, f)
+             'test_images': test and test.count,
+             'own_peak_mib': own_peak_mib()}, f)
 """
 
 

@@ -82,7 +82,8 @@ def _accuracy(spec, module, image_lists, blocks, work):
                                DEFAULTS.fine_tune_learning_rate),
       summaries_dir=os.path.join(work, f'summaries_{blocks}'),
       checkpoint_path=os.path.join(work, f'checkpoint_{blocks}', 'retrain'))
-  cut = fine_tuning.find_cut(spec, blocks) if blocks else None
+  cut = (fine_tuning.find_cut(common.ARCHITECTURE, '', blocks) if blocks
+         else None)
   accuracies, outputs = [], []
   start = time.perf_counter()
   for fold in range(FLAGS.run_folds or FLAGS.folds):
@@ -129,9 +130,12 @@ def _timing(image_dir, work):
           ['--image_dir', image_dir,
            '--bottleneck_dir', os.path.join(work, f'timing_cache_{blocks}'),
            '--model_dir', FLAGS.model_dir, '--random_seed', '0',
-           '--fine_tune_blocks', str(blocks)] +
-          (['--how_many_training_steps', '100', '--fine_tune_steps', '2']
-           if FLAGS.quick else []), work, name)
+           '--fine_tune_blocks', str(blocks), '--fine_tune_steps',
+           str(common.by_mode(FLAGS.fine_tune_steps, 2,
+                              DEFAULTS.fine_tune_steps))] +
+          (['--how_many_training_steps', '100'] if FLAGS.quick else []),
+          work, name)
+      peak = measured['own_peak_mib'] or peak
       runs[name] = (seconds, peak, measured)
       print(f'  {cache} --fine_tune_blocks {blocks}: {seconds:6.1f} s '
             f'(cut cache/bottlenecks {measured["bottlenecks"]:5.1f} s, '

@@ -188,6 +188,10 @@ def log_image_lists(image_lists):
 
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
+  cut = cut_splits = None
+  if settings.fine_tune_blocks:  # Refused before any work if it cannot be.
+    cut = fine_tuning.find_cut(settings.architecture, settings.tfhub_module,
+                               settings.fine_tune_blocks)
   # Images first: a mistyped --image_dir is reported before the embedded
   # module is built.
   start = time.perf_counter()
@@ -211,9 +215,7 @@ def run(settings):
                module.image_size[0], module.image_size[1],
                module.bottleneck_size)
 
-  cut = cut_splits = None
-  if settings.fine_tune_blocks:
-    cut = fine_tuning.find_cut(spec, settings.fine_tune_blocks)
+  if cut:
     logging.info('Fine-tuning the top %d blocks of %s: caching the %s input '
                  'of block %d per image', settings.fine_tune_blocks,
                  spec.name, 'x'.join(map(str, cut.shape)), cut.block)

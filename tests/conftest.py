@@ -23,7 +23,6 @@ import logging as std_logging  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 # As retrain.py runs: INFO lines are part of what users see.
 logging.set_verbosity(logging.INFO)
@@ -55,25 +54,22 @@ def _tiny_weights():
 
 
 def _tiny_features(images, weights):
+  import tensorflow as tf  # Here, so a run's controller never loads it.
   mean = tf.reduce_mean(images, axis=[1, 2])
   spread = tf.math.reduce_std(images, axis=[1, 2])
   # Scaled so the default learning rate trains in a few hundred steps.
   return 10.0 * tf.concat([mean, spread], 1) @ weights
 
 
-class _TinyModule(tf.Module):
-
-  def __init__(self, size):
-    super().__init__()
-    self.weights = tf.Variable(_tiny_weights())
-    self.__call__ = tf.function(
-        lambda images: _tiny_features(images, self.weights),
-        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-
-
 def make_tf2_module(path, size=TINY_SIZE):
   """A TF2 SavedModel feature-vector module: [N,size,size,3] -> [N,8]."""
-  tf.saved_model.save(_TinyModule(size), str(path))
+  import tensorflow as tf
+  module = tf.Module()
+  module.weights = tf.Variable(_tiny_weights())
+  module.__call__ = tf.function(
+      lambda images: _tiny_features(images, module.weights),
+      input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+  tf.saved_model.save(module, str(path))
   return str(path)
 
 
@@ -81,6 +77,7 @@ def make_tf1_hub_module(path, size=TINY_SIZE):
   """A legacy TF1 Hub format module: a TF1 SavedModel with tags [] whose
   `default` and `image_feature_vector` signatures map `images` to
   `default`, plus the tfhub_module.pb marker file."""
+  import tensorflow as tf
   graph = tf.Graph()
   with graph.as_default():
     images = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3],
@@ -133,26 +130,43 @@ def make_image_dir(root, per_class=20, colours=None, fmt='JPEG',
 
 # Processes started, by the test that started them: the suite's cost is
 # mostly TensorFlow start-ups, so the summary names how many tests pay one.
+# With workers (pytest-xdist) each counts its own and the summary adds them.
 _processes_by_test = collections.Counter()
 _current_test = None
 _popen_init = subprocess.Popen.__init__
 _fork = os.fork
+OUTSIDE_ANY_TEST = ''
+# The longest chain of steps that must run in order: started first, so the
+# other workers take the rest of the suite meanwhile.
+RUN_FIRST = 'tests/test_readme.py'
 
 
 def _counted_popen_init(self, *args, **kwargs):
-  _processes_by_test[_current_test] += 1
+  _processes_by_test[_current_test or OUTSIDE_ANY_TEST] += 1
   _popen_init(self, *args, **kwargs)
 
 
 def _counted_fork():
   pid = _fork()
   if pid:
-    _processes_by_test[_current_test] += 1
+    _processes_by_test[_current_test or OUTSIDE_ANY_TEST] += 1
   return pid
 
 
-subprocess.Popen.__init__ = _counted_popen_init
-os.fork = _counted_fork
+def _is_worker_controller(config):
+  return (not hasattr(config, 'workerinput') and
+          getattr(config.option, 'numprocesses', None))
+
+
+def pytest_configure(config):
+  # The controller of workers starts them and runs no test: nothing to count.
+  if not _is_worker_controller(config):
+    subprocess.Popen.__init__ = _counted_popen_init
+    os.fork = _counted_fork
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: not item.nodeid.startswith(RUN_FIRST))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -163,16 +177,45 @@ def pytest_runtest_protocol(item):
   _current_test = None
 
 
+def _printable(text):
+  """`text` with any undecodable byte of a file name (a lone surrogate) as
+  its escape, so a worker can send it to the controller as UTF-8."""
+  return text.encode('utf-8', 'backslashreplace').decode('utf-8')
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item):
+  outcome = yield
+  if hasattr(item.config, 'workerinput'):
+    report = outcome.get_result()
+    report.sections = [(title, _printable(content))
+                       for title, content in report.sections]
+    if report.longrepr and _printable(str(report.longrepr)) != str(
+        report.longrepr):
+      report.longrepr = _printable(str(report.longrepr))
+
+
+def pytest_sessionfinish(session):
+  if hasattr(session.config, 'workerinput'):
+    session.config.workeroutput['processes_by_test'] = dict(
+        _processes_by_test)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node):
+  _processes_by_test.update(node.workeroutput.get('processes_by_test', {}))
+
+
 def pytest_terminal_summary(terminalreporter):
-  tests = [name for name in _processes_by_test if name]
+  tests = [name for name in _processes_by_test if name != OUTSIDE_ANY_TEST]
   terminalreporter.write_line(
       f'{len(tests)} tests started '
       f'{sum(_processes_by_test[name] for name in tests)} '
-      f'processes, {_processes_by_test[None]} started outside any test '
-      '(POETS_LIST_PROCESSES=1 lists them)')
+      f'processes, {_processes_by_test[OUTSIDE_ANY_TEST]} started outside '
+      'any test (POETS_LIST_PROCESSES=1 lists them)')
   if os.environ.get('POETS_LIST_PROCESSES'):
     for name, count in _processes_by_test.most_common():
-      terminalreporter.write_line(f'  {count:3d}  {name}')
+      terminalreporter.write_line(f'  {count:3d}  {name or "(outside)"}')
 
 
 @pytest.fixture(autouse=True)

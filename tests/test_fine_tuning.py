@@ -212,17 +212,17 @@ def test_distorted_photos_go_through_the_frozen_bottom(
                          tiny_cut.network.head.kernel)
 
 
-@pytest.mark.parametrize('spec, message', [
-    (modules.ModuleSpec('/m/tiny', '~m~tiny'), 'needs one of the embedded'),
-    (modules.ModuleSpec('x.pb', 'mobilenet_0.25_224', network=object()),
-     'mobilenet_0.25_224 can only retrain its last layer'),
-    (modules.ModuleSpec('/models/efficientnet_lite0', 'efficientnet_lite0'),
+@pytest.mark.parametrize('architecture, tfhub_module, message', [
+    ('', '/m/tiny', 'cannot train the layers of a --tfhub_module'),
+    ('mobilenet_0.25_224', '',
+     'mobilenet_0.25_224 is a frozen graph that can only retrain its last'),
+    ('EfficientNet_Lite0', '',
      'efficientnet_lite0 has 16 blocks; pass at most 16'),
 ])
-def test_unsupported_networks_and_sizes_are_refused_in_one_line(spec,
-                                                                message):
+def test_unsupported_networks_and_sizes_are_refused_in_one_line(
+    architecture, tfhub_module, message):
   with pytest.raises(PoetsError, match=message) as refused:
-    fine_tuning.find_cut(spec, 17)
+    fine_tuning.find_cut(architecture, tfhub_module, 17)
   assert '\n' not in str(refused.value)
 
 

@@ -157,3 +157,25 @@ def test_any_output_gets_one_line(tmp_path, output, what):
 def test_labels_in_any_common_encoding(encoding, data):
   del encoding  # The test's name.
   assert labeling.decode_labels(data) == ['daisy', 'rosé']
+
+
+def test_a_batch_larger_than_memory_is_lowered_with_a_warning(tmp_path,
+                                                              monkeypatch):
+  graph = _graph(tmp_path)
+  monkeypatch.setattr(labeling, '_available_memory', lambda: 2**20)
+  run = _label(tmp_path, graph, batch_size=4096)
+  assert run.results[0].predictions[0].label == 'red'
+  assert run.warnings[0] == (
+      '--batch_size 4096 would take about 24 MiB at 8x8, more than the 1 MiB '
+      'free; labelling 170 images at a time instead.')
+
+
+def test_a_huge_sparse_photo_is_not_read(tmp_path):
+  graph = _graph(tmp_path)
+  huge = tmp_path / 'huge.jpg'
+  with open(huge, 'wb') as f:
+    f.truncate(60 * 2**30)  # Sparse: 60 GB that take no disk.
+  run = _label(tmp_path, graph, images=[str(huge), str(tmp_path / 'red.jpg')])
+  assert run.results[0].error == (
+      f'{huge}: cannot read it (61,440 MiB, larger than any photo).')
+  assert run.results[1].predictions[0].label == 'red'

@@ -8,13 +8,10 @@ image and its output, the input of the first block that trains, is kept at
 (`efficientnet_lite0_cut14` for N=2), so different networks and cuts never
 share a file. Each file is a NumPy .npy of float16 [height, width, channels]:
 its header states dtype and shape, so a damaged or foreign file is told from
-a sound one and made again; float16 halves the size of float32 (for
-EfficientNet-Lite0 a 7x7x192 cut is 18.9 kB a photo) at an accuracy cost
-within the noise of a run (see docs/fine_tuning.md); np.load reads one in
-tens of microseconds, where the text cache's format would be four times the
-size and a hundred times slower to parse. Files are written under a
-temporary name and renamed, so a killed run leaves no half file and a rerun
-resumes where it stopped.
+a sound one and made again; float16 halves the size of float32, and np.load
+reads it with no parsing (docs/fine_tuning.md has the figures). Files are
+written under a temporary name and renamed, so a killed run leaves no half
+file and a rerun resumes where it stopped.
 
 A run holds every cut in one array whose splits are slices, as the
 bottleneck cache does, but the array lives in an unnamed temporary file

@@ -59,21 +59,25 @@ class Cut:
     return f'{self.module_name}_cut{self.block}'
 
 
-def find_cut(spec, fine_tune_blocks):
-  """The Cut for `--fine_tune_blocks` on the module `spec`, or PoetsError.
+def find_cut(architecture, tfhub_module, fine_tune_blocks):
+  """The Cut for `--fine_tune_blocks` on `--architecture`, or PoetsError.
 
   Only the embedded EfficientNet-Lite networks have weights we can train:
   the codelab's MobileNet and Inception graphs hold theirs as constants of a
   frozen graph, and a TF Hub module's layers are not reachable one by one.
   """
-  name = spec.name.lower()
   supported = ', '.join(architectures.EFFICIENTNET_LITE)
-  if spec.network is not None or name not in architectures.EFFICIENTNET_LITE or (
-      not spec.handle.rstrip('/\\').endswith(name)):
+  if tfhub_module:
+    raise PoetsError(
+        f'--fine_tune_blocks {fine_tune_blocks} cannot train the layers of a '
+        f'--tfhub_module; use one of the embedded networks ({supported}) or '
+        '--fine_tune_blocks 0.')
+  name = (architecture or architectures.DEFAULT_ARCHITECTURE).lower()
+  if name not in architectures.EFFICIENTNET_LITE:
     raise PoetsError(
         f'--fine_tune_blocks {fine_tune_blocks} needs one of the embedded '
-        f'networks ({supported}); {spec.name} can only retrain its last '
-        'layer: pass --fine_tune_blocks 0.')
+        f'networks ({supported}); {architecture} is a frozen graph that can '
+        'only retrain its last layer: pass --fine_tune_blocks 0.')
   variant = efficientnet_lite.get_variant(name)
   network = efficientnet_lite.read_network(variant)
   count = len(network.blocks)

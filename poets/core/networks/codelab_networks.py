@@ -16,7 +16,6 @@ import http.client
 import os
 import shutil
 import tarfile
-import urllib.request
 import zlib
 
 from absl import logging
@@ -72,8 +71,7 @@ def ensure_graph(network, model_dir):
 def _download(network, archive_path, model_dir):
   logging.info('Downloading %s to %s (once).', url(network), archive_path)
   try:
-    with urllib.request.urlopen(url(network), timeout=60) as response:
-      data = response.read()
+    files.download(url(network), archive_path)
   except (OSError, http.client.HTTPException, ValueError) as e:
     reason = getattr(e, 'reason', None) or e
     raise PoetsError(
@@ -82,7 +80,6 @@ def _download(network, archive_path, model_dir):
         f'in {os.path.join(model_dir, "")}, or use --architecture '
         f'{architectures.SHIPPED} '
         '(shipped) or efficientnet_lite0 (built offline).') from e
-  files.atomic_write(archive_path, data)
 
 
 def _unpack(archive_path, model_dir):
