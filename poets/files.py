@@ -357,7 +357,7 @@ def extract_checked(handle, fileobj, destination):
 DOWNLOAD_SECONDS = 15 * 60
 DOWNLOAD_BYTES = 2 * 2**30
 # What is unpacked from one archive, in all.
-UNPACKED_BYTES = 4 * 2**30
+UNPACKED_BYTES = 2 * 2**30
 GZIP_MAGIC = b'\x1f\x8b'
 _CHUNK = 2**20
 

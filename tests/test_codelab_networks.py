@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import encode, make_image_dir
+from poets import files
 from poets import pipeline
 from poets import settings
 from poets.core import bottlenecks
@@ -474,3 +475,16 @@ def test_a_page_served_instead_of_the_archive_is_not_kept(
   _write_archive(served / 'mobilenet_v1_0.50_160_frozen.tgz',
                  _mobilenet_members('mobilenet_v1_0.50_160'))
   modules.resolve_module('mobilenet_0.50_160', '', str(model_dir))
+
+
+def test_a_refused_download_leaves_nothing(http_server, tmp_path,
+                                           monkeypatch):
+  served, url = http_server
+  _write_archive(served / 'mobilenet_v1_0.50_160_frozen.tgz',
+                 _mobilenet_members('mobilenet_v1_0.50_160'))
+  monkeypatch.setattr(codelab_networks, 'DOWNLOAD_ROOT', f'{url}/')
+  monkeypatch.setattr(files, 'UNPACKED_BYTES', 100)
+  model_dir = tmp_path / 'models'
+  with pytest.raises(PoetsError, match='it unpacks to more than'):
+    modules.resolve_module('mobilenet_0.50_160', '', str(model_dir))
+  assert os.listdir(model_dir) == []

@@ -3,6 +3,7 @@
 import http.server
 import io
 import os
+import subprocess
 import tarfile
 import threading
 import time
@@ -170,3 +171,17 @@ def test_an_archive_member_too_large_is_refused_before_it_is_written(
   with pytest.raises(PoetsError, match="unpacks to more than .* 'huge.bin'"):
     files.extract_checked('x.tgz', buffer, str(tmp_path / 'out'))
   assert not (tmp_path / 'out' / 'huge.bin').exists()
+
+
+def test_imagenet_from_a_read_only_folder_is_one_line(small_disk,
+                                                      monkeypatch):
+  """label_image.py --imagenet run from a read-only folder: a traceback."""
+  from poets import cli  # pylint: disable=import-outside-toplevel
+  from poets.extras import imagenet_demo  # pylint: disable=import-outside-toplevel
+  subprocess.run(['mount', '-o', 'remount,ro', str(small_disk)], check=True)
+  monkeypatch.chdir(small_disk)
+  with pytest.raises(OSError) as raised:
+    imagenet_demo.export_imagenet_graph()
+  assert cli.environment_error_line(raised.value) == (
+      'Cannot write tf_files (Read-only file system); the file system is '
+      'read-only, or choose another folder.')

@@ -156,9 +156,13 @@ class FreshCopy:
     self.env = dict(os.environ)
     self.env['PATH'] = os.pathsep.join([os.path.dirname(sys.executable),
                                         self.env.get('PATH', '')])
-    # Offline: anything that tries the network fails at once.
+    # Offline: anything that tries the network fails at once. Loopback stays
+    # reachable, as it is offline (Beam's workers talk gRPC over it, and gRPC
+    # honours these variables).
     for proxy in ('http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY'):
       self.env[proxy] = 'http://127.0.0.1:9'
+    for no_proxy in ('no_proxy', 'NO_PROXY'):
+      self.env[no_proxy] = 'localhost,127.0.0.1,::1'
     for name in ('TF_CPP_MIN_LOG_LEVEL', startup.SHOW_TF_LOGS):
       self.env.pop(name, None)  # As a user's shell has them.
 

@@ -306,6 +306,8 @@ def _saved_model_classifier(config):
   """A SavedModel folder (retrain.py --saved_model_dir): the one input and
   output of its serving signature, whatever the layer flags say."""
   path = config.graph
+  if not config.allow_io_ops:
+    frozen_graphs.check_saved_model_io_ops(path)
   with tf.compat.v1.Session(graph=tf.Graph()) as session:
     try:
       signature = tf.compat.v1.saved_model.load(

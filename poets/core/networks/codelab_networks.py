@@ -58,9 +58,15 @@ def ensure_graph(network, model_dir):
   if not os.path.isfile(archive_path) and os.path.isfile(shipped):
     logging.info('Unpacking the shipped %s into %s.', shipped, model_dir)
     archive_path = shipped
-  elif not os.path.isfile(archive_path):
+  downloaded = not os.path.isfile(archive_path)
+  if downloaded:
     _download(network, archive_path, model_dir)
-  _unpack(archive_path, model_dir)
+  try:
+    _unpack(archive_path, model_dir)
+  except PoetsError:
+    if downloaded:  # Just downloaded and refused: nothing is kept.
+      os.unlink(archive_path)
+    raise
   if not os.path.isfile(graph_path):
     raise PoetsError(f'{archive_path} holds no {network.graph_file}; it is '
                      f'not the archive from {url(network)}: replace it with '
