@@ -156,7 +156,8 @@ flags.register_validator(
     'final_tensor_name', settings.is_valid_final_tensor_name,
     'must be an operation name (letters, digits, ".", "_", "-", starting with '
     'a letter or digit) not taken by the graph (input, final_retrain_ops, '
-    'cross_entropy, train, accuracy, Placeholder)')
+    'cross_entropy, train, accuracy, Placeholder, frozen_blocks, '
+    'fine_tuned_blocks)')
 flags.register_multi_flags_validator(
     ['testing_percentage', 'validation_percentage'],
     lambda f: f['testing_percentage'] + f['validation_percentage'] < 100,
