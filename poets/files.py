@@ -15,6 +15,8 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
+import urllib.request
 
 from poets.errors import PoetsError
 
@@ -97,7 +99,7 @@ def _temporary_file(path, mode):
     os.chmod(temp_path, 0o666 & ~_umask())
   except OSError as e:
     os.unlink(temp_path)
-    if e.filename is None:  # A write's error names no file: name it.
+    if e.filename is None and e.errno:  # A write names no file: name it.
       raise OSError(e.errno, e.strerror, path) from e
     raise
   except BaseException:
@@ -208,6 +210,11 @@ def _nearest_existing(path):
   return path
 
 
+def mebibytes(size):
+  """'61,440 MiB': a file size as messages give it."""
+  return f'{size / 2**20:,.0f} MiB'
+
+
 def read_regular_file(path, flag, limit, fix):
   """The bytes of `path`, refused in one line naming `flag` and `fix` unless
   it is a regular file of at most `limit` bytes.
@@ -226,17 +233,17 @@ def read_regular_file(path, flag, limit, fix):
       raise PoetsError(f'{flag} {path} is not a regular file (a pipe, a '
                        f'device or a socket); {fix}.')
     if status.st_size > limit:
-      raise PoetsError(f'{flag} {path} is {status.st_size / 2**20:,.0f} MiB, '
-                       f'more than the {limit / 2**20:,.0f} MiB such a file '
-                       f'can be; {fix}.')
+      raise PoetsError(f'{flag} {path} is {mebibytes(status.st_size)}, more '
+                       f'than the {mebibytes(limit)} such a file can be; '
+                       f'{fix}.')
     try:
       data = f.read(limit + 1)
     except OSError as e:
       raise PoetsError(f'Cannot read {flag} {path} ({e.strerror}); {fix}.'
                        ) from e
   if len(data) > limit:  # It grew while we read.
-    raise PoetsError(f'{flag} {path} grew past {limit / 2**20:,.0f} MiB '
-                     f'while it was read; {fix}.')
+    raise PoetsError(f'{flag} {path} grew past {mebibytes(limit)} while it '
+                     f'was read; {fix}.')
   return data
 
 
@@ -325,9 +332,15 @@ def extract_checked(handle, fileobj, destination):
   TF Hub's own extractor refuses `..` but quietly strips a leading `/`; an
   archive naming absolute paths is not a module anyone should trust.
   """
+  unpacked = 0
   with tarfile.open(mode='r|*', fileobj=fileobj) as archive:
     for member in archive:
       name = member.name
+      unpacked += member.size  # Known from its header, before any write.
+      if unpacked > UNPACKED_BYTES:
+        raise PoetsError(f'Refused the archive {handle}: it unpacks to more '
+                         f'than {UNPACKED_BYTES / 2**30:g} GiB (at '
+                         f"'{name}').")
       if (os.path.isabs(name) or name.startswith(('/', '\\')) or
           os.path.normpath(name).split(os.sep)[0] == '..'):
         raise PoetsError(f'Refused the module archive {handle}: it holds '
@@ -336,3 +349,50 @@ def extract_checked(handle, fileobj, destination):
         raise PoetsError(f'Refused the module archive {handle}: '
                          f"'{name}' is a link or device, not a file.")
       archive.extract(member, destination, filter='data')
+
+
+# A download ends within this time and size whatever the server does (a
+# trickle of one byte a minute, an endless stream); the largest archive the
+# project fetches, Inception v3's, is 85 MB.
+DOWNLOAD_SECONDS = 15 * 60
+DOWNLOAD_BYTES = 2 * 2**30
+# What is unpacked from one archive, in all.
+UNPACKED_BYTES = 2 * 2**30
+GZIP_MAGIC = b'\x1f\x8b'
+_CHUNK = 2**20
+
+
+class DownloadError(OSError):
+  """A download that failed, took too long, grew too large or is not what
+  was asked for; its message says which."""
+
+
+def download(url, path, starts_with=GZIP_MAGIC, seconds=DOWNLOAD_SECONDS,
+             limit=DOWNLOAD_BYTES):
+  """Streams `url` into a temporary file beside `path` and renames it into
+  place, only if it arrived whole within `seconds` and `limit` bytes and
+  starts with `starts_with` (a login page served instead of a .tgz does
+  not); else removes it and raises DownloadError."""
+  deadline = time.monotonic() + seconds
+  with atomic_file(path) as f:
+    # read1 returns what one receive brings (each waits at most the socket
+    # timeout), so the deadline is checked however slowly bytes trickle.
+    with urllib.request.urlopen(url, timeout=min(30, seconds)) as response:
+      size = 0
+      while True:
+        if time.monotonic() > deadline:
+          raise DownloadError(f'it took longer than {seconds:g} s')
+        chunk = response.read1(_CHUNK)
+        if not chunk:
+          break
+        if size == 0 and not chunk.startswith(starts_with):
+          page = chunk.lstrip()[:1] == b'<'  # A login or error page.
+          raise DownloadError('the server sent a web page, not the archive'
+                              if page else 'what the server sent is not '
+                              'the archive')
+        size += len(chunk)
+        if size > limit:
+          raise DownloadError(f'it is larger than {limit / 2**20:,.0f} MiB')
+        f.write(chunk)
+    if size == 0:
+      raise DownloadError('the server sent nothing')

@@ -241,11 +241,17 @@ def run(settings):
   with summaries.claim(settings.summaries_dir, RUN_FOLDERS), export.FrozenGraphs(
       spec, len(labels), settings.final_tensor_name, cut) as frozen_graphs:
 
+    def freeze(layer):
+      # The module's function opened up: TensorFlow's optimize_for_inference
+      # drops a graph's functions, and the codelab ran it on this graph.
+      return tensorboard_graph.inline_functions(frozen_graphs.freeze(layer),
+                                                spec.name)
+
     def save_intermediate(step, layer):
       path = os.path.join(settings.intermediate_output_graphs_dir,
                           f'intermediate_{step}.pb')
       logging.info('Save intermediate result to : %s', path)
-      export.save_graph(frozen_graphs.freeze(layer), path)
+      export.save_graph(freeze(layer), path)
 
     start = time.perf_counter()
     result = train(settings, labels, spec, module, splits, cut, cut_splits,
@@ -253,7 +259,7 @@ def run(settings):
     training_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    graph_def = frozen_graphs.freeze(result.layer)
+    graph_def = freeze(result.layer)
     run_set = outputs.RunSet(settings.output_graph, settings.output_labels,
                              settings.saved_model_dir, settings.output_tflite)
     if result.interrupted:

@@ -25,6 +25,9 @@ IMAGENET_LABELS = 'tf_files/imagenet_labels.txt'
 DEFAULT_INPUT_SIZE = 224
 DEFAULT_LABELS = 'tf_files/retrained_labels.txt'
 MAX_IMAGE_SIZE = 4096  # pixels a side, for --input_height/--input_width
+# A photo file larger than this is not read (a camera's largest JPEG is a
+# few hundred MB; a 60 GB sparse file would fill memory).
+MAX_IMAGE_BYTES = 512 * 2**20
 MAX_RANDOM_SEED = 2**31 - 1
 _OP_NAME = re.compile(r'[A-Za-z0-9.][A-Za-z0-9_.\-]*')
 

@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import encode, make_image_dir
+from poets import files
 from poets import pipeline
 from poets import settings
 from poets.core import bottlenecks
@@ -456,3 +457,34 @@ def test_real_mobilenet_agrees_with_the_original_on_real_photos(
                                 str(tmp_path / 'ours')))
     assert ours.size == 1001
     np.testing.assert_allclose(ours, _values(path), rtol=1e-4, atol=1e-4)
+
+
+def test_a_page_served_instead_of_the_archive_is_not_kept(
+    http_server, tmp_path, monkeypatch):
+  """An HTML login page served with status 200 was kept as the .tgz and
+  never downloaded again."""
+  served, url = http_server
+  (served / 'mobilenet_v1_0.50_160_frozen.tgz').write_text(
+      '<html><body>Sign in</body></html>')
+  monkeypatch.setattr(codelab_networks, 'DOWNLOAD_ROOT', f'{url}/')
+  model_dir = tmp_path / 'models'
+  with pytest.raises(PoetsError, match='could not be downloaded \\(the '
+                     'server sent a web page, not the archive\\)'):
+    modules.resolve_module('mobilenet_0.50_160', '', str(model_dir))
+  assert not model_dir.exists() or not os.listdir(model_dir)
+  _write_archive(served / 'mobilenet_v1_0.50_160_frozen.tgz',
+                 _mobilenet_members('mobilenet_v1_0.50_160'))
+  modules.resolve_module('mobilenet_0.50_160', '', str(model_dir))
+
+
+def test_a_refused_download_leaves_nothing(http_server, tmp_path,
+                                           monkeypatch):
+  served, url = http_server
+  _write_archive(served / 'mobilenet_v1_0.50_160_frozen.tgz',
+                 _mobilenet_members('mobilenet_v1_0.50_160'))
+  monkeypatch.setattr(codelab_networks, 'DOWNLOAD_ROOT', f'{url}/')
+  monkeypatch.setattr(files, 'UNPACKED_BYTES', 100)
+  model_dir = tmp_path / 'models'
+  with pytest.raises(PoetsError, match='it unpacks to more than'):
+    modules.resolve_module('mobilenet_0.50_160', '', str(model_dir))
+  assert os.listdir(model_dir) == []

@@ -1,6 +1,12 @@
 """Tests for poets/files.py: atomic writes and directory swaps."""
 
+import http.server
+import io
 import os
+import subprocess
+import tarfile
+import threading
+import time
 
 import pytest
 
@@ -97,3 +103,85 @@ def test_interrupted_outputs_go_beside_the_finished_ones():
   assert files.interrupted_path('tf_files/saved_model/') == (
       'tf_files/saved_model.interrupted')
   assert files.interrupted_path('ckpt') == 'ckpt.interrupted'
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+  """A server that sends a gzip header, then one byte every 0.2 s."""
+
+  def do_GET(self):  # pylint: disable=invalid-name
+    self.send_response(200)
+    self.send_header('Content-Type', 'application/gzip')
+    self.end_headers()
+    try:
+      self.wfile.write(files.GZIP_MAGIC)
+      for _ in range(200):
+        self.wfile.write(b'x')
+        self.wfile.flush()
+        time.sleep(0.2)
+    except OSError:
+      pass  # The client gave up, as it should.
+
+  def log_message(self, *args):
+    del args
+
+
+def test_a_download_that_trickles_ends_at_its_deadline(tmp_path):
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Trickle)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  start = time.monotonic()
+  try:
+    with pytest.raises(files.DownloadError, match='took longer than 2 s'):
+      files.download(f'http://127.0.0.1:{server.server_address[1]}/x.tgz',
+                     str(tmp_path / 'x.tgz'), seconds=2)
+  finally:
+    server.shutdown()
+  assert time.monotonic() - start < 10
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_login_page_is_not_kept_as_the_archive(http_server, tmp_path):
+  served, url = http_server
+  (served / 'x.tgz').write_text('<html>Please log in</html>')
+  with pytest.raises(files.DownloadError, match='sent a web page, not the archive'):
+    files.download(f'{url}/x.tgz', str(tmp_path / 'x.tgz'))
+  assert os.listdir(tmp_path) == ['served']
+
+
+def test_a_download_past_its_size_cap_is_dropped(http_server, tmp_path):
+  served, url = http_server
+  (served / 'x.tgz').write_bytes(files.GZIP_MAGIC + b'\0' * 5000)
+  with pytest.raises(files.DownloadError, match='larger than'):
+    files.download(f'{url}/x.tgz', str(tmp_path / 'x.tgz'), limit=4000)
+  assert os.listdir(tmp_path) == ['served']
+  files.download(f'{url}/x.tgz', str(tmp_path / 'x.tgz'))
+  assert (tmp_path / 'x.tgz').read_bytes() == (served / 'x.tgz').read_bytes()
+
+
+def test_an_archive_member_too_large_is_refused_before_it_is_written(
+    tmp_path, monkeypatch):
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode='w:gz') as archive:
+    for name, size in (('small.txt', 10), ('huge.bin', 5000)):
+      info = tarfile.TarInfo(name)
+      info.size = size
+      archive.addfile(info, io.BytesIO(b'\0' * size))
+  monkeypatch.setattr(files, 'UNPACKED_BYTES', 4096)
+  buffer.seek(0)
+  (tmp_path / 'out').mkdir()
+  with pytest.raises(PoetsError, match="unpacks to more than .* 'huge.bin'"):
+    files.extract_checked('x.tgz', buffer, str(tmp_path / 'out'))
+  assert not (tmp_path / 'out' / 'huge.bin').exists()
+
+
+def test_imagenet_from_a_read_only_folder_is_one_line(small_disk,
+                                                      monkeypatch):
+  """label_image.py --imagenet run from a read-only folder: a traceback."""
+  from poets import cli  # pylint: disable=import-outside-toplevel
+  from poets.extras import imagenet_demo  # pylint: disable=import-outside-toplevel
+  subprocess.run(['mount', '-o', 'remount,ro', str(small_disk)], check=True)
+  monkeypatch.chdir(small_disk)
+  with pytest.raises(OSError) as raised:
+    imagenet_demo.export_imagenet_graph()
+  assert cli.environment_error_line(raised.value) == (
+      'Cannot write tf_files (Read-only file system); the file system is '
+      'read-only, or choose another folder.')

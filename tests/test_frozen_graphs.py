@@ -157,3 +157,47 @@ def test_any_output_gets_one_line(tmp_path, output, what):
 def test_labels_in_any_common_encoding(encoding, data):
   del encoding  # The test's name.
   assert labeling.decode_labels(data) == ['daisy', 'rosé']
+
+
+def test_a_batch_larger_than_memory_is_lowered_with_a_warning(tmp_path,
+                                                              monkeypatch):
+  graph = _graph(tmp_path)
+  monkeypatch.setattr(labeling, '_available_memory', lambda: 2**20)
+  run = _label(tmp_path, graph, batch_size=4096)
+  assert run.results[0].predictions[0].label == 'red'
+  assert run.warnings[0] == (
+      '--batch_size 4096 would take about 24 MiB at 8x8, more than the 1 MiB '
+      'free; labelling 170 images at a time instead.')
+
+
+def test_a_huge_sparse_photo_is_not_read(tmp_path):
+  graph = _graph(tmp_path)
+  huge = tmp_path / 'huge.jpg'
+  with open(huge, 'wb') as f:
+    f.truncate(60 * 2**30)  # Sparse: 60 GB that take no disk.
+  run = _label(tmp_path, graph, images=[str(huge), str(tmp_path / 'red.jpg')])
+  assert run.results[0].error == (
+      f'{huge}: cannot read it (61,440 MiB, larger than any photo).')
+  assert run.results[1].predictions[0].label == 'red'
+
+
+def test_a_saved_model_that_writes_files_on_load_is_refused(tmp_path):
+  """Loading a SavedModel runs its init op, before any photo."""
+  target = tmp_path / 'written_on_load.txt'
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3])
+    scores = tf.nn.softmax(tf.reduce_mean(images, axis=[1, 2]))
+    write = tf.io.write_file(str(target), 'owned')
+    with tf.compat.v1.Session() as session:
+      builder = tf.compat.v1.saved_model.Builder(str(tmp_path / 'sm'))
+      builder.add_meta_graph_and_variables(
+          session, [tf.compat.v1.saved_model.SERVING], main_op=write,
+          signature_def_map={'serving_default': (
+              tf.compat.v1.saved_model.predict_signature_def(
+                  {'image': images}, {'prediction': scores}))})
+      builder.save()
+  _graph(tmp_path)
+  message = _one_line(_label, tmp_path, str(tmp_path / 'sm'))
+  assert 'holds ops that reach outside this program (WriteFile)' in message
+  assert not target.exists()

@@ -130,6 +130,33 @@ def test_pipes_and_devices_named_like_photos_are_skipped(tmp_path, caplog):
   assert caplog.text.count('not a regular file') == 2
 
 
+def test_loose_photos_and_unreadable_formats_are_counted_in_one_line(
+    tmp_path, caplog):
+  make_image_dir(tmp_path)
+  for name in ('loose.jpg', 'LOOSE2.png', 'loose3.heic', 'LICENSE.txt'):
+    (tmp_path / name).write_bytes(b'x')
+  for name in ('red/a.heic', 'red/b.HEIC', 'green/c.tif', 'blue/d.tiff',
+               'blue/notes.txt', 'blue/.hidden.tif'):
+    (tmp_path / name).write_bytes(b'x')
+  image_lists = image_listing.create_image_lists(str(tmp_path), 10, 10)
+  assert sum(len(c.training + c.validation + c.testing)
+             for c in image_lists.classes) == 60
+  skipped = [r.getMessage() for r in caplog.records
+             if r.getMessage().startswith('Skipped photos')]
+  assert skipped == [
+      f'Skipped photos: 3 loose in {tmp_path} (only photos inside a class '
+      'sub-folder are used; move them into one) and 4 in formats TensorFlow '
+      'cannot decode (2 .heic, 1 .tif, 1 .tiff; convert them to JPEG or '
+      'PNG).']
+
+
+def test_a_clean_folder_says_nothing_of_skipped_photos(tmp_path, caplog):
+  make_image_dir(tmp_path)
+  (tmp_path / 'LICENSE.txt').write_text('As the flower photos have one.')
+  image_listing.create_image_lists(str(tmp_path), 10, 10)
+  assert 'Skipped photos' not in caplog.text
+
+
 def test_missing_default_folder_tells_how_to_get_the_flowers(monkeypatch,
                                                              tmp_path):
   monkeypatch.chdir(tmp_path)
@@ -265,3 +292,13 @@ def test_an_unreadable_folder_is_reported(tmp_path, caplog, monkeypatch):
   assert len(_all_images(lists.classes[2])) == 3
   assert (f'Cannot read the folder {root / "red" / "closed"} (Permission '
           'denied); its photos are left out.') in caplog.text
+
+
+def test_a_huge_sparse_photo_is_skipped_before_reading(tmp_path, caplog):
+  root = tmp_path / 'photos'
+  make_image_dir(root, per_class=2)
+  with open(root / 'red' / 'huge.jpg', 'wb') as f:
+    f.truncate(60 * 2**30)  # Sparse: 60 GB that take no disk.
+  lists = image_listing.create_image_lists(str(root), 0, 0)
+  assert 'huge.jpg' not in _all_images(lists.classes[2])
+  assert 'huge.jpg: 61,440 MiB, larger than any photo' in caplog.text

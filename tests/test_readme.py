@@ -44,6 +44,10 @@ CUT_SCRIPTS = TRAINING_SCRIPTS + ('experiments.py', 'scripts.experiments')
 FEW_STEPS = 20
 STEPS_FLAG = re.compile(r'--how_many_training_steps[= ](\d+)')
 LAYOUT_PAGE = 'docs/layout.md'
+# What a documented command that works never prints, beside TensorFlow's own
+# library lines (startup.is_library_line): a traceback, LiteRT's notes.
+NOISE = re.compile(r'Traceback|XNNPACK|deprecat|Using experimental converter',
+                   re.IGNORECASE)
 
 
 def readme_commands(markdown):
@@ -152,9 +156,13 @@ class FreshCopy:
     self.env = dict(os.environ)
     self.env['PATH'] = os.pathsep.join([os.path.dirname(sys.executable),
                                         self.env.get('PATH', '')])
-    # Offline: anything that tries the network fails at once.
+    # Offline: anything that tries the network fails at once. Loopback stays
+    # reachable, as it is offline (Beam's workers talk gRPC over it, and gRPC
+    # honours these variables).
     for proxy in ('http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY'):
       self.env[proxy] = 'http://127.0.0.1:9'
+    for no_proxy in ('no_proxy', 'NO_PROXY'):
+      self.env[no_proxy] = 'localhost,127.0.0.1,::1'
     for name in ('TF_CPP_MIN_LOG_LEVEL', startup.SHOW_TF_LOGS):
       self.env.pop(name, None)  # As a user's shell has them.
 
@@ -185,6 +193,7 @@ class FreshCopy:
           f'{page} command failed: {command}\n{done.stderr[-3000:]}')
       assert not [line for line in done.stderr.splitlines()
                   if startup.is_library_line(line)], command
+      assert not NOISE.search(done.stderr), (command, done.stderr[-3000:])
       if any(script in command for script in TRAINING_SCRIPTS):
         # The real default module trained: a run that printed no accuracy
         # did not do what the page promises.

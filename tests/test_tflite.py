@@ -6,11 +6,8 @@ and bottleneck cache, so the same layer), on three separable colour classes;
 each .tflite must label every photo as the .pb does.
 """
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -25,7 +22,6 @@ from poets import settings
 from poets.errors import PoetsError
 from poets.core import tflite_metadata
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = ['blue', 'green', 'red']
 
 
@@ -270,38 +266,6 @@ def test_damaged_tflite_models_are_one_line(exported, tmp_path):
   assert _error(labeling.label_images, settings.LabelConfig(
       graph=config.output_tflite, labels=str(wrong_labels),
       images=photo)).startswith(f'--labels {wrong_labels} has 2 labels but')
-
-
-def _script(name, *args):
-  return subprocess.run([sys.executable, name, *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=300,
-                        check=False)
-
-
-@pytest.mark.slow
-def test_scripts_convert_then_label_without_noise(exported, tmp_path):
-  """The README's commands: tflite_convert.py on retrain's graph, then
-  label_image.py on the .tflite, JSON out, and nothing from LiteRT on
-  stderr (no deprecation notice, no XNNPACK line)."""
-  config = exported['none']
-  output = tmp_path / 'optimized_graph.tflite'
-  done = _script('tflite_convert.py', f'--graph_def_file={config.output_graph}',
-                 f'--output_file={output}', '--input_array=Placeholder',
-                 '--output_array=final_result', '--quantization=int8',
-                 f'--labels={config.output_labels}',
-                 f'--image_dir={config.image_dir}')
-  assert done.returncode == 0, done.stderr[-2000:]
-  assert done.stdout.startswith(f'Wrote {output} (')
-  assert 'Using experimental converter' not in done.stderr
-  photos = _photos(config)[::20]
-  # No --labels: the model's own.
-  done = _script('label_image.py', f'--graph={output}', '--output_format=json',
-                 '--top_k=1', *[f'--image={p}' for p in photos])
-  assert done.returncode == 0, done.stderr[-2000:]
-  assert [item['predictions'][0]['label'] for item in json.loads(
-      done.stdout)] == COLOURS
-  for noise in ('XNNPACK', 'deprecat', 'Traceback'):
-    assert noise not in done.stderr
 
 
 def test_tflite_convert_replaces_only_tflite_models(exported, tmp_path):

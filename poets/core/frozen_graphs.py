@@ -15,6 +15,7 @@ import re
 
 from google.protobuf import message
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from poets import files
 from poets.core import tflite_interpreter
@@ -110,6 +111,32 @@ def check_io_ops(graph_def, path, flag='--graph'):
         f'({", ".join(found)}): a classifier needs none, and they could read '
         'or write your files. Pass --allow_io_ops only if you trust where '
         'the graph came from.')
+
+
+# How every SavedModel's variables are saved and restored: allowed there.
+SAVED_MODEL_IO_OPS = frozenset(['SaveV2', 'RestoreV2', 'MergeV2Checkpoints'])
+
+
+def check_saved_model_io_ops(folder, flag='--graph'):
+  """check_io_ops for a SavedModel folder, before it is loaded (loading
+  runs its restore and init ops); its variables' own ops are allowed."""
+  data = files.read_regular_file(
+      os.path.join(folder, 'saved_model.pb'), flag, MAX_MODEL_BYTES,
+      'pass a SavedModel folder that retrain.py wrote (--saved_model_dir)')
+  saved_model = saved_model_pb2.SavedModel()
+  try:
+    saved_model.ParseFromString(data)
+  except message.DecodeError as e:
+    raise PoetsError(f'{flag} {folder} holds a saved_model.pb that is not a '
+                     f'SavedModel ({e}).') from e
+  found = sorted({op for meta_graph in saved_model.meta_graphs
+                  for op in io_ops(meta_graph.graph_def)} - SAVED_MODEL_IO_OPS)
+  if found:
+    raise PoetsError(
+        f'{flag} {folder} holds ops that reach outside this program '
+        f'({", ".join(found)}): a classifier needs none, and they could read '
+        'or write your files. Pass --allow_io_ops only if you trust where '
+        'the model came from.')
 
 
 def load_graph_def(path, flag='--graph'):

@@ -14,6 +14,9 @@ import stat
 import numpy as np
 import tensorflow as tf
 
+from poets import files
+from poets import settings
+
 
 def decode_failure_reason(error):
   """The useful line of a TensorFlow decode error.
@@ -151,9 +154,13 @@ class FileDecoder:
     A pipe or a device is refused, not read: reading one could wait forever.
     """
     try:
-      if not stat.S_ISREG(os.stat(path).st_mode):
+      status = os.stat(path)
+      if not stat.S_ISREG(status.st_mode):
         return None, Failure('not a regular file (a pipe, a device or a '
                              'folder)', unreadable=True)
+      if status.st_size > settings.MAX_IMAGE_BYTES:
+        return None, Failure(f'{files.mebibytes(status.st_size)}, larger '
+                             'than any photo', unreadable=True)
       with open(path, 'rb') as f:
         contents = f.read()
     except OSError as e:
@@ -190,11 +197,13 @@ def decode_in_batches(paths, decode, batch_size):
   """Builds, in the current graph, the pipeline that decodes `paths`.
 
   `decode` turns one file's bytes into an image tensor (each module decodes
-  and resizes its own way). Only regular files go in: reading a pipe or a
-  device could wait forever.
+  and resizes its own way). Only regular files of at most
+  settings.MAX_IMAGE_BYTES go in: reading a pipe or a device could wait
+  forever, a huge file fill memory.
   """
   regular = [position for position, path in enumerate(paths)
-             if os.path.isfile(path)]
+             if os.path.isfile(path) and
+             os.path.getsize(path) <= settings.MAX_IMAGE_BYTES]
 
   def load(position, path):
     return position, decode(tf.io.read_file(path))

@@ -16,6 +16,7 @@ import stat
 
 from absl import logging
 
+from poets import files
 from poets import settings
 from poets.errors import PoetsError
 
@@ -26,6 +27,11 @@ MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
 # Decoding goes by content, not extension, so the list only decides what
 # counts as a photo when walking a folder.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
+# Photo formats TensorFlow cannot decode: counted when skipped, so that a
+# folder of phone or camera photos is not left out without a word.
+UNSUPPORTED_EXTENSIONS = ('.tif', '.tiff', '.heic', '.heif', '.avif', '.jxl',
+                          '.jp2', '.psd', '.dng', '.cr2', '.cr3', '.nef',
+                          '.arw', '.orf', '.rw2', '.raf')
 
 FLOWER_PHOTOS_COMMAND = (
     'curl http://download.tensorflow.org/example_images/flower_photos.tgz'
@@ -109,7 +115,7 @@ def _inside(path, folders):
   return None
 
 
-def find_images(class_path, seen=None, other_classes=()):
+def find_images(class_path, seen=None, other_classes=(), unsupported=None):
   """Image files under a class folder, recursively, skipping hidden entries.
 
   Links are followed, but each real folder and file is taken once: a link
@@ -120,7 +126,8 @@ def find_images(class_path, seen=None, other_classes=()):
   already found). A link into one of `other_classes` (real paths of the
   other class folders) is left out with a warning: its photos belong to
   the class the user filed them in. A folder that cannot be read is
-  reported, not silently skipped.
+  reported, not silently skipped. The extension of each photo in a format
+  TensorFlow cannot decode is appended to the list `unsupported`, if given.
   """
 
   def unreadable(error):
@@ -140,7 +147,7 @@ def find_images(class_path, seen=None, other_classes=()):
   seen.add(_identity(class_path))
   by_identity = {}  # One stat per file: listing time matters at scale.
   repeated = 0
-  for root, dirs, files in os.walk(class_path, followlinks=True,
+  for root, dirs, names in os.walk(class_path, followlinks=True,
                                    onerror=unreadable):
     kept = []
     # Real folders before links to them, then by name, so the way to a
@@ -159,9 +166,13 @@ def find_images(class_path, seen=None, other_classes=()):
     dirs[:] = kept
     # Once a folder: relpath per file took most of the listing's time.
     folder = os.path.relpath(root, class_path)
-    for name in files:
-      if (name.startswith('.') or
-          os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS):
+    for name in names:
+      if name.startswith('.'):
+        continue
+      extension = os.path.splitext(name)[1].lower()
+      if extension not in IMAGE_EXTENSIONS:
+        if unsupported is not None and extension in UNSUPPORTED_EXTENSIONS:
+          unsupported.append(extension)
         continue
       path = os.path.join(root, name)
       if other_classes and leads_elsewhere(path):
@@ -175,6 +186,10 @@ def find_images(class_path, seen=None, other_classes=()):
         # Reading one would wait for a writer (a pipe), or never end.
         logging.warning('Skipping %s: not a regular file (a pipe, a device '
                         'or a folder).', path)
+        continue
+      if status and status.st_size > settings.MAX_IMAGE_BYTES:
+        logging.warning('Skipping %s: %s, larger than any photo.', path,
+                        files.mebibytes(status.st_size))
         continue
       by_identity.setdefault(identity, []).append(
           name if folder == '.' else os.path.join(folder, name))
@@ -217,6 +232,31 @@ def class_dirs(image_dir):
           os.path.isdir(os.path.join(image_dir, name))]
 
 
+def loose_images(image_dir):
+  """The photos directly in `image_dir`, which belong to no class."""
+  return sorted(
+      name for name in os.listdir(image_dir)
+      if not name.startswith('.') and
+      os.path.splitext(name)[1].lower() in (IMAGE_EXTENSIONS +
+                                            UNSUPPORTED_EXTENSIONS) and
+      os.path.isfile(os.path.join(image_dir, name)))
+
+
+def _log_skipped(image_dir, loose, unsupported):
+  """One line for the photos left out before any is decoded."""
+  parts = []
+  if loose:
+    parts.append(f'{len(loose)} loose in {image_dir} (only photos inside a '
+                 'class sub-folder are used; move them into one)')
+  if unsupported:
+    kinds = ', '.join(f'{unsupported.count(extension)} {extension}'
+                      for extension in sorted(set(unsupported)))
+    parts.append(f'{len(unsupported)} in formats TensorFlow cannot decode '
+                 f'({kinds}; convert them to JPEG or PNG)')
+  if parts:
+    logging.warning('Skipped photos: %s.', ' and '.join(parts))
+
+
 def create_image_lists(image_dir, testing_percentage, validation_percentage):
   """Finds the classes and images under `image_dir` and splits them.
 
@@ -228,13 +268,15 @@ def create_image_lists(image_dir, testing_percentage, validation_percentage):
   seen = {_identity(image_dir)}
   real_dirs = {name: os.path.realpath(os.path.join(image_dir, name))
                for name in dir_names}
+  unsupported = []
   for dir_name in dir_names:
     class_path = os.path.join(image_dir, dir_name)
     logging.info("Looking for images in '%s'", dir_name)
     own = real_dirs[dir_name]
     images, repeated = find_images(
         class_path, seen, [real for real in real_dirs.values()
-                           if os.path.commonpath([real, own]) != real])
+                           if os.path.commonpath([real, own]) != real],
+        unsupported)
     if repeated:
       logging.warning('%s: %d links lead to folders or photos already found; '
                       'each is used once.', class_path, repeated)
@@ -257,6 +299,7 @@ def create_image_lists(image_dir, testing_percentage, validation_percentage):
                          validation_percentage)].append(image)
     classes.append(ClassImages(label=label_for(dir_name), dir=dir_name,
                                **splits))
+  _log_skipped(image_dir, loose_images(image_dir), unsupported)
   classes.sort(key=lambda c: c.label)
   labels = [c.label for c in classes]
   for previous, current in zip(classes, classes[1:]):

@@ -306,6 +306,8 @@ def _saved_model_classifier(config):
   """A SavedModel folder (retrain.py --saved_model_dir): the one input and
   output of its serving signature, whatever the layer flags say."""
   path = config.graph
+  if not config.allow_io_ops:
+    frozen_graphs.check_saved_model_io_ops(path)
   with tf.compat.v1.Session(graph=tf.Graph()) as session:
     try:
       signature = tf.compat.v1.saved_model.load(
@@ -398,17 +400,53 @@ def _scores(values, count, config):
   return np.reshape(values.astype(np.float64), [count, -1])
 
 
+def _available_memory():
+  """Bytes of memory free for use now (Linux's MemAvailable), or None."""
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
+
+
+# Decoded batches in memory at once: the one the graph runs on, those the
+# pipeline prepares, and the graph's own activations, a few times its input.
+_BATCHES_IN_MEMORY = 8
+
+
+def fitting_batch_size(batch_size, height, width, warnings):
+  """`batch_size`, or a smaller one whose images fit in the memory free
+  now, with a line in `warnings` saying so."""
+  memory = _available_memory()
+  per_image = height * width * 3 * 4 * _BATCHES_IN_MEMORY
+  if memory is None or batch_size * per_image <= memory:
+    return batch_size
+  fitting = max(1, memory // per_image)
+  warnings.append(
+      f'--batch_size {batch_size} would take about '
+      f'{batch_size * per_image / 2**20:,.0f} MiB at {height}x{width}, more '
+      f'than the {memory / 2**20:,.0f} MiB free; labelling {fitting} images '
+      'at a time instead.')
+  return fitting
+
+
 def _label(paths, classifier, labels, config):
   labels, source = _labels(classifier, labels, config)
   if classifier.classes is not None:
     _check_labels(labels, source, classifier.classes, config)
   fixed_batch = classifier.fixed_batch
+  warnings = []
+  batch_size = fixed_batch or fitting_batch_size(
+      config.batch_size, classifier.height, classifier.width, warnings)
   graph = tf.Graph()
   with graph.as_default():
     data = image_decoding.decode_in_batches(
         paths, lambda contents: image_decoding.decode_and_normalize(
             contents, classifier.height, classifier.width, config.input_mean,
-            config.input_std), fixed_batch or config.batch_size)
+            config.input_std), batch_size)
   results = [None] * len(paths)
   seconds = 0.0
   batches = 0
@@ -432,5 +470,5 @@ def _label(paths, classifier, labels, config):
     for index, failure in data.failures(data_session, labelled):
       results[index] = ImageResult(paths[index], [],
                                    _read_error(paths[index], failure))
-  return LabelRun(results, seconds, batches,
-                  classifier.warnings + convention_warnings(config))
+  return LabelRun(results, seconds, batches, classifier.warnings + warnings +
+                  convention_warnings(config))

@@ -25,7 +25,6 @@ import shutil
 import tarfile
 import tempfile
 import urllib.parse
-import urllib.request
 import zlib
 
 from absl import logging
@@ -138,10 +137,11 @@ def _download(handle, model_dir):
                                  [('tf-hub-format', 'compressed')])
   logging.info('Downloading the module %s into %s (once).', handle, folder)
   unpacked = files.temporary_sibling(folder)
+  archive = unpacked + '.tgz'  # Hidden, beside it; removed either way.
   try:
-    with urllib.request.urlopen(parsed._replace(query=query).geturl(),
-                                timeout=60) as response:
-      files.extract_checked(handle, response, unpacked)
+    files.download(parsed._replace(query=query).geturl(), archive)
+    with open(archive, 'rb') as f:
+      files.extract_checked(handle, f, unpacked)
     os.rename(unpacked, folder)
   except OSError as e:
     if not (os.path.isdir(folder) and os.listdir(folder)):
@@ -150,6 +150,8 @@ def _download(handle, model_dir):
     raise _download_error(handle, e) from e
   finally:
     shutil.rmtree(unpacked, ignore_errors=True)
+    if os.path.exists(archive):
+      os.unlink(archive)
   return folder
 
 

@@ -60,7 +60,11 @@ def _resolve(scope, tensor):
       return _resolve(inner, '^' + outputs[0].split(':')[0])
     return _resolve(inner, outputs[int(index)])
   name = scope.names[node]
-  return f'^{name}' if control else f'{name}:{index}'
+  if control:
+    return f'^{name}'
+  # GraphDef's short form for output 0, which TensorFlow's graph tools
+  # (optimize_for_inference) match nodes by.
+  return name if index == '0' else f'{name}:{index}'
 
 
 def _scope_name(module_name):

@@ -16,7 +16,6 @@ import http.client
 import os
 import shutil
 import tarfile
-import urllib.request
 import zlib
 
 from absl import logging
@@ -59,9 +58,15 @@ def ensure_graph(network, model_dir):
   if not os.path.isfile(archive_path) and os.path.isfile(shipped):
     logging.info('Unpacking the shipped %s into %s.', shipped, model_dir)
     archive_path = shipped
-  elif not os.path.isfile(archive_path):
+  downloaded = not os.path.isfile(archive_path)
+  if downloaded:
     _download(network, archive_path, model_dir)
-  _unpack(archive_path, model_dir)
+  try:
+    _unpack(archive_path, model_dir)
+  except PoetsError:
+    if downloaded:  # Just downloaded and refused: nothing is kept.
+      os.unlink(archive_path)
+    raise
   if not os.path.isfile(graph_path):
     raise PoetsError(f'{archive_path} holds no {network.graph_file}; it is '
                      f'not the archive from {url(network)}: replace it with '
@@ -72,8 +77,7 @@ def ensure_graph(network, model_dir):
 def _download(network, archive_path, model_dir):
   logging.info('Downloading %s to %s (once).', url(network), archive_path)
   try:
-    with urllib.request.urlopen(url(network), timeout=60) as response:
-      data = response.read()
+    files.download(url(network), archive_path)
   except (OSError, http.client.HTTPException, ValueError) as e:
     reason = getattr(e, 'reason', None) or e
     raise PoetsError(
@@ -82,7 +86,6 @@ def _download(network, archive_path, model_dir):
         f'in {os.path.join(model_dir, "")}, or use --architecture '
         f'{architectures.SHIPPED} '
         '(shipped) or efficientnet_lite0 (built offline).') from e
-  files.atomic_write(archive_path, data)
 
 
 def _unpack(archive_path, model_dir):

@@ -41,6 +41,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from poets import files
 from poets.core.networks import architectures
 from poets.core.networks.torch_weights import read_state_dict
 from poets.errors import PoetsError
@@ -319,8 +320,11 @@ def _remove_stale_partials(model_dir, name):
     if not entry.startswith(prefix):
       continue
     pid = entry[len(prefix):].split('-', 1)[0]
-    if pid.isdigit() and not _process_alive(int(pid)):
-      shutil.rmtree(os.path.join(model_dir, entry), ignore_errors=True)
+    path = os.path.join(model_dir, entry)
+    # Only a build's own folder, marked when it began, whatever the name.
+    ours = os.path.isfile(os.path.join(path, files.OWNER_MARKER))
+    if ours and pid.isdigit() and not _process_alive(int(pid)):
+      shutil.rmtree(path, ignore_errors=True)
 
 
 def ensure_module(name, model_dir):
@@ -346,6 +350,7 @@ def ensure_module(name, model_dir):
   partial = tempfile.mkdtemp(
       prefix=f'{_partial_prefix(name)}{os.getpid()}-', dir=model_dir)
   try:
+    files.mark_ours(partial, ['*'], 'retrain.py')
     build_module(variant, weights, partial)
     try:
       os.rename(partial, target)
