@@ -3,7 +3,7 @@
 # run, not their figures. Run from anywhere; each script finds the repo root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for bench in bottlenecks training memory end_to_end tflite scale fine_tune second_half; do
+for bench in bottlenecks training memory end_to_end tflite scale fine_tune second_half dashboards; do
   echo "== bench/$bench.py --quick"
   python "bench/$bench.py" --quick "$@"
 done

@@ -23,14 +23,14 @@ def _split(count, label_count=2, size=4, name='photo'):
 def test_projector_sample_caps_training_photos_repeatably():
   splits = {'training': _split(dashboards.TRAINING_POINTS + 50),
             'validation': _split(7), 'testing': _split(5)}
-  sample = dashboards.projector_sample(splits, ['a', 'b'], seed=3)
+  sample = dashboards.projector_sample(splits, ['a', 'b'])
   assert [len(rows) for rows in sample.rows.values()] == [
       7, 5, dashboards.TRAINING_POINTS]
   assert sample.splits.count('training') == dashboards.TRAINING_POINTS
   training_rows = sample.rows['training']
   assert (np.diff(training_rows) > 0).all()
   assert len(sample) == len(sample.labels) == len(sample.features(splits))
-  again = dashboards.projector_sample(splits, ['a', 'b'], seed=3)
+  again = dashboards.projector_sample(splits, ['a', 'b'])
   assert (again.rows['training'] == training_rows).all()
 
 
@@ -43,16 +43,28 @@ def test_projector_reads_back_what_was_written(tmp_path):
       {'testing': np.arange(2)}, ['red', 'tab\tlabel'], ['testing'] * 2,
       [str(photo), str(tmp_path / 'missing.jpg')])
   values = np.array([[0.5, -1.25], [3.0, 2.0]], np.float32)
-  dashboards.write_projector(tmp_path, sample, {
-      'bottlenecks': values, 'zeros': np.zeros([2, 2], np.float32)})
-  names = sorted(os.listdir(tmp_path))
+  run = tmp_path / 'run'
+  dashboards.write_projector(run, sample, {
+      'bottlenecks': values, 'zeros': np.zeros([2, 2], np.float32)},
+                             tmp_path / 'sprites')
+  (cached,) = os.listdir(tmp_path / 'sprites')
+  sprite = (run / dashboards.SPRITE).read_bytes()
+  assert (tmp_path / 'sprites' / cached).read_bytes() == sprite
+  # A changed photo is a new sprite; the same photos take the cached one.
+  assert dashboards.cached_sprite(sample.filenames,
+                                  tmp_path / 'sprites') == sprite
+  photo.write_bytes(encode(solid_image((30, 30, 220), 0)))
+  os.utime(photo, ns=(0, 0))
+  assert dashboards.cached_sprite(sample.filenames,
+                                  tmp_path / 'sprites') != sprite
+  names = sorted(os.listdir(run))
   assert 'bottlenecks.bytes' in names and 'zeros.tsv' in names
   read = projector_plugin._read_tensor_binary_file(
-      str(tmp_path / 'bottlenecks.bytes'), [2, 2])
+      str(run / 'bottlenecks.bytes'), [2, 2])
   assert (read == values).all()
   assert (projector_plugin._read_tensor_tsv_file(
-      str(tmp_path / 'zeros.tsv')) == 0).all()
-  metadata = (tmp_path / dashboards.METADATA).read_text().splitlines()
+      str(run / 'zeros.tsv')) == 0).all()
+  metadata = (run / dashboards.METADATA).read_text().splitlines()
   assert metadata == ['label\tsplit\tfile', 'red\ttesting\tred.jpg',
                       'tab label\ttesting\tmissing.jpg']
 

@@ -20,6 +20,7 @@ and decodes only the thumbnails.
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import io
 import math
 import os
@@ -35,7 +36,7 @@ from PIL import ImageFont
 from PIL import ImageOps
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hparams_summary
-from tensorboard.plugins.image import summary as image_summary
+from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 from tensorboard.plugins.projector import projector_config_pb2
 from tensorboard.plugins.text import summary as text_summary
@@ -51,11 +52,14 @@ RUN_FOLDERS = (TEST_RUN, PROJECTOR_RUN)
 TRAINING_POINTS = 500  # training photos in the Projector, at most
 EVALUATION_POINTS = 2000  # validation photos, and test photos, at most
 THUMBNAIL_SIZE = 64  # pixels a side in the Projector's sprite
-MISCLASSIFIED_SHOWN = 16  # the most confident mistakes, in a 4x4 grid
+MISCLASSIFIED_SHOWN = 16  # the most confident mistakes, two a row
 MISCLASSIFIED_SIZE = 160  # pixels a side of each photo there
 PROJECTOR_CONFIG = 'projector_config.pbtxt'  # the name the Projector reads
 METADATA = 'metadata.tsv'
 SPRITE = 'sprite.jpg'
+# In --bottleneck_dir: each set of photos' sprite, so a run on the same photos
+# copies it instead of decoding them all again.
+SPRITE_CACHE = '.sprites'
 # Each split the Projector shows, by the image lists' name, and its cap.
 _SPLITS = (('validation', EVALUATION_POINTS), ('testing', EVALUATION_POINTS),
            ('training', TRAINING_POINTS))
@@ -78,10 +82,11 @@ class ProjectorSample:
                            for name, rows in self.rows.items()])
 
 
-def projector_sample(splits, labels, seed=None):
+def projector_sample(splits, labels):
   """All validation and test photos and a sample of the training photos,
-  each split drawn at random (repeatably with `seed`) beyond its cap."""
-  rng = np.random.default_rng(seed)
+  each split drawn at random beyond its cap, the same draw in every run (so
+  the sprite of the photos is made once)."""
+  rng = np.random.default_rng(0)
   sample = ProjectorSample({}, [], [], [])
   for name, cap in _SPLITS:
     split = splits[name]
@@ -139,6 +144,30 @@ def sprite_jpeg(thumbnails):
   return encoded.getvalue()
 
 
+def _sprite_key(paths):
+  """Names the photos and their versions: a changed photo gives a new key."""
+  digest = hashlib.sha256(str(THUMBNAIL_SIZE).encode())
+  for path in paths:
+    try:
+      stat = os.stat(path)
+      version = f'{stat.st_size}:{stat.st_mtime_ns}'
+    except OSError:
+      version = 'unreadable'
+    digest.update(os.fsencode(path) + b'\0' + version.encode() + b'\0')
+  return digest.hexdigest()
+
+
+def cached_sprite(paths, cache_dir):
+  """sprite_jpeg of `paths`, read from `cache_dir` if it was made before."""
+  path = os.path.join(cache_dir, f'{_sprite_key(paths)}.jpg')
+  if os.path.isfile(path):
+    with open(path, 'rb') as f:
+      return f.read()
+  sprite = sprite_jpeg(square_photos(paths, THUMBNAIL_SIZE))
+  files.atomic_write(path, sprite)
+  return sprite
+
+
 def _shown(text):
   """A name as one line of valid UTF-8: a file name need not be either."""
   return ' '.join(os.fsencode(text).decode('utf-8', 'replace').split())
@@ -160,13 +189,14 @@ def _tensor_file(name, features):
   return f'{name}.tsv', text.getvalue()
 
 
-def write_projector(directory, sample, embeddings):
+def write_projector(directory, sample, embeddings, sprite_cache):
   """The Projector's files for `sample` in `directory`.
 
   `embeddings` maps a name to float32 [len(sample), size], row i for point
   i: the bottlenecks (`sample.features(splits)`), and any other features of
   the same photos (fine-tuned ones) under names of their own, so the
-  Projector offers each with the same labels and thumbnails.
+  Projector offers each with the same labels and thumbnails. The sprite
+  comes from (or goes into) the folder `sprite_cache`.
   """
   metadata = ['label\tsplit\tfile'] + [
       f'{_shown(label)}\t{split}\t{_shown(os.path.basename(path))}'
@@ -174,8 +204,8 @@ def write_projector(directory, sample, embeddings):
                                     sample.filenames)]
   files.atomic_write(os.path.join(directory, METADATA),
                      ('\n'.join(metadata) + '\n').encode('utf-8'))
-  files.atomic_write(os.path.join(directory, SPRITE), sprite_jpeg(
-      square_photos(sample.filenames, THUMBNAIL_SIZE)))
+  files.atomic_write(os.path.join(directory, SPRITE),
+                     cached_sprite(sample.filenames, sprite_cache))
   config = projector_config_pb2.ProjectorConfig()
   for name, features in embeddings.items():
     tensor_path, contents = _tensor_file(name, features)
@@ -192,10 +222,10 @@ def write_projector(directory, sample, embeddings):
 
 
 def _figure_image(figure):
-  """A matplotlib figure as uint8 [1, height, width, 3]."""
+  """A matplotlib figure as uint8 [height, width, 3]."""
   canvas = FigureCanvasAgg(figure)
   canvas.draw()
-  return np.asarray(canvas.buffer_rgba())[np.newaxis, ..., :3]
+  return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
 
 
 def confusion_figure(evaluation, labels):
@@ -250,7 +280,7 @@ def misclassified_image(evaluation, labels):
                          MISCLASSIFIED_SIZE)
   font = ImageFont.truetype(font_manager.findfont('DejaVu Sans'), 12)
   line = 16  # pixels per line of text
-  columns = min(4, len(shown))
+  columns = min(2, len(shown))  # narrow: TensorBoard fits it to a card
   cell_width = MISCLASSIFIED_SIZE + 20
   cell_height = MISCLASSIFIED_SIZE + 4 * line
   sheet = Image.new('RGB', (columns * cell_width, 2 * line + math.ceil(
@@ -314,9 +344,25 @@ def _sample_text(sample, splits):
       f'{len(rows)} of {len(splits[name].ground_truth)} {name}'
       for name, rows in sample.rows.items())
   return (f'{len(sample)} photos as points ({counts}; at most '
-          f'{TRAINING_POINTS} training photos and {EVALUATION_POINTS} of '
+          f'{TRAINING_POINTS} training photos and {EVALUATION_POINTS:,} of '
           'each of the others). Open the Projector tab, colour by label, '
           'and try PCA, t-SNE and UMAP.')
+
+
+def _image_summary(tag, image, image_format, description):
+  """An Images-tab summary of one uint8 [height, width, 3] image, encoded
+  here: the tensorboard plugin's own pb() starts a TensorFlow session to
+  encode it, which costs more than all the rest."""
+  encoded = io.BytesIO()
+  Image.fromarray(image).save(encoded, image_format)
+  height, width = image.shape[:2]
+  metadata = tf.compat.v1.SummaryMetadata.FromString(
+      image_metadata.create_summary_metadata(
+          display_name=tag, description=description).SerializeToString())
+  summary = tf.compat.v1.Summary()
+  summary.value.add(tag=tag, metadata=metadata, tensor=tf.make_tensor_proto(
+      [str(width), str(height), encoded.getvalue()], dtype=tf.string))
+  return summary
 
 
 def _tagged(summary, tag):
@@ -340,7 +386,7 @@ def write_run(summaries_dir, run_settings, module, splits, labels, result):
   the images and curves.
   """
   step = result.steps_done
-  sample = projector_sample(splits, labels, run_settings.random_seed)
+  sample = projector_sample(splits, labels)
   projector_dir = os.path.join(summaries_dir, PROJECTOR_RUN)
   writer = _event_writer(projector_dir)
   writer.add_summary(_tagged(text_summary.pb(
@@ -348,7 +394,8 @@ def write_run(summaries_dir, run_settings, module, splits, labels, result):
   writer.close()
   if len(sample):
     write_projector(projector_dir, sample,
-                    {'bottlenecks': sample.features(splits)})
+                    {'bottlenecks': sample.features(splits)},
+                    os.path.join(run_settings.bottleneck_dir, SPRITE_CACHE))
 
   writer = _event_writer(os.path.join(summaries_dir, TEST_RUN))
   writer.add_summary(_tagged(text_summary.pb(
@@ -357,21 +404,21 @@ def write_run(summaries_dir, run_settings, module, splits, labels, result):
       'network', network_table(module)), 'network'), step)
   test = result.test
   if test is not None:
-    writer.add_summary(_tagged(image_summary.pb(
+    writer.add_summary(_image_summary(
         'confusion_matrix', _figure_image(confusion_figure(test, labels)),
-        description='Rows: the true class; columns: what the network said. '
-        'The diagonal is right.'), 'confusion_matrix'), step)
+        'PNG', 'Rows: the true class; columns: what the network said. The '
+        'diagonal is right.'), step)
     mistakes = misclassified_image(test, labels)
     if mistakes is not None:
-      writer.add_summary(_tagged(image_summary.pb(
-          'misclassified', mistakes[np.newaxis],
-          description='Test photos the network got wrong, the most '
-          'confident first: the true class, the prediction and its score.'),
-          'misclassified'), step)
+      writer.add_summary(_image_summary(
+          'misclassified', mistakes, 'JPEG', 'Test photos the network got '
+          'wrong, the most confident first: the true class, the prediction '
+          'and its score.'), step)
     for index, label in enumerate(labels):
       writer.add_summary(_tagged(pr_curve_summary.pb(
           'pr_curve', test.ground_truth == index,
           test.scores[:, index].astype(np.float32),
+          display_name=_shown(label),
           description=f'Test photos ranked by their {_shown(label)} score: '
           'precision and recall at every threshold.'),
           f'pr_curves/{_shown(label)}'), step)
