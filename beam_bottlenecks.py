@@ -33,7 +33,6 @@ from absl import logging
 from poets import cli
 from poets import settings
 from poets import startup
-from poets.errors import PoetsError
 
 DEFAULTS = settings.RetrainSettings()
 
@@ -60,13 +59,11 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   input_size = ((FLAGS.input_height, FLAGS.input_width)
                 if FLAGS.input_height else None)
-  try:
+  with cli.one_line_errors():
     options = beam_pipeline.pipeline_options(argv[1:])
     spec = modules.resolve_module(FLAGS.architecture, FLAGS.tfhub_module,
                                   FLAGS.model_dir, input_size)
     beam_pipeline.run(options, FLAGS.image_dir, FLAGS.bottleneck_dir, spec)
-  except PoetsError as e:
-    sys.exit(f'ERROR: {e}')
 
 
 if __name__ == '__main__':

@@ -28,7 +28,6 @@ from absl import flags
 from poets import cli
 from poets import settings
 from poets import startup
-from poets.errors import PoetsError
 
 DEFAULTS = settings.EvaluateConfig()
 
@@ -51,8 +50,8 @@ flags.register_validator('labels', lambda path: path is None or cli.is_path(
     path), 'must name a file (not empty, no NUL)')
 for _name in ('input_mean', 'testing_percentage', 'validation_percentage'):
   flags.register_validator(_name, cli.is_finite, 'must be a finite number')
-flags.register_validator('input_std', lambda std: cli.is_finite(std) and std,
-                         'must be a finite number other than 0')
+flags.register_validator('input_std', settings.is_valid_input_std,
+                         settings.INPUT_STD_RULE)
 
 FLAGS = flags.FLAGS
 
@@ -67,10 +66,8 @@ def main(argv):
       input_layer=FLAGS.input_layer, output_layer=FLAGS.output_layer,
       input_mean=FLAGS.input_mean, input_std=FLAGS.input_std,
       batch_size=FLAGS.batch_size)
-  try:
+  with cli.one_line_errors():
     photos, results = evaluation.evaluate(config)
-  except PoetsError as e:
-    sys.exit(f'ERROR: {e}')
   sys.stdout.write(evaluation.format_report(config, photos, results))
 
 

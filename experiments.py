@@ -52,6 +52,7 @@ from absl import logging
 
 import retrain  # Defines the retrain flags: the base of every run.
 from poets import cli
+from poets import interrupts
 from poets import startup
 from poets.errors import PoetsError
 from poets.extras import experiment_plan
@@ -95,29 +96,27 @@ def main(argv):
   from poets.extras import dashboards
   from poets.extras import experiment_reports
   from poets.extras import experiment_runs
-  verbosity = FLAGS.logging_verbosity.lower().replace('warn', 'warning')
+  verbosity = cli.absl_verbosity(FLAGS.logging_verbosity)
   logging.set_verbosity(verbosity)
   flag_names = [flag.name
                 for flag in FLAGS.get_key_flags_for_module(retrain)]
   try:
-    sweeps = [experiment_plan.parse_sweep(text, flag_names)
-              for text in FLAGS.sweep]
-    experiment = experiment_plan.plan(sweeps, config_for,
-                                      FLAGS.experiments_dir,
-                                      FLAGS.summaries_dir or None,
-                                      shlex.join(['python'] + sys.argv),
-                                      check_inputs=pipeline.check_inputs)
-    for note in experiment.notes:
-      print(note)
-    # From here on Ctrl-C and SIGTERM stop the sweep, never the table.
-    with experiment_runs.stop_requests() as stop:
-      outcomes = experiment_runs.run_all(experiment.runs, verbosity, stop)
-      report = experiment_reports.write_report(outcomes, experiment)
-      dashboards.write_hparams(experiment, outcomes)
-  except PoetsError as e:
-    sys.exit(f'ERROR: {e}')
-  except Exception as e:  # A full disk, a denied permission.
-    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
+    with cli.one_line_errors():
+      sweeps = [experiment_plan.parse_sweep(text, flag_names)
+                for text in FLAGS.sweep]
+      experiment = experiment_plan.plan(sweeps, config_for,
+                                        FLAGS.experiments_dir,
+                                        FLAGS.summaries_dir or None,
+                                        shlex.join(['python'] + sys.argv),
+                                        check_inputs=pipeline.check_inputs)
+      for note in experiment.notes:
+        print(note)
+      # From here on Ctrl-C and SIGTERM stop the sweep, never the table:
+      # each goes on to the run in progress, which saves what it trained.
+      with interrupts.StopSignals(pass_on=True) as stop:
+        outcomes = experiment_runs.run_all(experiment.runs, verbosity, stop)
+        report = experiment_reports.write_report(outcomes, experiment)
+        dashboards.write_hparams(experiment, outcomes)
   except KeyboardInterrupt:
     sys.exit('Interrupted before the first run; no table written.')
   print(report.markdown)

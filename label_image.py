@@ -33,7 +33,6 @@ from poets import cli
 from poets import settings
 from poets import startup
 from poets.core import label_output
-from poets.errors import PoetsError
 
 DEFAULTS = settings.LabelConfig()
 # Decoded images of one batch sit in memory together.
@@ -86,8 +85,8 @@ flags.register_validator('image', lambda paths: all(map(cli.is_path, paths)),
                          'must name files (not empty, no NUL)')
 flags.register_validator('input_mean', cli.is_finite,
                          'must be a finite number')
-flags.register_validator('input_std', lambda std: cli.is_finite(std) and std,
-                         'must be a finite number other than 0')
+flags.register_validator('input_std', settings.is_valid_input_std,
+                         settings.INPUT_STD_RULE)
 
 FLAGS = flags.FLAGS
 
@@ -137,7 +136,7 @@ def main(argv):
   from poets.extras import imagenet_demo
   # A file name need not be UTF-8; print it as the bytes it is, as ls does.
   sys.stdout.reconfigure(errors='surrogateescape')
-  try:
+  with cli.one_line_errors():
     if FLAGS.list_layers:
       sys.stdout.write(labeling.list_layers(FLAGS.graph))
       return
@@ -149,10 +148,6 @@ def main(argv):
               'photo.jpg', file=sys.stderr)
         return
     run = labeling.label_images(config)
-  except PoetsError as e:
-    sys.exit(f'ERROR: {e}')
-  except Exception as e:  # A full disk, a denied permission.
-    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
   for warning in run.warnings:
     print(f'WARNING: {warning}', file=sys.stderr)
   sys.stdout.write(label_output.format_run(run, FLAGS.output_format))

@@ -42,7 +42,6 @@ from poets import cli
 from poets import interrupts
 from poets import settings
 from poets import startup
-from poets.errors import PoetsError
 
 DEFAULTS = settings.RetrainSettings()
 # Batches are sampled with replacement into memory; more than this many
@@ -152,11 +151,9 @@ for _name in ('test_batch_size', 'validation_batch_size'):
   flags.register_validator(
       _name, lambda n: cli.batch_size_or_all(n) and n <= MAX_BATCH_SIZE,
       f'must be -1 (the whole set) or from 1 to {MAX_BATCH_SIZE}')
-flags.register_validator(
-    'final_tensor_name', settings.is_valid_final_tensor_name,
-    'must be an operation name (letters, digits, ".", "_", "-", starting with '
-    'a letter or digit) not taken by the graph (input, final_retrain_ops, '
-    'cross_entropy, train, accuracy, Placeholder)')
+flags.register_validator('final_tensor_name',
+                         settings.is_valid_final_tensor_name,
+                         settings.FINAL_TENSOR_NAME_RULE)
 flags.register_multi_flags_validator(
     ['testing_percentage', 'validation_percentage'],
     lambda f: f['testing_percentage'] + f['validation_percentage'] < 100,
@@ -178,18 +175,14 @@ def main(argv):
   cli.refuse_positional(argv, 'retrain.py')
   startup.begin_script()  # Before anything imports TensorFlow.
   from poets import pipeline  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
-                                                                'warning'))
+  logging.set_verbosity(cli.absl_verbosity(FLAGS.logging_verbosity))
   run_settings = settings_from_flags()
   for warning in settings.warnings(run_settings):
     logging.warning('%s', warning)
   with interrupts.StopSignals() as stop:  # SIGTERM acts as Ctrl-C.
     try:
-      result = pipeline.run(run_settings)
-    except PoetsError as e:
-      sys.exit(f'ERROR: {e}')
-    except Exception as e:  # A full disk, a denied permission.
-      sys.exit(f'ERROR: {cli.environment_error_line(e)}')
+      with cli.one_line_errors():
+        result = pipeline.run(run_settings)
     except KeyboardInterrupt:
       print('Interrupted; finished bottleneck files and outputs are intact.',
             file=sys.stderr)

@@ -26,7 +26,6 @@ Tasks' ImageClassifier loads it with no other file. retrain.py
 result through `label_image.py --graph tf_files/optimized_graph.tflite`.
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -35,7 +34,6 @@ from absl import logging
 from poets import cli
 from poets import settings
 from poets import startup
-from poets.errors import PoetsError
 
 DEFAULTS = settings.ConvertConfig()
 
@@ -69,9 +67,8 @@ flags.register_validator('image_dir', cli.is_optional_path,
                          'must not hold NUL')
 flags.register_validator('input_mean', cli.is_finite,
                          'must be a finite number')
-flags.register_validator('input_std',
-                         lambda std: cli.is_finite(std) and std > 0,
-                         'must be a positive finite number')
+flags.register_validator('input_std', settings.is_valid_input_std,
+                         settings.INPUT_STD_RULE)
 flags.register_multi_flags_validator(
     ['quantization', 'image_dir'],
     lambda f: f['quantization'] != 'int8' or f['image_dir'],
@@ -94,12 +91,8 @@ def main(argv):
       quantization=FLAGS.quantization, image_dir=FLAGS.image_dir,
       input_mean=FLAGS.input_mean, input_std=FLAGS.input_std,
       allow_io_ops=FLAGS.allow_io_ops)
-  try:
+  with cli.one_line_errors():
     size = tflite_converter.convert_graph_file(config)
-  except PoetsError as e:
-    sys.exit(f'ERROR: {e}')
-  except Exception as e:  # A full disk, a denied permission.
-    sys.exit(f'ERROR: {cli.environment_error_line(e)}')
   print(f'Wrote {config.output_file} ({size / 1e6:.1f} MB, quantization '
         f'{config.quantization}).')
 

@@ -7,6 +7,7 @@ for a usage error). The checks themselves are absl's own: bounds on numeric
 flags, enums, and validators registered next to the flags.
 """
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -16,6 +17,7 @@ from absl import flags
 
 from poets import files
 from poets.core.networks import architectures
+from poets.errors import PoetsError
 from poets import settings
 
 USAGE_ERROR = 2
@@ -42,6 +44,11 @@ def refuse_positional(argv, script):
     print(f'ERROR: {script}: unexpected arguments {argv[1:]}; every value '
           'needs its flag (see --help).', file=sys.stderr)
     sys.exit(USAGE_ERROR)
+
+
+def absl_verbosity(logging_verbosity):
+  """The original's --logging_verbosity (DEBUG ... FATAL) as absl names it."""
+  return logging_verbosity.lower().replace('warn', 'warning')
 
 
 def is_finite(value):
@@ -133,3 +140,16 @@ def environment_error_line(error):
   if line is None:
     raise error
   return line
+
+
+@contextlib.contextmanager
+def one_line_errors():
+  """Inside, a user's mistake (PoetsError) or the machine's (a full disk, a
+  denied permission) ends the script with one `ERROR:` line; anything else
+  is a bug and keeps its traceback."""
+  try:
+    yield
+  except PoetsError as e:
+    sys.exit(f'ERROR: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    sys.exit(f'ERROR: {environment_error_line(e)}')

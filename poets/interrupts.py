@@ -1,20 +1,21 @@
-"""Stopping on request: Ctrl-C and SIGTERM alike.
+"""Stopping on request: Ctrl-C and SIGTERM alike, in every script.
 
-SIGTERM is what `timeout`, `docker stop`, `kill` and job schedulers send.
+SIGTERM is what `timeout`, `docker stop`, `kill` and job schedulers send;
 Python's default for it ends the process at once, losing the training so far
-without a word. Here it raises KeyboardInterrupt, as Ctrl-C does, so one path
-serves both: training finishes its step, saves, says so. The exit code then
-tells which signal came, as a shell reports it: 128 + its number (130 for
-Ctrl-C, 143 for SIGTERM).
+without a word. Inside StopSignals both are a request to stop: by default
+they raise KeyboardInterrupt, as Ctrl-C does, so one path serves both
+(training finishes its step, saves, says so). The exit code then tells which
+signal came, as a shell reports it: 128 + its number (130 for Ctrl-C, 143
+for SIGTERM).
 
-An exception raised from a signal handler lands at whatever bytecode runs
-then: inside a finaliser, where Python prints and drops it, or between
-taking a lock and the `try` that gives it back. TensorFlow's session lock
-(lock_util.GroupLock) is taken and given back so, and the training loop
-spends its life in it: a SIGTERM landing there left it taken, and the save
-after training waited on it for ever (a sweep's run hung so in CI). So in
-the loop the signal is only noted, and the loop stops at its next step
-(`at_step_boundaries`).
+Two places take the request without an exception. A training loop, inside
+`at_step_boundaries`, only notes it and stops before its next step: an
+exception raised from a signal handler lands at whatever bytecode runs then,
+possibly between taking TensorFlow's session lock and the `try` that gives
+it back, and the save after training would then wait on that lock for ever.
+A sweep (`StopSignals(pass_on=True)`) never raises: it passes each signal on
+to the run it watches and starts no further run, so its table is still
+written.
 """
 
 import contextlib
@@ -26,20 +27,25 @@ _active = None  # The StopSignals this process is inside, if any.
 
 
 class StopSignals:
-  """While inside, SIGINT and SIGTERM raise KeyboardInterrupt (or, within
-  `at_step_boundaries`, stop the loop at its next step); remembers the first
-  that came. The handlers before are put back on the way out."""
+  """While inside, SIGINT and SIGTERM are stop requests; remembers the first
+  that came. They raise KeyboardInterrupt, except within
+  `at_step_boundaries` (the loop stops at its next step) and with
+  `pass_on`, where each goes on to the `watch`ed child process instead. The
+  handlers before are put back on the way out."""
 
-  def __init__(self):
-    self.received = None
+  def __init__(self, pass_on=False):
+    self.received = None  # The first stop signal, once one came.
+    self.count = 0  # How many came.
     self.pending = False  # A stop asked for, not yet acted on.
-    self.deferring = False
+    self.deferring = pass_on
+    self.child = None  # With pass_on: the process signals go on to.
+    self._last = None
     self._previous = {}
     self._outer = None
 
   def __enter__(self):
     global _active
-    self._previous = {signum: signal.signal(signum, self._stop)
+    self._previous = {signum: signal.signal(signum, self)
                       for signum in STOP_SIGNALS}
     self._outer, _active = _active, self
     return self
@@ -50,14 +56,29 @@ class StopSignals:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
 
-  def _stop(self, signum, frame):
+  def __call__(self, signum, frame):
+    """The signal handler."""
     del frame  # Unused.
     self.received = self.received or signum
-    # Noted even when raised: should the exception be dropped, the training
-    # loop still stops at its next step.
+    self.count += 1
+    self._last = signum
+    # Noted even when raised: should the exception be dropped (raised in a
+    # finaliser), the training loop still stops at its next step.
     self.pending = True
+    self._pass_on(signum)
     if not self.deferring:
       raise KeyboardInterrupt
+
+  def _pass_on(self, signum):
+    if self.child is not None and self.child.poll() is None:
+      self.child.send_signal(signum)
+
+  def watch(self, child):
+    """Passes signals on to `child` (a Popen) from now on, and the last one
+    that came, should it have come while the child was starting."""
+    self.child = child
+    if self._last is not None:
+      self._pass_on(self._last)
 
   @property
   def exit_code(self):
@@ -90,11 +111,11 @@ def at_step_boundaries():
   if signals is None:
     yield StepBoundary(None)
     return
-  signals.deferring = True
+  deferring, signals.deferring = signals.deferring, True
   try:
     yield StepBoundary(signals)
   finally:
-    signals.deferring = False
+    signals.deferring = deferring
     pending, signals.pending = signals.pending, False
   if pending:
     raise KeyboardInterrupt

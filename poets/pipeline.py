@@ -158,11 +158,12 @@ def check_inputs(settings):
   """What `run` checks before any work, for callers that start runs
   elsewhere (experiments.py, before its first run): the image folder, the
   module, and the folders runs share. Raises PoetsError."""
-  image_listing.create_image_lists(settings.image_dir, settings.testing_percentage,
-                            settings.validation_percentage)
-  modules.module_info(modules.resolve_module(
-      settings.architecture, settings.tfhub_module, settings.model_dir,
-      settings.input_size))
+  image_listing.create_image_lists(settings.image_dir,
+                                   settings.testing_percentage,
+                                   settings.validation_percentage)
+  modules.module_info(
+      modules.resolve_module(settings.architecture, settings.tfhub_module,
+                             settings.model_dir, settings.input_size))
   files.check_writable(settings.bottleneck_dir, '--bottleneck_dir')
   files.check_writable(settings.model_dir, '--model_dir')
 
@@ -186,21 +187,76 @@ def log_image_lists(image_lists):
   logging.info('Images per class:\n%s', '\n'.join(rows))
 
 
+def _image_lists(settings):
+  """The split of --image_dir, cut to --images_per_class if set."""
+  image_lists = image_listing.create_image_lists(
+      settings.image_dir, settings.testing_percentage,
+      settings.validation_percentage)
+  if settings.images_per_class is not None:
+    image_lists = image_listing.limit_training_images(
+        image_lists, settings.images_per_class, settings.random_seed)
+  return image_lists
+
+
+def _cached_features(settings, image_lists, spec, module, cut):
+  """(splits, cache summary, cut splits): the bottlenecks of every split,
+  or with a `cut` (--fine_tune_blocks) the cut of each photo and the
+  pretrained bottlenecks made from it."""
+  cut_splits = None
+  if cut:
+    logging.info('Fine-tuning the top %d blocks of %s: caching the %s input '
+                 'of block %d per image', settings.fine_tune_blocks,
+                 spec.name, 'x'.join(map(str, cut.shape)), cut.block)
+    cut_splits, cache = cut_cache.cache_cuts(image_lists, module, cut,
+                                             settings.bottleneck_dir)
+    splits = fine_tuning.pretrained_bottlenecks(cut, cut_splits)
+  else:
+    splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
+                                                  settings.bottleneck_dir)
+  return splits, cache, cut_splits
+
+
+def _save_outputs(settings, graph_def, labels, training_paths, interrupted):
+  """The graph, labels, SavedModel and .tflite as one set (poets.outputs);
+  an interrupted run's beside the finished ones. Returns their paths."""
+  run_set = outputs.RunSet(settings.output_graph, settings.output_labels,
+                           settings.saved_model_dir, settings.output_tflite)
+  if interrupted:
+    # Beside the finished outputs, never over them.
+    run_set = outputs.RunSet(*[path and files.interrupted_path(path)
+                               for path in dataclasses.astuple(run_set)])
+  return outputs.save(
+      run_set, graph_def, labels,
+      lambda graph_def, folder: saved_model.build_saved_model(
+          graph_def, folder, settings.final_tensor_name),
+      lambda graph_def: tflite_metadata.add_metadata(tflite_converter.convert(
+          graph_def, graph_names.INPUT_NAME, settings.final_tensor_name,
+          settings.tflite_quantization,
+          tflite_converter.calibration_images(training_paths),
+          what='the retrained graph'), labels))
+
+
+def _write_dashboards(settings, module, splits, labels, result):
+  try:
+    dashboards.write_run(settings.summaries_dir, settings, module, splits,
+                         labels, result)
+  except (OSError, tf.errors.OpError) as e:
+    line = files.environment_error(e)
+    if line is None:
+      raise
+    logging.warning('Could not write the dashboards: %s', line)
+
+
 def run(settings):
   """Retrains and exports; returns a RunResult. Raises PoetsError."""
-  cut = cut_splits = None
+  cut = None
   if settings.fine_tune_blocks:  # Refused before any work if it cannot be.
     cut = fine_tuning.find_cut(settings.architecture, settings.tfhub_module,
                                settings.fine_tune_blocks)
   # Images first: a mistyped --image_dir is reported before the embedded
   # module is built.
   start = time.perf_counter()
-  image_lists = image_listing.create_image_lists(settings.image_dir,
-                                          settings.testing_percentage,
-                                          settings.validation_percentage)
-  if settings.images_per_class is not None:
-    image_lists = image_listing.limit_training_images(
-        image_lists, settings.images_per_class, settings.random_seed)
+  image_lists = _image_lists(settings)
   listing_seconds = time.perf_counter() - start
   log_image_lists(image_lists)
   spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
@@ -215,19 +271,9 @@ def run(settings):
                module.image_size[0], module.image_size[1],
                module.bottleneck_size)
 
-  if cut:
-    logging.info('Fine-tuning the top %d blocks of %s: caching the %s input '
-                 'of block %d per image', settings.fine_tune_blocks,
-                 spec.name, 'x'.join(map(str, cut.shape)), cut.block)
-
   start = time.perf_counter()
-  if cut:
-    cut_splits, cache = cut_cache.cache_cuts(image_lists, module, cut,
-                                             settings.bottleneck_dir)
-    splits = fine_tuning.pretrained_bottlenecks(cut, cut_splits)
-  else:
-    splits, cache = bottlenecks.cache_bottlenecks(image_lists, module,
-                                                  settings.bottleneck_dir)
+  splits, cache, cut_splits = _cached_features(settings, image_lists, spec,
+                                               module, cut)
   bottleneck_seconds = time.perf_counter() - start
   split_sizes = {name: len(split.ground_truth)
                  for name, split in splits.items()}
@@ -238,13 +284,14 @@ def run(settings):
                len(cache.failed))
   _check_usable(splits, labels)
 
-  with summaries.claim(settings.summaries_dir, RUN_FOLDERS), export.FrozenGraphs(
-      spec, len(labels), settings.final_tensor_name, cut) as frozen_graphs:
+  frozen = export.FrozenGraphs(spec, len(labels), settings.final_tensor_name,
+                               cut)
+  with summaries.claim(settings.summaries_dir, RUN_FOLDERS), frozen:
 
     def freeze(layer):
       # The module's function opened up: TensorFlow's optimize_for_inference
       # drops a graph's functions, and the codelab ran it on this graph.
-      return tensorboard_graph.inline_functions(frozen_graphs.freeze(layer),
+      return tensorboard_graph.inline_functions(frozen.freeze(layer),
                                                 spec.name)
 
     def save_intermediate(step, layer):
@@ -260,33 +307,14 @@ def run(settings):
 
     start = time.perf_counter()
     graph_def = freeze(result.layer)
-    run_set = outputs.RunSet(settings.output_graph, settings.output_labels,
-                             settings.saved_model_dir, settings.output_tflite)
-    if result.interrupted:
-      # Beside the finished outputs, never over them.
-      run_set = outputs.RunSet(*[path and files.interrupted_path(path)
-                                 for path in dataclasses.astuple(run_set)])
-    saved = outputs.save(
-        run_set, graph_def, labels,
-        lambda graph_def, folder: saved_model.build_saved_model(
-            graph_def, folder, settings.final_tensor_name),
-        lambda graph_def: tflite_metadata.add_metadata(tflite_converter.convert(
-            graph_def, graph_names.INPUT_NAME, settings.final_tensor_name,
-            settings.tflite_quantization,
-            tflite_converter.calibration_images(splits['training'].filenames),
-            what='the retrained graph'), labels))
+    saved = _save_outputs(settings, graph_def, labels,
+                          splits['training'].filenames, result.interrupted)
     # After the outputs, and its writer only warns: a summary that cannot
     # be written loses no layer.
-    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir, spec.name)
+    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir,
+                                          spec.name)
   export_seconds = time.perf_counter() - start
-  try:
-    dashboards.write_run(settings.summaries_dir, settings, module, splits,
-                         labels, result)
-  except (OSError, tf.errors.OpError) as e:
-    line = files.environment_error(e)
-    if line is None:
-      raise
-    logging.warning('Could not write the dashboards: %s', line)
+  _write_dashboards(settings, module, splits, labels, result)
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
                     'the layer trained so far to %s (beside the finished '

@@ -8,9 +8,11 @@ the fields it needs where it uses them: `settings.learning_rate` in training,
 """
 
 import dataclasses
+import math
 import re
 
 from poets.core import graph_names
+from poets.errors import PoetsError
 
 DEFAULT_IMAGE_DIR = 'tf_files/flower_photos'
 # How --output_tflite is stored (poets.extras.tflite_converter), and how
@@ -106,6 +108,27 @@ class RetrainSettings:
 
   def replace(self, **changes):
     return dataclasses.replace(self, **changes)
+
+
+# --input_std divides each pixel: 0 or less (or not finite) is a mistake.
+INPUT_STD_RULE = 'must be a positive finite number'
+
+
+def is_valid_input_std(std):
+  return math.isfinite(std) and std > 0
+
+
+def check_input_std(std):
+  """The library's side of the flag's check, for callers without flags."""
+  if not is_valid_input_std(std):
+    raise PoetsError(f'--input_std={std:g} {INPUT_STD_RULE} (255 for this '
+                     "project's graphs).")
+
+
+FINAL_TENSOR_NAME_RULE = (
+    'must be an operation name (letters, digits, ".", "_", "-", starting with '
+    'a letter or digit) not taken by the graph '
+    f'({", ".join(graph_names.TAKEN_NAMES)})')
 
 
 def is_valid_final_tensor_name(name):

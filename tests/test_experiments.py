@@ -17,6 +17,7 @@ import pytest
 from conftest import make_image_dir
 from test_experiment_reports import FLAG_NAMES, fake_outcome
 from poets import cli
+from poets import interrupts
 from poets import settings
 from poets.core import image_listing
 from poets.errors import PoetsError
@@ -372,7 +373,7 @@ def test_a_run_that_saved_before_the_stop_is_reported_finished(
       lambda overrides: settings.RetrainSettings(), str(tmp_path / 'out'))
   (run,) = experiment.runs
   finished = fake_outcome(run, 0.9).result
-  stop = experiment_runs.StopRequests()
+  stop = interrupts.StopSignals(pass_on=True)
 
   class SavedThenStopped:
     """A child that wrote its result just before Ctrl-C reached the sweep."""

@@ -368,5 +368,5 @@ def test_label_image_refuses_a_zero_std_at_the_door(tmp_path):
       text=True, timeout=120)
   assert process.returncode == 2
   assert process.stdout == ''
-  assert process.stderr == ('ERROR: flag --input_std=0.0: must be a finite '
-                            'number other than 0\n')
+  assert process.stderr == ('ERROR: flag --input_std=0.0: must be a '
+                            'positive finite number\n')

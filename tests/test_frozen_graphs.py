@@ -15,6 +15,7 @@ from conftest import encode, solid_image
 from poets import settings
 from poets.core import frozen_graphs
 from poets.core import labeling
+from poets.core import labels_file
 from poets.errors import PoetsError
 from poets.extras import tflite_converter
 
@@ -113,7 +114,7 @@ def test_a_pipe_is_refused_not_waited_on(tmp_path, flag):
       f'--{flag} {fifo} is not a regular file (a pipe, a device or a '
       'socket); ' + ('pass --graph the .pb file that retrain.py wrote '
                      '(--output_graph).' if flag == 'graph' else
-                     labeling._LABELS_FIX + '.'))
+                     labels_file._LABELS_FIX + '.'))
 
 
 def test_a_device_is_refused_before_reading(tmp_path):
@@ -156,7 +157,7 @@ def test_any_output_gets_one_line(tmp_path, output, what):
 ])
 def test_labels_in_any_common_encoding(encoding, data):
   del encoding  # The test's name.
-  assert labeling.decode_labels(data) == ['daisy', 'rosé']
+  assert labels_file.decode(data) == ['daisy', 'rosé']
 
 
 def test_a_batch_larger_than_memory_is_lowered_with_a_warning(tmp_path,

@@ -350,7 +350,7 @@ def test_errors_name_the_file_and_the_fix(retrained, codelab_graphs,
                 input_layer='DecodeJpeg/contents').startswith(
                     "--input_layer 'DecodeJpeg/contents' is a string tensor")
   assert _error(graph=graph, labels=labels).startswith('No images to label')
-  assert 'must be positive' in _error(graph=graph, labels=labels,
+  assert 'must be a positive finite number' in _error(graph=graph, labels=labels,
                                       images=[image], input_std=0)
 
 

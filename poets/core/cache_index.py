@@ -25,7 +25,7 @@ import numpy as np
 from poets.files import NAME_MAX, atomic_file, fitted_name
 
 IDENTITY = np.dtype([('size', '<i8'), ('mtime_ns', '<i8'), ('inode', '<u8')])
-# Index rows copied at a time: the memory mapped for a copy stays ~20 MB.
+# Index rows copied at a time, so the memory mapped for a copy stays small.
 COPY_CHUNK = 4096
 
 

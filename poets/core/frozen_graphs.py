@@ -17,6 +17,7 @@ from google.protobuf import message
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from poets import errors
 from poets import files
 from poets.core import tflite_interpreter
 from poets.errors import PoetsError
@@ -151,9 +152,9 @@ def import_graph(graph_def, path, flag='--graph'):
     try:
       tf.compat.v1.import_graph_def(graph_def, name=PREFIX)
     except (ValueError, tf.errors.OpError) as e:
-      first_line = str(e).strip().splitlines()[0]
-      raise PoetsError(f'{flag} {path} cannot be loaded by this TensorFlow '
-                       f'({first_line}); re-export it with retrain.py.') from e
+      raise PoetsError(
+          f'{flag} {path} cannot be loaded by this TensorFlow '
+          f'({errors.first_line(e)}); re-export it with retrain.py.') from e
   return graph
 
 

@@ -95,9 +95,8 @@ def decode_and_distort(contents, height, width, distortions, seed):
 def pipeline_options():
   """The tf.data options of every image pipeline here.
 
-  Autotuning's model thread held up closing the session in about half of our
-  runs (4 s typical, 10 s seen, on 600 photos); without it AUTOTUNE still
-  decodes one image per core at a time.
+  Autotuning's model thread can hold up closing the session for seconds;
+  without it AUTOTUNE still decodes one image per core at a time.
   """
   options = tf.data.Options()
   options.autotune.enabled = False

@@ -1,10 +1,12 @@
 """Image lists: find the images of each class and split them.
 
 The first stage of the pipeline, plain Python (no TensorFlow).
-`create_image_lists` walks `--image_dir` (one sub-folder per class) and
+`create_image_lists` walks `--image_dir` (one sub-folder per class, searched
+recursively, where the original looked one level deep and for JPEG only) and
 assigns every image to training, testing or validation with the original
 retrain.py's stable hash rule, so an image never changes sets when photos
-are added. Decoding is poets.core.image_decoding's.
+are added; the hash is of `<class folder>/<image name>`, not of the path as
+typed. Decoding is poets.core.image_decoding's.
 """
 
 import dataclasses

@@ -14,7 +14,6 @@ and the labels packed in it (poets.core.tflite_metadata) serve when no
 labels file is named.
 """
 
-import codecs
 import contextlib
 import dataclasses
 import hashlib
@@ -25,13 +24,14 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from poets import files
+from poets import errors
 from poets import outputs
 from poets import settings
 from poets.core import frozen_graphs
 from poets.core import graph_names
 from poets.core import image_decoding
 from poets.core import image_listing
+from poets.core import labels_file
 from poets.core import tflite_interpreter
 from poets.core import tflite_metadata
 from poets.errors import PoetsError
@@ -99,34 +99,6 @@ def list_layers(graph_path):
       frozen_graphs.import_graph(graph_def, graph_path))
 
 
-# A labels file names one class per line; ImageNet's 1000 take 30 kB.
-MAX_LABELS_BYTES = 64 * 2**20
-_LABELS_FIX = ('pass the labels file written beside the graph (--output_labels '
-               'of retrain.py)')
-
-
-def decode_labels(data):
-  """The lines of a labels file in UTF-8 (with or without a byte-order
-  mark) or UTF-16 (with one); anything else is read as Latin-1, which
-  decodes every byte, as editors on older Windows machines saved it."""
-  if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-    text = data.decode('utf-16', errors='replace')
-  else:
-    try:
-      text = data.decode('utf-8-sig')
-    except UnicodeDecodeError:
-      text = data.decode('latin-1')
-  labels = [line.rstrip() for line in text.splitlines()]
-  while labels and not labels[-1]:
-    labels.pop()
-  return labels
-
-
-def read_labels(path):
-  return decode_labels(files.read_regular_file(path, '--labels',
-                                               MAX_LABELS_BYTES, _LABELS_FIX))
-
-
 def _mismatch(graph_def, labels_data, labels_path, config):
   """Why the labels are not the ones written with `graph_def`, or None.
 
@@ -160,11 +132,10 @@ def read_model_and_labels(config):
     elif config.labels is None:
       return data, None, None
     path = config.labels or settings.DEFAULT_LABELS
-    labels_data = files.read_regular_file(path, '--labels', MAX_LABELS_BYTES,
-                                          _LABELS_FIX)
+    labels_data = labels_file.read_bytes(path)
     problem = _mismatch(graph_def, labels_data, path, config)
     if problem is None:
-      return data, graph_def, decode_labels(labels_data)
+      return data, graph_def, labels_file.decode(labels_data)
     if attempt == 0:
       time.sleep(0.5)
   raise PoetsError(problem)
@@ -315,7 +286,7 @@ def _saved_model_classifier(config):
           path).signature_def.get('serving_default')
     except (RuntimeError, OSError, ValueError, tf.errors.OpError) as e:
       raise PoetsError(f'--graph {path} is a SavedModel this TensorFlow '
-                       f'cannot load ({str(e).strip().splitlines()[0]}); '
+                       f'cannot load ({errors.first_line(e)}); '
                        're-export it with retrain.py --saved_model_dir.'
                        ) from e
     if signature is None or len(signature.inputs) != 1 or len(
@@ -344,11 +315,9 @@ def _tflite_classifier(data, config):
 def label_images(config):
   """Labels every image of `config` with a frozen graph, a TensorFlow Lite
   model (told apart by content) or a SavedModel folder; returns a LabelRun.
-  Raises PoetsError for a problem with the model, labels or flags; a bad image only gets an
-  error in its ImageResult."""
-  if config.input_std <= 0:
-    raise PoetsError(f'--input_std={config.input_std:g} must be positive '
-                     '(255 for this project\'s graphs).')
+  Raises PoetsError for a problem with the model, labels or flags; a bad
+  image only gets an error in its ImageResult."""
+  settings.check_input_std(config.input_std)
   if config.top_k < 1 or config.batch_size < 1:
     raise PoetsError('--top_k and --batch_size must be at least 1.')
   paths = image_listing.given_images(config.images, config.image_dir)
@@ -369,7 +338,7 @@ def _labels(classifier, labels, config):
   if config.labels is None and classifier.labels is not None:
     return classifier.labels, f'The labels packed in {config.graph}'
   path = config.labels or settings.DEFAULT_LABELS
-  return labels or read_labels(path), f'--labels {path}'
+  return labels or labels_file.read(path), f'--labels {path}'
 
 
 def _run(classifier, pixels, config):
@@ -378,7 +347,7 @@ def _run(classifier, pixels, config):
   except tf.errors.OpError as e:
     raise PoetsError(
         f'--graph {config.graph} failed while labelling '
-        f'({tflite_interpreter.first_line(e)}); check --output_layer '
+        f'({errors.first_line(e)}); check --output_layer '
         f"'{config.output_layer}' with --list_layers.") from e
 
 

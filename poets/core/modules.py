@@ -32,6 +32,7 @@ from google.protobuf import message
 import tensorflow_hub as hub
 from tensorflow.python.saved_model import loader_impl
 
+from poets import errors
 from poets import files
 from poets.core import image_decoding
 from poets.core.networks import architectures
@@ -157,12 +158,8 @@ def _download(handle, model_dir):
 
 def _download_error(handle, error):
   return PoetsError(f'Could not download the module {handle} '
-                    f'({_first_line(error)}). Without network use '
+                    f'({errors.first_line(error)}). Without network use '
                     f'{OFFLINE_ALTERNATIVES}.')
-
-
-def _first_line(error):
-  return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _is_url(handle):
@@ -182,9 +179,10 @@ def _module_dir(spec):
 
 
 def _not_a_module(spec, error):
-  return PoetsError(f"Could not load the module in '{spec.handle}' "
-                    f'({_first_line(error)}); is it a SavedModel or TF1 Hub '
-                    'module?')
+  return PoetsError(
+      f"Could not load the module in '{spec.handle}' "
+      f'({errors.first_line(error)}); is it a SavedModel or TF1 Hub '
+      'module?')
 
 
 def _no_feature_vector(spec):

@@ -17,6 +17,7 @@ import tempfile
 from ai_edge_litert.interpreter import Interpreter
 import numpy as np
 
+from poets import errors
 from poets.errors import PoetsError
 
 IDENTIFIER = b'TFL3'
@@ -52,11 +53,6 @@ class LiteModel:
   output: dict
 
 
-def first_line(error):
-  """The useful first line of an interpreter or converter error."""
-  return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 @contextlib.contextmanager
 def _without_xnnpack_notice():
   """LiteRT prints an INFO line when it first sets up its CPU kernels and
@@ -82,7 +78,7 @@ def _allocate(model):
       model.interpreter.allocate_tensors()
   except (ValueError, RuntimeError) as e:
     raise PoetsError(f'--graph {model.path} is a damaged TensorFlow Lite model '
-                     f'({first_line(e)}); {_fix("--graph")}.') from e
+                     f'({errors.first_line(e)}); {_fix("--graph")}.') from e
 
 
 def shape_text(details):
@@ -118,7 +114,7 @@ def load_interpreter(data, path, flag='--graph', num_threads=None):
                        num_threads=num_threads or os.cpu_count())
   except (ValueError, RuntimeError) as e:
     raise PoetsError(f'{flag} {path} is a damaged TensorFlow Lite model '
-                     f'({first_line(e)}); {_fix(flag)}.') from e
+                     f'({errors.first_line(e)}); {_fix(flag)}.') from e
 
 
 def _find(details, name, flag, path, kind):
@@ -204,6 +200,6 @@ def run(model, pixels):
     interpreter.invoke()
   except RuntimeError as e:
     raise PoetsError(f'--graph {model.path} failed to run '
-                     f'({first_line(e)}); {_fix("--graph")}.') from e
+                     f'({errors.first_line(e)}); {_fix("--graph")}.') from e
   return dequantize(interpreter.get_tensor(model.output['index']),
                     model.output)

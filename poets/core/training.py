@@ -1,9 +1,9 @@
-"""Training: the new softmax layer, its loop, evaluation and summaries.
+"""Training: the loop that trains the new layer, its evaluation and the test.
 
-The fourth stage. The graph mirrors the original retrain.py op for op and name
-for name (`input/BottleneckInputPlaceholder`, `input/GroundTruthInput`,
-`final_retrain_ops/...`, `final_result`, `cross_entropy`, `accuracy`) so
-TensorBoard looks as the codelab describes.
+The fourth stage. The layer (poets.core.final_layer) keeps the original's
+names but one (poets.core.graph_names): its scope is TF Hub's retrain.py's
+`final_retrain_ops`, where the codelab's script had `final_training_ops`;
+docs/differences.md lists the differences.
 
 What differs is where a training batch comes from. The original read each
 sampled bottleneck from its text file at every step. Here all training
@@ -11,8 +11,8 @@ bottlenecks are fed at every step, as the one array that holds them
 (TensorFlow takes an aligned array without copying it), and each step
 samples its batch with TensorFlow ops (a class uniformly, then an image of
 it, as the original did), so a step is a single session call. With
-distortions on, the batch comes from a tf.data pipeline that decodes, distorts and runs the module
-on sampled images instead.
+distortions on, the batch comes from a tf.data pipeline that decodes,
+distorts and runs the module on sampled images instead.
 """
 
 import dataclasses
@@ -110,8 +110,8 @@ class _CachedBatches:
   """Training batches sampled in-graph from all training bottlenecks.
 
   They are fed at every step rather than held in a variable: a variable
-  would be a second copy of them all (410 MB at 100,000 photos), and feeding
-  the aligned array costs no copy.
+  would be a second copy of them all, and feeding the aligned array costs
+  no copy.
   """
 
   def __init__(self, split, class_count, batch_size, seed):
@@ -280,26 +280,25 @@ class LossCheck:
           _lower_learning_rate(self.learning_rate))
 
 
-def train(settings, splits, labels, module_spec=None, save_intermediate=None,
-          fine_tune=None, final_test=True):
-  """Trains the final layer on cached bottlenecks (or distorted images).
+@dataclasses.dataclass
+class _TrainingGraph:
+  """The training graph: the batches, the layer on top with its training
+  ops, and what saves and summarises it."""
+  graph: tf.Graph
+  batches: _CachedBatches | _DistortedBatches
+  layer: final_layer.FinalLayer
+  variables: list  # What is trained, saved and exported.
+  merged: tf.Tensor  # Every summary.
+  saver: tf.compat.v1.train.Saver
+  init: tf.Operation
+  train_writer: object
+  validation_writer: object
 
-  `settings` is the run's RetrainSettings; `splits` maps split names to
-  SplitBottlenecks; `module_spec` is the module to load into the training
-  graph, needed only with distortions. `save_intermediate(step, layer)` is
-  called at every step that is a multiple of
-  `settings.intermediate_store_frequency`, with the layer's values then.
-  Ctrl-C (or SIGTERM, see poets/interrupts.py) stops training after the
-  current step and saves the checkpoint beside the finished one
-  (files.interrupted_path); the caller still exports what was trained.
 
-  With `fine_tune` (a fine_tuning.FineTuning) the splits hold cuts, not
-  bottlenecks, and the fine-tuned blocks train with the layer, from the
-  layer's values in `fine_tune.start`, for its steps.
-  """
-  class_count = len(labels)
-  _warn_empty(splits, labels)
-  rng = np.random.default_rng(settings.random_seed)
+def _build_graph(settings, splits, class_count, module_spec, fine_tune):
+  """The graph train() runs. The batches give bottlenecks (or, with
+  `fine_tune`, the network's activations at the cut, which its trainable
+  top turns into features); the new layer trains on top of them."""
   seed = settings.random_seed
   graph = tf.Graph()
   with graph.as_default():
@@ -327,9 +326,9 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None,
     if fine_tune:
       layer.bottleneck_input = cut_input  # What evaluation feeds.
     merged = tf.compat.v1.summary.merge_all()
-    # Only the new layer: export puts it on top of a freshly loaded module.
-    layer_variables = final_layer.layer_variables_of(graph)
-    saver = tf.compat.v1.train.Saver(layer_variables)
+    # Only what was trained: export puts it on a freshly loaded module.
+    variables = final_layer.layer_variables_of(graph)
+    saver = tf.compat.v1.train.Saver(variables)
     init = tf.compat.v1.global_variables_initializer()
     # The fine-tuning graph holds the top's weights; the Graphs tab shows
     # the top in the exported graph instead (retrained_graph).
@@ -339,38 +338,107 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None,
         None if fine_tune else graph, suffix)
     validation_writer = summary_ops.event_writer(
         os.path.join(settings.summaries_dir, 'validation'), suffix=suffix)
+  return _TrainingGraph(graph, batches, layer, variables, merged, saver, init,
+                        train_writer, validation_writer)
+
+
+def _evaluation_step(session, net, step, check_loss, validation):
+  """A training step that also evaluates, as the original's every
+  --eval_step_interval: its summaries, its three log lines and the loss
+  check (a LossCheck). Returns the validation accuracy, None without
+  validation images. `validation` is (split, batch size, rng)."""
+  layer = net.layer
+  try:
+    train_summary, _, bottlenecks, ground_truth = session.run(
+        [net.merged, layer.train_step, layer.bottleneck_input,
+         layer.ground_truth_input], net.batches.feed)
+  except tf.errors.InvalidArgumentError:
+    # The histogram summaries refuse NaN weights: a diverged run.
+    if not all(np.isfinite(value).all()
+               for value in session.run(net.variables)):
+      raise _diverged(step, check_loss.learning_rate,
+                      'NaN or infinite') from None
+    raise
+  net.train_writer.add_summary(train_summary, step)
+  train_accuracy, cross_entropy = session.run(
+      [layer.evaluation_step, layer.cross_entropy],
+      {layer.bottleneck_input: bottlenecks,
+       layer.ground_truth_input: ground_truth})
+  logging.info('%s: Step %d: Train accuracy = %.1f%%', _now(), step,
+               train_accuracy * 100)
+  logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
+               cross_entropy)
+  check_loss(step, cross_entropy)
+  split, batch_size, rng = validation
+  if not len(split.ground_truth):
+    return None
+  batch, truth, _ = _random_batch(split, batch_size, rng)
+  validation_summary, validation_accuracy = session.run(
+      [net.merged, layer.evaluation_step],
+      {layer.bottleneck_input: batch, layer.ground_truth_input: truth})
+  net.validation_writer.add_summary(validation_summary, step)
+  logging.info('%s: Step %d: Validation accuracy = %.1f%% (N=%d)', _now(),
+               step, validation_accuracy * 100, len(truth))
+  return float(validation_accuracy)
+
+
+def _save_checkpoint(session, saver, checkpoint_path):
+  try:
+    os.makedirs(os.path.dirname(checkpoint_path) or '.', exist_ok=True)
+    saver.save(session, checkpoint_path, write_state=False)
+  except (OSError, tf.errors.OpError) as e:
+    line = files.environment_error(e)
+    if line is None:
+      raise
+    # The layer's values are kept in memory: export still has them.
+    logging.warning('Could not save the checkpoint: %s', line)
+
+
+def train(settings, splits, labels, module_spec=None, save_intermediate=None,
+          fine_tune=None, final_test=True):
+  """Trains the final layer on cached bottlenecks (or distorted images).
+
+  `settings` is the run's RetrainSettings; `splits` maps split names to
+  SplitBottlenecks; `module_spec` is the module to load into the training
+  graph, needed only with distortions. `save_intermediate(step, layer)` is
+  called at every step that is a multiple of
+  `settings.intermediate_store_frequency`, with the layer's values then.
+  Ctrl-C (or SIGTERM, see poets/interrupts.py) stops training after the
+  current step and saves the checkpoint beside the finished one
+  (files.interrupted_path); the caller still exports what was trained.
+
+  With `fine_tune` (a fine_tuning.FineTuning) the splits hold cuts, not
+  bottlenecks, and the fine-tuned blocks train with the layer, from the
+  layer's values in `fine_tune.start`, for its steps.
+  """
+  class_count = len(labels)
+  _warn_empty(splits, labels)
+  rng = np.random.default_rng(settings.random_seed)
+  net = _build_graph(settings, splits, class_count, module_spec, fine_tune)
   check_loss = LossCheck(class_count, settings.learning_rate)
-  validation = splits['validation']
-  validation_batch_size = _validation_batch_size(
-      settings.validation_batch_size, len(validation.ground_truth))
-  curve = []
-  step = 0
-  interrupted = False
+  validation = (splits['validation'], _validation_batch_size(
+      settings.validation_batch_size,
+      len(splits['validation'].ground_truth)), rng)
   first_step, end_step = 0, settings.how_many_training_steps
   if fine_tune:
     first_step = fine_tune.first_step
     end_step = first_step + fine_tune.steps
-  with tf.compat.v1.Session(graph=graph) as session:
-    session.run(init)
+  curve = []
+  interrupted = False
+  with tf.compat.v1.Session(graph=net.graph) as session:
+    session.run(net.init)
     if fine_tune:
-      with graph.as_default():  # Variable.load needs it.
-        for variable in layer_variables:
+      with net.graph.as_default():  # Variable.load needs it.
+        for variable in net.variables:
           if variable.op.name in fine_tune.start:
             variable.load(fine_tune.start[variable.op.name], session)
     # Cheaper per call than session.run.
-    train_step = session.make_callable(layer.train_step,
-                                       feed_list=list(batches.feed))
+    train_step = session.make_callable(net.layer.train_step,
+                                       feed_list=list(net.batches.feed))
 
     def layer_values():
-      return dict(zip([v.op.name for v in layer_variables],
-                      session.run(layer_variables)))
-
-    def save_if_due(step):
-      # The original's rule, whatever the evaluation interval.
-      if (settings.intermediate_store_frequency > 0 and step > 0 and
-          step % settings.intermediate_store_frequency == 0 and
-          save_intermediate):
-        save_intermediate(step, layer_values())
+      return dict(zip([v.op.name for v in net.variables],
+                      session.run(net.variables)))
 
     steps_done = first_step
     try:
@@ -379,68 +447,33 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None,
           steps_done = step
           if boundary.stop_requested:
             raise KeyboardInterrupt
-          is_last_step = step + 1 == end_step
-          if step % settings.eval_step_interval and not is_last_step:
-            train_step(*batches.feed.values())
-            save_if_due(step)
-            continue
-          try:
-            train_summary, _, bottlenecks, ground_truth = session.run(
-                [merged, layer.train_step, layer.bottleneck_input,
-                 layer.ground_truth_input], batches.feed)
-          except tf.errors.InvalidArgumentError:
-            # The histogram summaries refuse NaN weights: a diverged run.
-            if not all(np.isfinite(value).all()
-                       for value in session.run(layer_variables)):
-              raise _diverged(step, settings.learning_rate,
-                              'NaN or infinite') from None
-            raise
-          train_writer.add_summary(train_summary, step)
-          train_accuracy, cross_entropy = session.run(
-              [layer.evaluation_step, layer.cross_entropy],
-              {layer.bottleneck_input: bottlenecks,
-               layer.ground_truth_input: ground_truth})
-          logging.info('%s: Step %d: Train accuracy = %.1f%%', _now(), step,
-                       train_accuracy * 100)
-          logging.info('%s: Step %d: Cross entropy = %f', _now(), step,
-                       cross_entropy)
-          check_loss(step, cross_entropy)
-          if len(validation.ground_truth):
-            batch, truth, _ = _random_batch(validation, validation_batch_size,
-                                            rng)
-            validation_summary, validation_accuracy = session.run(
-                [merged, layer.evaluation_step],
-                {layer.bottleneck_input: batch,
-                 layer.ground_truth_input: truth})
-            validation_writer.add_summary(validation_summary, step)
-            curve.append((step, float(validation_accuracy)))
-            logging.info('%s: Step %d: Validation accuracy = %.1f%% (N=%d)',
-                         _now(), step, validation_accuracy * 100, len(truth))
-          save_if_due(step)
+          if step % settings.eval_step_interval and step + 1 != end_step:
+            train_step(*net.batches.feed.values())
+          else:
+            accuracy = _evaluation_step(session, net, step, check_loss,
+                                        validation)
+            if accuracy is not None:
+              curve.append((step, accuracy))
+          # The original's rule, whatever the evaluation interval.
+          if (settings.intermediate_store_frequency > 0 and step > 0 and
+              step % settings.intermediate_store_frequency == 0 and
+              save_intermediate):
+            save_intermediate(step, layer_values())
         steps_done = end_step
     except KeyboardInterrupt:
       interrupted = True
       logging.warning('Interrupted at step %d of %d; saving what was trained.',
                       steps_done, end_step)
-    checkpoint_path = settings.checkpoint_path
-    if interrupted:
-      checkpoint_path = files.interrupted_path(checkpoint_path)
-    try:
-      os.makedirs(os.path.dirname(checkpoint_path) or '.', exist_ok=True)
-      saver.save(session, checkpoint_path, write_state=False)
-    except (OSError, tf.errors.OpError) as e:
-      line = files.environment_error(e)
-      if line is None:
-        raise
-      # The layer's values are kept in memory: export still has them.
-      logging.warning('Could not save the checkpoint: %s', line)
+    _save_checkpoint(session, net.saver,
+                     files.interrupted_path(settings.checkpoint_path)
+                     if interrupted else settings.checkpoint_path)
     values = layer_values()
-    train_writer.close()
-    validation_writer.close()
+    net.train_writer.close()
+    net.validation_writer.close()
     test = None
     if final_test and not interrupted:
-      test = _final_test(session, layer, splits['testing'], settings, labels,
-                         rng)
+      test = _final_test(session, net.layer, splits['testing'], settings,
+                         labels, rng)
   return TrainingResult(steps_done, interrupted, test, curve, values)
 
 

@@ -207,9 +207,9 @@ def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
   value a flag does not take. All configs are made before the experiment's
   folder, so a bad value stops the command before it writes anything; with
   `check_inputs` (pipeline.check_inputs), so does a missing image folder or
-  module, as in retrain.py. `command` is the command line, kept with the results. Each
-  run's summaries go to <summaries_root>/<experiment>/<run>, by default its
-  own folder.
+  module, as in retrain.py. `command` is the command line, kept with the
+  results. Each run's summaries go to <summaries_root>/<experiment>/<run>,
+  by default its own folder.
   """
   if not sweeps:
     raise PoetsError('Pass at least one --sweep key=value1,value2,... (e.g. '

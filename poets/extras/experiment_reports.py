@@ -3,9 +3,9 @@
 poets.extras.experiment_runs runs the grid; here its Outcomes become
 results.md (the command, the table and the plots), results.csv (every
 measure, unrounded), one accuracy-and-time figure per swept key and the
-validation curves, all in the experiment's own folder. Each experiment also keeps a small manifest,
-experiment.json, from which index.md beside the folders lists them all,
-finished or not.
+validation curves, all in the experiment's own folder. Each experiment also
+keeps a small manifest, experiment.json, from which index.md beside the
+folders lists them all, finished or not.
 """
 
 import csv
@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 import numpy as np
 
+from poets import errors
 from poets import files
 from poets.errors import PoetsError
 
@@ -114,8 +115,7 @@ _CSV_MEASURES = ('test_accuracy', 'accuracy_low', 'accuracy_high',
 
 def short_reason(message, length=REASON_LENGTH):
   """A message's first line, at most `length` characters, for a table cell."""
-  lines = [line for line in message.splitlines() if line.strip()]
-  text = ' '.join(lines[0].split()) if lines else ''
+  text = ' '.join(errors.first_line(message).split())
   return text if len(text) <= length else text[:length - 1] + '…'
 
 

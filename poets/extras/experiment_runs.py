@@ -9,11 +9,9 @@ another and share one bottleneck cache, so only the first run of each module
 and image set makes bottlenecks.
 """
 
-import contextlib
 import dataclasses
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import tempfile
@@ -65,66 +63,15 @@ class _Job:
   verbosity: str
 
 
-class StopRequests:
-  """Ctrl-C and SIGTERM during a sweep, passed on to the run in progress.
-
-  Each run is a child in a session of its own, so a terminal's Ctrl-C
-  reaches this process only, and SIGTERM (which reaches only this process
-  anyway) is handled the same way: every signal is passed on to the child,
-  which finishes its step, saves what it trained and exits; the sweep then
-  starts no further run and still writes the table of those that finished.
-  A second Ctrl-C, passed on too, stops the child's export short; the
-  table is still written and the temporary folder removed.
-  """
-
-  def __init__(self):
-    self.received = []
-    self.child = None
-
-  def __call__(self, signum, frame):
-    del frame  # Unused.
-    self.received.append(signum)
-    self._pass_on(signum)
-
-  def _pass_on(self, signum):
-    if self.child is not None and self.child.poll() is None:
-      self.child.send_signal(signum)
-
-  def watch(self, child):
-    """Passes signals on to `child` from now on (and one that came while it
-    was starting)."""
-    self.child = child
-    if self.received:
-      self._pass_on(self.received[-1])
-
-  @property
-  def exit_code(self):
-    return 128 + self.received[0]
-
-
-@contextlib.contextmanager
-def stop_requests():
-  """While inside, Ctrl-C and SIGTERM become StopRequests, not exceptions:
-  nothing this process does (writing the table, removing its temporary
-  folder) is cut short."""
-  requests = StopRequests()
-  previous = {signum: signal.signal(signum, requests)
-              for signum in interrupts.STOP_SIGNALS}
-  try:
-    yield requests
-  finally:
-    for signum, handler in previous.items():
-      signal.signal(signum, handler)
-
-
 def run_all(runs, verbosity='info', stop=None):
   """Runs each in a child process, one after another; returns Outcomes.
 
-  Once `stop` (StopRequests; see stop_requests) has received a signal, the
-  sweep stops and the outcomes so far come back, the run that was stopped
+  Once `stop` (interrupts.StopSignals(pass_on=True), which passes each
+  signal on to the run in progress) has received a signal, the sweep stops
+  and the outcomes so far come back, the run that was stopped
   'interrupted'.
   """
-  stop = stop or StopRequests()
+  stop = stop or interrupts.StopSignals(pass_on=True)
   outcomes = []
   with tempfile.TemporaryDirectory(prefix='poets-experiments-') as scratch:
     # In a log file the per-run lines below are the progress.
@@ -164,7 +111,7 @@ def _run_child(run, job_path, verbosity, stop):
   start = time.perf_counter()
   # All the child writes (less TensorFlow's start-up lines, as for the
   # scripts) is its log; the terminal keeps one line per run.
-  signals_before = len(stop.received)
+  signals_before = stop.count
   with open(run.log_path, 'wb') as log:
     child = subprocess.Popen([sys.executable, '-c', _CHILD_CODE, job_path],
                              env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -172,7 +119,7 @@ def _run_child(run, job_path, verbosity, stop):
   stop.watch(child)
   returncode = child.wait()
   stop.child = None
-  interrupted = len(stop.received) > signals_before
+  interrupted = stop.count > signals_before
   seconds = time.perf_counter() - start
   warnings = _count_warnings(run.log_path)
   if not os.path.exists(job_path + '.result'):

