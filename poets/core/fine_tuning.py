@@ -8,10 +8,10 @@ the blocks below the cut) runs once per image, its output is cached
 top from the cached cut.
 
 Graphs here are TF1 graphs, as the rest of training. The bottom is built
-from constants (it never changes); the top from variables under
-FINE_TUNED_SCOPE, initialised with the pretrained values, so the Graphs tab
-shows `frozen_blocks` and `fine_tuned_blocks` side by side and the Histograms
-tab each trained kernel. Batch normalisation is folded into the
+from constants (it never changes) under `frozen_blocks`; the top from
+variables under `fine_tuned_blocks`, initialised with the pretrained
+values, so the Graphs tab shows the two side by side and the Histograms tab
+each trained kernel. Batch normalisation is folded into the
 convolutions, as in the embedded module: fine-tuning a folded kernel and
 bias is fine-tuning with batch norm in inference mode (frozen statistics,
 trainable scale and shift), the safe choice with batches of a few dozen
@@ -29,11 +29,6 @@ from poets.core import modules
 from poets.core.networks import architectures
 from poets.core.networks import efficientnet_lite
 from poets.errors import PoetsError
-
-FROZEN_SCOPE = 'frozen_blocks'
-FINE_TUNED_SCOPE = 'fine_tuned_blocks'
-CUT_INPUT = 'CutInputPlaceholder'
-
 
 @dataclasses.dataclass(frozen=True)
 class Cut:
@@ -109,7 +104,7 @@ def _constant(name, value):
 def bottom(cut, images):
   """The frozen bottom: images [N, S, S, 3] in [0, 1] -> the cut."""
   network = cut.network
-  with tf.name_scope(FROZEN_SCOPE):
+  with tf.name_scope(graph_names.FROZEN_SCOPE):
     x = efficientnet_lite.normalize(images)
     with tf.name_scope('stem'):
       x = efficientnet_lite.apply_conv(
@@ -128,7 +123,7 @@ def _trained_variable(name, value):
 def top(cut, cut_values):
   """The trainable top: the cut [N, h, w, c] -> features [N, 1280]."""
   network = cut.network
-  with tf.name_scope(FINE_TUNED_SCOPE):
+  with tf.name_scope(graph_names.FINE_TUNED_SCOPE):
     x = cut_values
     for index in range(cut.block, len(network.blocks)):
       with tf.name_scope(f'block{index}'):
@@ -143,14 +138,14 @@ def top(cut, cut_values):
 def cut_input(cut, default):
   """The top's input as a placeholder with `default`, so evaluation feeds
   cached cuts to the same graph that trains on sampled ones."""
-  with tf.name_scope('input'):
+  with tf.name_scope(graph_names.INPUT_SCOPE):
     return tf.compat.v1.placeholder_with_default(
-        default, [None, *cut.shape], name=CUT_INPUT)
+        default, [None, *cut.shape], name=graph_names.CUT_INPUT)
 
 
 def top_variables_of(graph):
   return graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
-                              scope=FINE_TUNED_SCOPE)
+                              scope=graph_names.FINE_TUNED_SCOPE)
 
 
 def bottom_module(cut, info):
@@ -187,7 +182,7 @@ def pretrained_bottlenecks(cut, splits):
     session.run(init)
     for name, split in splits.items():
       values = feeds.feedable_empty([len(split.ground_truth),
-                                           features.shape[-1]])
+                                     features.shape[-1]])
       for start in range(0, len(values), graph_names.BATCH_SIZE):
         end = start + graph_names.BATCH_SIZE
         values[start:end] = session.run(

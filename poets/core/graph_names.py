@@ -25,11 +25,18 @@ BOTTLENECK_INPUT = 'BottleneckInputPlaceholder'
 GROUND_TRUTH_INPUT = 'GroundTruthInput'
 FINAL_TENSOR_NAME = 'final_result'
 
+# With --fine_tune_blocks: the scopes of the network's frozen bottom and of
+# its trained top, and the top's input (in INPUT_SCOPE), the cached cut.
+FROZEN_SCOPE = 'frozen_blocks'
+FINE_TUNED_SCOPE = 'fine_tuned_blocks'
+CUT_INPUT = 'CutInputPlaceholder'
+
 # Top-level names the retrained graph already uses: a softmax given one of
 # them would silently become `<name>_1` and export would look for the wrong
 # tensor.
 TAKEN_NAMES = (INPUT_SCOPE, LAYER_SCOPE, 'cross_entropy', 'train',
-               'accuracy', INPUT_NAME, 'init', 'save')
+               'accuracy', INPUT_NAME, 'init', 'save', FROZEN_SCOPE,
+               FINE_TUNED_SCOPE)
 
 # Images per session run when making bottlenecks or labeling: large enough
 # to amortise the call, small enough that memory does not grow with the
