@@ -30,6 +30,7 @@ from poets.core import feeds
 from poets.core import final_layer
 from poets.core import fine_tuning
 from poets.core import image_decoding
+from poets.core import metrics
 from poets.core import modules
 from poets.core import summary_ops
 from poets.errors import PoetsError
@@ -48,15 +49,11 @@ class Evaluation:
 
   @property
   def precision(self):
-    predicted = self.confusion.sum(axis=0)
-    return np.divide(np.diag(self.confusion), predicted,
-                     out=np.zeros(len(predicted)), where=predicted > 0)
+    return metrics.precision(self.confusion)
 
   @property
   def recall(self):
-    actual = self.confusion.sum(axis=1)
-    return np.divide(np.diag(self.confusion), actual,
-                     out=np.zeros(len(actual)), where=actual > 0)
+    return metrics.recall(self.confusion)
 
 
 @dataclasses.dataclass

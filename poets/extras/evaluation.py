@@ -22,6 +22,7 @@ import numpy as np
 from poets import settings
 from poets.core import image_listing
 from poets.core import labeling
+from poets.core import metrics
 from poets.errors import PoetsError
 
 SMALLEST_SCORE = 1e-7
@@ -48,15 +49,11 @@ class ModelResult:
 
   @property
   def recall(self):
-    actual = self.confusion.sum(axis=1)
-    return np.divide(np.diag(self.confusion), actual,
-                     out=np.zeros(len(actual)), where=actual > 0)
+    return metrics.recall(self.confusion)
 
   @property
   def precision(self):
-    predicted = self.confusion.sum(axis=0)
-    return np.divide(np.diag(self.confusion), predicted,
-                     out=np.zeros(len(predicted)), where=predicted > 0)
+    return metrics.precision(self.confusion)
 
 
 def test_photos(config):
