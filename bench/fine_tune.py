@@ -40,11 +40,12 @@ from poets import settings as retrain_settings  # noqa: E402
 from poets.core import cut_cache  # noqa: E402
 from poets.core import fine_tuning  # noqa: E402
 
-flags.DEFINE_integer('folds', 5, 'Cross-validation folds.')
+flags.DEFINE_integer('folds', None,
+                     'Cross-validation folds (default 5; --quick: 2).')
 flags.DEFINE_integer('run_folds', None, 'Run only the first this many folds '
                      '(default all), for a quicker look.')
-flags.DEFINE_list('blocks', ['1', '2', '4'],
-                  'The --fine_tune_blocks values to compare with 0.')
+flags.DEFINE_list('blocks', None, 'The --fine_tune_blocks values to compare '
+                  'with 0 (default 1,2,4; --quick: 2).')
 flags.DEFINE_integer('steps', None, 'Steps of the new layer alone (default '
                      "retrain.py's 4000; --quick: 100).")
 flags.DEFINE_integer('fine_tune_steps', None, 'Steps of the blocks with the '
@@ -159,7 +160,9 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)
   spec = common.module_spec()
   module = modules.module_info(spec)
-  blocks = [int(b) for b in FLAGS.blocks]
+  blocks = [int(b) for b in common.by_mode(FLAGS.blocks, ['2'],
+                                            ['1', '2', '4'])]
+  FLAGS.folds = common.by_mode(FLAGS.folds, 2, 5)
   with tempfile.TemporaryDirectory(prefix='bench_fine_tune_') as work:
     image_dir = common.photos(work)
     image_lists = image_listing.create_image_lists(image_dir, 0, 0)
