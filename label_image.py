@@ -33,6 +33,7 @@ from poets import cli
 from poets import settings
 from poets import startup
 from poets.core import label_output
+from poets.core import model_files
 
 DEFAULTS = settings.LabelConfig()
 # Decoded images of one batch sit in memory together.
@@ -129,19 +130,31 @@ def _use_imagenet(config, imagenet_demo):
   })
 
 
-def main(argv):
-  startup.begin_script()  # Before anything imports TensorFlow.
+def _labeling(graph):
+  """The module that labels with `graph`: a .tflite needs no TensorFlow, so
+  the process that labels with one never loads it."""
   # pylint: disable=g-import-not-at-top
+  if not FLAGS.imagenet and model_files.is_tflite_file(graph):
+    from poets.core import tflite_labeling
+    return tflite_labeling
+  startup.import_tensorflow()
   from poets.core import labeling
-  from poets.extras import imagenet_demo
+  return labeling
+
+
+def main(argv):
+  startup.begin_script(tensorflow=False)  # Imported below only if needed.
   # A file name need not be UTF-8; print it as the bytes it is, as ls does.
   sys.stdout.reconfigure(errors='surrogateescape')
   with cli.one_line_errors():
+    labeling = _labeling(FLAGS.graph)
     if FLAGS.list_layers:
       sys.stdout.write(labeling.list_layers(FLAGS.graph))
       return
     config = config_from_flags(argv[1:])
     if FLAGS.imagenet:
+      # pylint: disable-next=g-import-not-at-top
+      from poets.extras import imagenet_demo
       config = _use_imagenet(config, imagenet_demo)
       if not config.images and not config.image_dir:
         print(f'Label a photo with: python {argv[0]} --imagenet --image '

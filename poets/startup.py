@@ -23,7 +23,8 @@ POETS_SHOW_TF_LOGS=1 leaves TensorFlow as it is, all its lines included.
 `plain_log_lines` makes absl's log lines read like the original scripts':
 `INFO: Looking for images in 'daisy'`, without absl's
 `I1125 15:26:22.211835 140688337791872 images.py:133] ` prefix. Every script
-starts with `begin_script`, which does both.
+starts with `begin_script`, which does both (or only the second, for a run
+that may not need TensorFlow at all).
 """
 
 import contextlib
@@ -178,8 +179,12 @@ def plain_log_lines():
   logging.get_absl_handler().setFormatter(PlainFormatter())
 
 
-def begin_script():
+def begin_script(tensorflow=True):
   """What every script does first, before anything imports TensorFlow:
-  TensorFlow loaded without its start-up lines, absl's lines made plain."""
-  import_tensorflow()
+  TensorFlow loaded without its start-up lines (unless `tensorflow` is
+  False: a run that needs none, such as labelling with a .tflite, calls
+  import_tensorflow itself only if it turns out to need it), absl's lines
+  made plain."""
+  if tensorflow:
+    import_tensorflow()
   plain_log_lines()

@@ -16,6 +16,7 @@ from poets import settings
 from poets.core import frozen_graphs
 from poets.core import labeling
 from poets.core import labels_file
+from poets.core import model_files
 from poets.errors import PoetsError
 from poets.extras import tflite_converter
 
@@ -129,7 +130,7 @@ def test_a_device_is_refused_before_reading(tmp_path):
 def test_a_huge_graph_file_is_refused_before_reading(tmp_path):
   graph = tmp_path / 'sparse.pb'
   with open(graph, 'wb') as f:
-    f.truncate(frozen_graphs.MAX_MODEL_BYTES + 1)  # Sparse: no disk used.
+    f.truncate(model_files.MAX_MODEL_BYTES + 1)  # Sparse: no disk used.
   _graph(tmp_path)
   message = _one_line(_label, tmp_path, str(graph))
   assert 'more than the 2,048 MiB such a file can be' in message

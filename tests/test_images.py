@@ -11,6 +11,7 @@ from conftest import ODD_FILE_NAMES, encode, make_image_dir, solid_image
 from poets import settings
 from poets.core import image_decoding
 from poets.core import image_listing
+from poets.core import photo_decoding
 from poets.errors import PoetsError
 
 
@@ -255,7 +256,7 @@ def test_decode_in_batches_keeps_the_good_images_and_says_why_not_the_rest(
   np.testing.assert_allclose(batches[1][1][0], blue / 255.0,
                              atol=1e-6)
   assert failures.keys() == {1, 3}
-  assert failures[1] == image_decoding.Failure('No such file or directory',
+  assert failures[1] == photo_decoding.Failure('No such file or directory',
                                                unreadable=True)
   assert not failures[3].unreadable
   assert failures[3].reason.startswith('Unknown image file format.')

@@ -19,12 +19,12 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from poets import errors
 from poets import files
+from poets.core import graph_names
+from poets.core import model_files
 from poets.core import tflite_interpreter
 from poets.errors import PoetsError
 
-PREFIX = 'import'
-# Protocol buffers stop at 2 GiB, so no frozen graph is larger.
-MAX_MODEL_BYTES = 2**31
+PREFIX = graph_names.IMPORT_PREFIX
 
 # Ops that reach outside the process: files, checkpoints, summaries, the
 # network, Python and the debugger. A classifier needs none of them, and a
@@ -57,26 +57,10 @@ class Layer:
     return f'{self.name} {self.dtype} {self.shape}{kind}'
 
 
-def _graph_fix(flag):
-  return f'pass {flag} the .pb file that retrain.py wrote (--output_graph)'
-
-
-def read_model_file(path, flag='--graph'):
-  """The bytes of a graph or model file, or PoetsError saying why not."""
-  fix = _graph_fix(flag)
-  if os.path.isdir(path):
-    raise PoetsError(f'{flag} {path} is a folder, not a frozen graph; {fix}.')
-  if not os.path.exists(path):
-    also = (', or try --imagenet to label with the 1000 ImageNet classes'
-            if flag == '--graph' else '')
-    raise PoetsError(f'{flag} {path} not found; {fix}{also}.')
-  return files.read_regular_file(path, flag, MAX_MODEL_BYTES, fix)
-
-
 def parse_graph_def(data, path, flag='--graph'):
   """The GraphDef in `data` (read from `path`), or PoetsError saying what
   the file is instead."""
-  fix = _graph_fix(flag)
+  fix = model_files.graph_fix(flag)
   if tflite_interpreter.is_tflite(data):
     raise PoetsError(f'{flag} {path} is already a TensorFlow Lite model, not '
                      f'a frozen GraphDef; {fix}.')
@@ -122,7 +106,8 @@ def check_saved_model_io_ops(folder, flag='--graph'):
   """check_io_ops for a SavedModel folder, before it is loaded (loading
   runs its restore and init ops); its variables' own ops are allowed."""
   data = files.read_regular_file(
-      os.path.join(folder, 'saved_model.pb'), flag, MAX_MODEL_BYTES,
+      os.path.join(folder, 'saved_model.pb'), flag,
+      model_files.MAX_MODEL_BYTES,
       'pass a SavedModel folder that retrain.py wrote (--saved_model_dir)')
   saved_model = saved_model_pb2.SavedModel()
   try:
@@ -142,7 +127,7 @@ def check_saved_model_io_ops(folder, flag='--graph'):
 
 def load_graph_def(path, flag='--graph'):
   """Reads a frozen GraphDef, or raises PoetsError saying what `path` is."""
-  return parse_graph_def(read_model_file(path, flag), path, flag)
+  return parse_graph_def(model_files.read_model_file(path, flag), path, flag)
 
 
 def import_graph(graph_def, path, flag='--graph'):

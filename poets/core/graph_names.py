@@ -10,6 +10,10 @@ is TF Hub's retrain.py's `final_retrain_ops` (the codelab's was
 float32 [None, height, width, 3] in [0, 1], as in TF Hub's retrain.py.
 """
 
+# The name scope a loaded graph's ops get (import/Placeholder); layer flags
+# may give it or not.
+IMPORT_PREFIX = 'import'
+
 # The exported graph's input: resized RGB pixels in [0, 1].
 INPUT_NAME = 'Placeholder'
 # label_image.py's --input_mean/--input_std that turn 0..255 pixels into

@@ -9,13 +9,12 @@ left a file out; training's distortions share its batching and options.
 
 import dataclasses
 import os
-import stat
 
 import numpy as np
 import tensorflow as tf
 
-from poets import files
 from poets import settings
+from poets.core import photo_decoding
 
 
 def decode_failure_reason(error):
@@ -124,13 +123,6 @@ def file_names(paths):
   return np.array([os.fsencode(path) for path in paths], object)
 
 
-@dataclasses.dataclass(frozen=True)
-class Failure:
-  """Why an image file gave no image."""
-  reason: str  # The operating system's strerror, or TensorFlow's line.
-  unreadable: bool  # The file could not be read; else, not be decoded.
-
-
 @dataclasses.dataclass
 class FileDecoder:
   """`decode` of one image file at a time, in a session.
@@ -148,26 +140,15 @@ class FileDecoder:
     return cls(contents, decode(contents))
 
   def decode_file(self, session, path):
-    """(image, None), or (None, the Failure that says why not).
-
-    A pipe or a device is refused, not read: reading one could wait forever.
-    """
-    try:
-      status = os.stat(path)
-      if not stat.S_ISREG(status.st_mode):
-        return None, Failure('not a regular file (a pipe, a device or a '
-                             'folder)', unreadable=True)
-      if status.st_size > settings.MAX_IMAGE_BYTES:
-        return None, Failure(f'{files.mebibytes(status.st_size)}, larger '
-                             'than any photo', unreadable=True)
-      with open(path, 'rb') as f:
-        contents = f.read()
-    except OSError as e:
-      return None, Failure(e.strerror or str(e), unreadable=True)
+    """(image, None), or (None, the Failure that says why not)."""
+    contents, failure = photo_decoding.read_file(path)
+    if failure:
+      return None, failure
     try:
       return session.run(self.decoded, {self.contents: contents}), None
     except tf.errors.OpError as e:
-      return None, Failure(decode_failure_reason(e), unreadable=False)
+      return None, photo_decoding.Failure(decode_failure_reason(e),
+                                          unreadable=False)
 
 
 @dataclasses.dataclass
