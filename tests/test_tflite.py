@@ -6,8 +6,11 @@ and bottleneck cache, so the same layer), on three separable colour classes;
 each .tflite must label every photo as the .pb does.
 """
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -23,6 +26,7 @@ from poets.errors import PoetsError
 from poets.core import tflite_metadata
 
 COLOURS = ['blue', 'green', 'red']
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -311,6 +315,28 @@ def test_given_labels_win_over_the_models_own(exported, tmp_path):
       graph=config.output_tflite, labels=str(named),
       images=_photos(config)[::20]))
   assert _top1(run) == ['azure', 'emerald', 'ruby']
+
+
+def test_label_image_on_a_tflite_never_imports_tensorflow(exported):
+  """label_image.py's whole run on a .tflite (its labels from the model, two
+  photos, the int8 model's quantized input) on LiteRT and Pillow alone."""
+  config = exported['int8']
+  photos = _photos(config)[::20]
+  script = (
+      'import json, sys\n'
+      'import label_image\n'
+      'argv = ["label_image.py", "--graph", sys.argv[1], "--output_format", '
+      '"json", "--image"] + sys.argv[2:]\n'
+      'label_image.main(label_image.FLAGS(argv))\n'
+      'print(json.dumps(sorted(m for m in sys.modules '
+      'if m.split(".")[0] == "tensorflow")), file=sys.stderr)\n')
+  done = subprocess.run(
+      [sys.executable, '-c', script, config.output_tflite] + photos,
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert json.loads(done.stderr) == []
+  assert [item['predictions'][0]['label']
+          for item in json.loads(done.stdout)] == COLOURS
 
 
 @pytest.mark.parametrize('quantization', ['none', 'int8'])

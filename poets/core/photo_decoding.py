@@ -1,10 +1,12 @@
 """Photo decoding without TensorFlow: label_image.py's path for a .tflite.
 
-Pillow decodes the formats TensorFlow's decode_image takes (JPEG, PNG, GIF's
-first frame, BMP, WEBP) by content, and `resize` is tf.image.resize's
-bilinear (half-pixel centers, no antialiasing) in NumPy, so a photo gets
-nearly the pixels poets.core.image_decoding gives it; the JPEG decoders may
-round a few pixels differently (docs/tflite.md says by how much).
+JPEGs go through libjpeg-turbo (simplejpeg) with the settings TensorFlow's
+decode_jpeg uses (the fast integer DCT, fancy upsampling), so they decode to
+the very pixels TensorFlow gives; Pillow decodes the other formats
+TensorFlow's decode_image takes (PNG, GIF's first frame, BMP, WEBP) and any
+JPEG libjpeg-turbo refuses. `resize` is tf.image.resize's bilinear
+(half-pixel centers, no antialiasing) in NumPy. So a photo gets the pixels
+poets.core.image_decoding gives it (docs/tflite.md has the measurement).
 """
 
 import dataclasses
@@ -14,11 +16,13 @@ import stat
 
 import numpy as np
 from PIL import Image
+import simplejpeg
 
 from poets import files
 from poets import settings
 
 FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'WEBP')
+JPEG_START = b'\xff\xd8'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,12 @@ def read_file(path):
 def decode_image(contents):
   """JPEG, PNG, GIF (first frame), BMP or WEBP bytes -> uint8 RGB [h, w, 3];
   grayscale and RGBA become RGB, as with TensorFlow's decode_image."""
+  if contents.startswith(JPEG_START):
+    try:
+      return simplejpeg.decode_jpeg(contents, 'RGB', fastdct=True,
+                                    fastupsample=False)
+    except ValueError:
+      pass  # Pillow decodes it if anything can, or says why not.
   with Image.open(io.BytesIO(contents), formats=FORMATS) as image:
     return np.asarray(image.convert('RGB'))
 
