@@ -14,6 +14,7 @@ import tensorflow as tf
 from conftest import encode, solid_image
 from poets import settings
 from poets.core import frozen_graphs
+from poets.core import label_results
 from poets.core import labeling
 from poets.core import labels_file
 from poets.core import model_files
@@ -164,7 +165,7 @@ def test_labels_in_any_common_encoding(encoding, data):
 def test_a_batch_larger_than_memory_is_lowered_with_a_warning(tmp_path,
                                                               monkeypatch):
   graph = _graph(tmp_path)
-  monkeypatch.setattr(labeling, '_available_memory', lambda: 2**20)
+  monkeypatch.setattr(label_results, 'available_memory', lambda: 2**20)
   run = _label(tmp_path, graph, batch_size=4096)
   assert run.results[0].predictions[0].label == 'red'
   assert run.warnings[0] == (

@@ -1,8 +1,8 @@
 """Labeling with a TensorFlow Lite model, without loading TensorFlow.
 
-label_image.py on a .tflite: LiteRT's interpreter (poets.core.tflite_interpreter)
-runs the model and Pillow decodes the photos (poets.core.photo_decoding, with
-tf.image.resize's bilinear), so a process that labels a photo never imports
+label_image.py on a .tflite: LiteRT (poets.core.tflite_interpreter) runs the
+model and poets.core.photo_decoding decodes the photos to TensorFlow's
+pixels, so a process that labels a photo never imports
 TensorFlow and starts in a fraction of the time. The flags, checks, labels
 (a labels file, else those packed in the model) and results are labeling's
 (poets.core.label_results).
