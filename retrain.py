@@ -112,7 +112,13 @@ cli.define_flags(DEFAULTS, {
     'random_seed': (
         'Seed for sampling batches and initialising the layer, for '
         'reproducible runs; unset = a new sequence each run.'),
+    'download_timeout': ('Seconds a network or module download may take in '
+                         'all, however slowly the server sends.'),
+    'download_max_mb': ('MiB a network or module download may be; a '
+                        'larger one is dropped.'),
 }, bounds={
+    'download_timeout': (1, None),
+    'download_max_mb': (1, None),
     'intermediate_store_frequency': (0, None),
     'how_many_training_steps': (0, None),
     'learning_rate': (0, None),

@@ -7,6 +7,7 @@ file or the new one, never a partial one.
 """
 
 import contextlib
+import dataclasses
 import errno
 import fnmatch
 import hashlib
@@ -360,6 +361,13 @@ DOWNLOAD_BYTES = 2 * 2**30
 UNPACKED_BYTES = 2 * 2**30
 GZIP_MAGIC = b'\x1f\x8b'
 _CHUNK = 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadLimits:
+  """How long (seconds, in all) and how large (bytes) a download may be."""
+  seconds: float = DOWNLOAD_SECONDS
+  max_bytes: int = DOWNLOAD_BYTES
 
 
 class DownloadError(OSError):

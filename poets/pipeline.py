@@ -125,6 +125,13 @@ def _check_outputs(settings):
       saved_model.check_saved_model_dir(path)
 
 
+def _resolve_module(settings):
+  return modules.resolve_module(
+      settings.architecture, settings.tfhub_module, settings.model_dir,
+      settings.input_size, files.DownloadLimits(
+          settings.download_timeout, settings.download_max_mb * 2**20))
+
+
 def _check_usable(splits, labels):
   trained = set(splits['training'].ground_truth.tolist())
   if len(trained) < 2:
@@ -162,8 +169,7 @@ def check_inputs(settings):
                                    settings.testing_percentage,
                                    settings.validation_percentage)
   modules.module_info(
-      modules.resolve_module(settings.architecture, settings.tfhub_module,
-                             settings.model_dir, settings.input_size))
+      _resolve_module(settings))
   files.check_writable(settings.bottleneck_dir, '--bottleneck_dir')
   files.check_writable(settings.model_dir, '--model_dir')
 
@@ -259,8 +265,7 @@ def run(settings):
   image_lists = _image_lists(settings)
   listing_seconds = time.perf_counter() - start
   log_image_lists(image_lists)
-  spec = modules.resolve_module(settings.architecture, settings.tfhub_module,
-                                settings.model_dir, settings.input_size)
+  spec = _resolve_module(settings)
   if not settings.summaries_dir:
     settings = settings.replace(summaries_dir=summaries.default_dir(spec.name))
   _check_outputs(settings)

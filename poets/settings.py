@@ -59,6 +59,8 @@ class RetrainSettings:
   architecture: str = ''
   tfhub_module: str = ''
   model_dir: str = 'tf_files/models'
+  download_timeout: int = 900  # seconds for one download, in all
+  download_max_mb: int = 2048  # MiB one download may take
   input_height: int = 0  # 0: the module's own size.
   input_width: int = 0
   # Bottlenecks.

@@ -185,3 +185,21 @@ def test_imagenet_from_a_read_only_folder_is_one_line(small_disk,
   assert cli.environment_error_line(raised.value) == (
       'Cannot write tf_files (Read-only file system); the file system is '
       'read-only, or choose another folder.')
+
+
+def test_the_download_flags_reach_the_download(tmp_path, monkeypatch):
+  from poets import pipeline  # pylint: disable=import-outside-toplevel
+  from poets import settings  # pylint: disable=import-outside-toplevel
+  asked = {}
+
+  def download(url, path, seconds, limit, **kwargs):
+    del kwargs  # Unused.
+    asked.update(seconds=seconds, limit=limit)
+    raise files.DownloadError('offline here')
+
+  monkeypatch.setattr(files, 'download', download)
+  with pytest.raises(PoetsError, match='offline here'):
+    pipeline._resolve_module(settings.RetrainSettings(  # pylint: disable=protected-access
+        architecture='inception_v3', model_dir=str(tmp_path),
+        download_timeout=7, download_max_mb=3))
+  assert asked == {'seconds': 7, 'limit': 3 * 2**20}

@@ -58,6 +58,7 @@ class ModuleSpec:
   input_size: tuple[int, int] | None = None  # for modules that fix none
   # Set for the codelab's frozen-graph networks; `handle` is then the graph.
   network: architectures.CodelabNetwork | None = None
+  downloads: files.DownloadLimits = files.DownloadLimits()
 
 
 @dataclasses.dataclass
@@ -84,7 +85,8 @@ def _sanitized(handle):
   return handle
 
 
-def resolve_module(architecture, tfhub_module, model_dir, input_size=None):
+def resolve_module(architecture, tfhub_module, model_dir, input_size=None,
+                   downloads=files.DownloadLimits()):
   """Turns --architecture or --tfhub_module into a ModuleSpec.
 
   Architecture names are taken in any letter case and kept as typed in file
@@ -96,7 +98,7 @@ def resolve_module(architecture, tfhub_module, model_dir, input_size=None):
     raise PoetsError('Pass either --architecture or --tfhub_module, not both.')
 
   def spec(handle, name):
-    return ModuleSpec(handle, name, model_dir, input_size)
+    return ModuleSpec(handle, name, model_dir, input_size, downloads=downloads)
 
   if tfhub_module:
     return spec(tfhub_module, _sanitized(tfhub_module))
@@ -106,8 +108,9 @@ def resolve_module(architecture, tfhub_module, model_dir, input_size=None):
                                                 model_dir), architecture)
   network = architectures.codelab_network(architecture)
   if network:
-    return ModuleSpec(codelab_networks.ensure_graph(network, model_dir),
-                      architecture, model_dir, input_size, network)
+    return ModuleSpec(codelab_networks.ensure_graph(network, model_dir,
+                                                    downloads),
+                      architecture, model_dir, input_size, network, downloads)
   raise PoetsError(
       f"Unknown --architecture '{architecture}'; choose one of: "
       f'{architectures.architecture_choices()}, or pass --tfhub_module.')
@@ -118,7 +121,7 @@ def _cache_dir(model_dir):
   return model_dir or os.path.join(tempfile.gettempdir(), 'tfhub_modules')
 
 
-def _download(handle, model_dir):
+def _download(handle, model_dir, downloads):
   """The local folder of the module archive at URL `handle`, downloaded and
   unpacked (checked) on first use.
 
@@ -140,7 +143,8 @@ def _download(handle, model_dir):
   unpacked = files.temporary_sibling(folder)
   archive = unpacked + '.tgz'  # Hidden, beside it; removed either way.
   try:
-    files.download(parsed._replace(query=query).geturl(), archive)
+    files.download(parsed._replace(query=query).geturl(), archive,
+                   seconds=downloads.seconds, limit=downloads.max_bytes)
     with open(archive, 'rb') as f:
       files.extract_checked(handle, f, unpacked)
     os.rename(unpacked, folder)
@@ -170,7 +174,7 @@ def _module_dir(spec):
   """The local folder of a SavedModel or TF1 Hub module, downloaded first
   if `spec.handle` is a URL."""
   if _is_url(spec.handle):
-    return _download(spec.handle, spec.model_dir)
+    return _download(spec.handle, spec.model_dir, spec.downloads)
   if not os.path.isdir(spec.handle):
     raise PoetsError(f"Module directory '{spec.handle}' not found; pass "
                      '--tfhub_module a module directory or URL, or use '

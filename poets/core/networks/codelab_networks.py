@@ -43,7 +43,7 @@ SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(
 
 
 
-def ensure_graph(network, model_dir):
+def ensure_graph(network, model_dir, downloads=files.DownloadLimits()):
   """The path of the network's frozen graph in `model_dir`.
 
   Uses the unpacked graph if there, else unpacks the archive beside it, else
@@ -60,7 +60,7 @@ def ensure_graph(network, model_dir):
     archive_path = shipped
   downloaded = not os.path.isfile(archive_path)
   if downloaded:
-    _download(network, archive_path, model_dir)
+    _download(network, archive_path, model_dir, downloads)
   try:
     _unpack(archive_path, model_dir)
   except PoetsError:
@@ -74,10 +74,11 @@ def ensure_graph(network, model_dir):
   return graph_path
 
 
-def _download(network, archive_path, model_dir):
+def _download(network, archive_path, model_dir, downloads):
   logging.info('Downloading %s to %s (once).', url(network), archive_path)
   try:
-    files.download(url(network), archive_path)
+    files.download(url(network), archive_path, seconds=downloads.seconds,
+                   limit=downloads.max_bytes)
   except (OSError, http.client.HTTPException, ValueError) as e:
     reason = getattr(e, 'reason', None) or e
     raise PoetsError(
