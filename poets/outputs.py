@@ -62,7 +62,11 @@ def run_id_of(graph_def):
 
 
 def manifest_path(labels_path):
-  return os.path.splitext(labels_path)[0] + MANIFEST_SUFFIX
+  """Beside the labels; its name shortened if the suffix would pass NAME_MAX."""
+  folder, name = os.path.split(labels_path)
+  stem = os.path.splitext(name)[0]
+  return os.path.join(folder, files.fitted_name(
+      stem, files.NAME_MAX - len(MANIFEST_SUFFIX)) + MANIFEST_SUFFIX)
 
 
 def manifest_text(run_id, labels_bytes):
