@@ -63,7 +63,10 @@ def main(argv):
     options = beam_pipeline.pipeline_options(argv[1:])
     spec = modules.resolve_module(FLAGS.architecture, FLAGS.tfhub_module,
                                   FLAGS.model_dir, input_size)
-    beam_pipeline.run(options, FLAGS.image_dir, FLAGS.bottleneck_dir, spec)
+    # The workers are new processes: their TensorFlow start-up lines come
+    # after ours were filtered, so the filter stays on for the whole run.
+    with startup.without_library_lines():
+      beam_pipeline.run(options, FLAGS.image_dir, FLAGS.bottleneck_dir, spec)
 
 
 if __name__ == '__main__':
