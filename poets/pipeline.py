@@ -193,14 +193,15 @@ def log_image_lists(image_lists):
   logging.info('Images per class:\n%s', '\n'.join(rows))
 
 
-def _image_lists(settings):
-  """The split of --image_dir, cut to --images_per_class if set."""
+def _image_lists(settings, images_per_class):
+  """The split of --image_dir, its training images cut to `images_per_class`
+  per class if set."""
   image_lists = image_listing.create_image_lists(
       settings.image_dir, settings.testing_percentage,
       settings.validation_percentage)
-  if settings.images_per_class is not None:
+  if images_per_class is not None:
     image_lists = image_listing.limit_training_images(
-        image_lists, settings.images_per_class, settings.random_seed)
+        image_lists, images_per_class, settings.random_seed)
   return image_lists
 
 
@@ -253,8 +254,12 @@ def _write_dashboards(settings, module, splits, labels, result):
     logging.warning('Could not write the dashboards: %s', line)
 
 
-def run(settings):
-  """Retrains and exports; returns a RunResult. Raises PoetsError."""
+def run(settings, images_per_class=None):
+  """Retrains and exports; returns a RunResult. Raises PoetsError.
+
+  `images_per_class` (not a retrain.py flag: experiments.py's learning
+  curves) keeps at most that many training images of each class.
+  """
   cut = None
   if settings.fine_tune_blocks:  # Refused before any work if it cannot be.
     cut = fine_tuning.find_cut(settings.architecture, settings.tfhub_module,
@@ -262,7 +267,7 @@ def run(settings):
   # Images first: a mistyped --image_dir is reported before the embedded
   # module is built.
   start = time.perf_counter()
-  image_lists = _image_lists(settings)
+  image_lists = _image_lists(settings, images_per_class)
   listing_seconds = time.perf_counter() - start
   log_image_lists(image_lists)
   spec = _resolve_module(settings)

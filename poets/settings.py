@@ -93,8 +93,6 @@ class RetrainSettings:
   saved_model_dir: str = ''
   output_tflite: str = ''  # '': no TensorFlow Lite model.
   tflite_quantization: str = 'none'  # One of QUANTIZATIONS.
-  # Not a retrain.py flag: experiments.py's images_per_class sweep.
-  images_per_class: int | None = None
 
   @property
   def input_size(self):

@@ -257,7 +257,7 @@ def test_plan_names_runs_and_gives_each_its_own_outputs(tmp_path):
       tmp_path / 'summaries' / experiment.name / name)
   assert run.config.checkpoint_path.startswith(str(out / name))
   assert run.config.output_tflite == str(out / name / 'model.tflite')
-  assert run.config.images_per_class is None
+  assert run.images_per_class is None
   # Listed before it runs; a killed experiment stays listed as unfinished.
   assert '2 planned, not finished' in (tmp_path / 'out' /
                                        'index.md').read_text()

@@ -48,7 +48,7 @@ def test_the_readme_flow_and_homework_leave_few_runs_all_selected(
         lambda overrides: base.replace(**{
             key: float(value) for key, value in overrides.items()}))
     for run in experiment.runs:
-      pipeline.run(run.config)
+      pipeline.run(run.config, run.images_per_class)
 
   names = [modules.resolve_module('', module, '').name
            for module in (tf2_module, tf1_hub_module)]

@@ -55,6 +55,7 @@ class Run:
   config: settings.RetrainSettings
   dir: str  # graph, labels, checkpoint and log of this run
   device: str = ''  # 'cpu', 'gpu' or '' for TensorFlow's choice
+  images_per_class: int | None = None  # training images kept; None: all
 
   @property
   def name(self):
@@ -130,7 +131,7 @@ def parse_sweep(text, flag_names):
   return Sweep(key, values)
 
 
-def _per_run(config, run_dir, summaries_dir, images_per_class):
+def _per_run(config, run_dir, summaries_dir):
   """The config with the run's own outputs, so runs overwrite nothing."""
   def inside(path):
     return os.path.join(run_dir, os.path.basename(path))
@@ -142,7 +143,6 @@ def _per_run(config, run_dir, summaries_dir, images_per_class):
           config.intermediate_output_graphs_dir),
       saved_model_dir=config.saved_model_dir and inside(config.saved_model_dir),
       output_tflite=config.output_tflite and inside(config.output_tflite),
-      images_per_class=images_per_class,
       summaries_dir=summaries_dir,
       checkpoint_path=inside(config.checkpoint_path))
 
@@ -241,9 +241,9 @@ def plan(sweeps, make_config, experiments_dir=DEFAULT_EXPERIMENTS_DIR,
   for values, config in grid:
     run_dir = os.path.join(directory, run_name(values))
     config = _per_run(config, run_dir,
-                      os.path.join(summaries_dir, run_name(values)),
-                      _images_per_class(values.get(IMAGES_PER_CLASS, 'all')))
-    runs.append(Run(values, config, run_dir, values.get(DEVICE, '')))
+                      os.path.join(summaries_dir, run_name(values)))
+    runs.append(Run(values, config, run_dir, values.get(DEVICE, ''),
+                    _images_per_class(values.get(IMAGES_PER_CLASS, 'all'))))
   experiment = Experiment(name, directory, summaries_dir, sweeps, runs,
                           f'{now:%Y-%m-%d %H:%M:%S}', command, notes)
   experiment_reports.write_manifest(experiment, None)

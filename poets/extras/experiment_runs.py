@@ -60,6 +60,7 @@ class Outcome:
 class _Job:
   """What a child process needs; pickled to a file it is given."""
   config: settings.RetrainSettings
+  images_per_class: int | None
   verbosity: str
 
 
@@ -101,7 +102,7 @@ def _count_warnings(log_path):
 
 def _run_child(run, job_path, verbosity, stop):
   with open(job_path, 'wb') as f:
-    pickle.dump(_Job(run.config, verbosity), f)
+    pickle.dump(_Job(run.config, run.images_per_class, verbosity), f)
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join(
       filter(None, [_PACKAGE_ROOT, env.get('PYTHONPATH')]))
@@ -155,7 +156,7 @@ def run_child(job_path):
   _log_to_stderr(job.verbosity)
   with interrupts.StopSignals():  # SIGTERM, passed on, acts as Ctrl-C.
     try:
-      outcome = ('ok', pipeline.run(job.config))
+      outcome = ('ok', pipeline.run(job.config, job.images_per_class))
     except PoetsError as e:
       logging.error('%s', e)
       outcome = ('failed', str(e))
