@@ -117,6 +117,86 @@ def _inside(path, folders):
   return None
 
 
+def _leads_elsewhere(path, other_classes):
+  """The class folder of `other_classes` a link at `path` leads into (said
+  with a warning), or a false value."""
+  other = os.path.islink(path) and _inside(path, other_classes)
+  if other:
+    logging.warning('Skipping %s: a link into the class folder %s, whose '
+                    'photos stay in that class.', path, other)
+  return other
+
+
+def _folders_to_walk(root, dirs, seen, other_classes):
+  """Of the sub-folders `dirs` of `root`, those to walk into, each real
+  folder once (added to `seen`); and how many were left out as already
+  walked."""
+  kept, repeated = [], 0
+  # Real folders before links to them, then by name, so the way to a
+  # folder that is kept does not vary.
+  for name in sorted((d for d in dirs if not d.startswith('.')),
+                     key=lambda d: (os.path.islink(os.path.join(root, d)), d)):
+    if _leads_elsewhere(os.path.join(root, name), other_classes):
+      continue
+    identity = _identity(os.path.join(root, name))
+    if identity in seen:
+      repeated += 1
+    else:
+      seen.add(identity)
+      kept.append(name)
+  return kept, repeated
+
+
+def _is_photo(name, unsupported):
+  """Whether a file name is a photo to take, by its extension; one in a
+  format TensorFlow cannot decode is appended to `unsupported`, if given."""
+  extension = os.path.splitext(name)[1].lower()
+  if extension in IMAGE_EXTENSIONS:
+    return True
+  if unsupported is not None and extension in UNSUPPORTED_EXTENSIONS:
+    unsupported.append(extension)
+  return False
+
+
+def _photo_identity(path, other_classes):
+  """The (device, inode) of the photo at `path` (the path itself for a
+  dangling link, reported when it fails to read), or None for one to skip,
+  said with a warning."""
+  if other_classes and _leads_elsewhere(path, other_classes):
+    return None
+  try:
+    status = os.stat(path)
+  except OSError:
+    return path
+  if not stat.S_ISREG(status.st_mode):
+    # Reading one would wait for a writer (a pipe), or never end.
+    logging.warning('Skipping %s: not a regular file (a pipe, a device '
+                    'or a folder).', path)
+    return None
+  if status.st_size > settings.MAX_IMAGE_BYTES:
+    logging.warning('Skipping %s: %s, larger than any photo.', path,
+                    files.mebibytes(status.st_size))
+    return None
+  return status.st_dev, status.st_ino
+
+
+def _one_name_each(by_identity, seen, class_path):
+  """One name for each photo not in `seen` (added to it), sorted; and how
+  many names were left out as another way to a photo."""
+  found, repeated = [], 0
+  for identity, names in by_identity.items():
+    repeated += len(names) - 1
+    if identity in seen:
+      repeated += 1
+      continue
+    seen.add(identity)
+    # Of two ways to one photo the real file, not a link to it; then by name.
+    found.append(min(names, key=lambda n: (
+        os.path.islink(os.path.join(class_path, n)), n)) if len(names) > 1
+                 else names[0])
+  return sorted(found), repeated
+
+
 def find_images(class_path, seen=None, other_classes=(), unsupported=None):
   """Image files under a class folder, recursively, skipping hidden entries.
 
@@ -136,13 +216,6 @@ def find_images(class_path, seen=None, other_classes=(), unsupported=None):
     logging.warning('Cannot read the folder %s (%s); its photos are left '
                     'out.', error.filename, error.strerror)
 
-  def leads_elsewhere(path):
-    other = os.path.islink(path) and _inside(path, other_classes)
-    if other:
-      logging.warning('Skipping %s: a link into the class folder %s, whose '
-                      'photos stay in that class.', path, other)
-    return other
-
   seen = set() if seen is None else seen
   if _identity(class_path) in seen:  # A link to a folder already searched.
     return [], 1
@@ -151,62 +224,19 @@ def find_images(class_path, seen=None, other_classes=(), unsupported=None):
   repeated = 0
   for root, dirs, names in os.walk(class_path, followlinks=True,
                                    onerror=unreadable):
-    kept = []
-    # Real folders before links to them, then by name, so the way to a
-    # folder that is kept does not vary.
-    for name in sorted((d for d in dirs if not d.startswith('.')),
-                       key=lambda d: (os.path.islink(os.path.join(root, d)),
-                                      d)):
-      if leads_elsewhere(os.path.join(root, name)):
-        continue
-      identity = _identity(os.path.join(root, name))
-      if identity in seen:
-        repeated += 1
-      else:
-        seen.add(identity)
-        kept.append(name)
-    dirs[:] = kept
+    dirs[:], walked_before = _folders_to_walk(root, dirs, seen, other_classes)
+    repeated += walked_before
     # Once a folder: relpath per file took most of the listing's time.
     folder = os.path.relpath(root, class_path)
     for name in names:
-      if name.startswith('.'):
+      if name.startswith('.') or not _is_photo(name, unsupported):
         continue
-      extension = os.path.splitext(name)[1].lower()
-      if extension not in IMAGE_EXTENSIONS:
-        if unsupported is not None and extension in UNSUPPORTED_EXTENSIONS:
-          unsupported.append(extension)
-        continue
-      path = os.path.join(root, name)
-      if other_classes and leads_elsewhere(path):
-        continue
-      try:
-        status = os.stat(path)
-        identity = status.st_dev, status.st_ino
-      except OSError:  # A dangling link: reported when it fails to read.
-        status, identity = None, path
-      if status and not stat.S_ISREG(status.st_mode):
-        # Reading one would wait for a writer (a pipe), or never end.
-        logging.warning('Skipping %s: not a regular file (a pipe, a device '
-                        'or a folder).', path)
-        continue
-      if status and status.st_size > settings.MAX_IMAGE_BYTES:
-        logging.warning('Skipping %s: %s, larger than any photo.', path,
-                        files.mebibytes(status.st_size))
-        continue
-      by_identity.setdefault(identity, []).append(
-          name if folder == '.' else os.path.join(folder, name))
-  found = []
-  for identity, names in by_identity.items():
-    repeated += len(names) - 1
-    if identity in seen:
-      repeated += 1
-      continue
-    seen.add(identity)
-    # Of two ways to one photo the real file, not a link to it; then by name.
-    found.append(min(names, key=lambda n: (
-        os.path.islink(os.path.join(class_path, n)), n)) if len(names) > 1
-                 else names[0])
-  return sorted(found), repeated
+      identity = _photo_identity(os.path.join(root, name), other_classes)
+      if identity is not None:
+        by_identity.setdefault(identity, []).append(
+            name if folder == '.' else os.path.join(folder, name))
+  found, other_ways = _one_name_each(by_identity, seen, class_path)
+  return found, repeated + other_ways
 
 
 def _missing_dir_message(image_dir):
