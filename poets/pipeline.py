@@ -243,10 +243,11 @@ def _save_outputs(settings, graph_def, labels, training_paths, interrupted):
           what='the retrained graph'), labels))
 
 
-def _write_dashboards(settings, module, splits, labels, result):
+def _write_dashboards(settings, module, splits, labels, result, cut,
+                      cut_splits):
   try:
     dashboards.write_run(settings.summaries_dir, settings, module, splits,
-                         labels, result)
+                         labels, result, cut, cut_splits)
   except (OSError, tf.errors.OpError) as e:
     line = files.environment_error(e)
     if line is None:
@@ -324,7 +325,8 @@ def run(settings, images_per_class=None):
     tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir,
                                           spec.name)
   export_seconds = time.perf_counter() - start
-  _write_dashboards(settings, module, splits, labels, result)
+  _write_dashboards(settings, module, splits, labels, result, cut,
+                    cut_splits)
   if result.interrupted:
     logging.warning('Stopped early at step %d: saved the checkpoint %s and '
                     'the layer trained so far to %s (beside the finished '

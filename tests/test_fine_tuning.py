@@ -6,11 +6,15 @@ EfficientNet-Lite0 checks the whole path a user takes, up to labelling with
 label_image's defaults.
 """
 
+import dataclasses
 import functools
 import os
+import pathlib
 
 import numpy as np
+from google.protobuf import text_format
 import pytest
+from tensorboard.plugins.projector import projector_config_pb2
 import tensorflow as tf
 
 from poets.core.networks import efficientnet_lite
@@ -26,6 +30,7 @@ from poets import settings
 from poets.core import cut_cache
 from poets.core import fine_tuning
 from poets.errors import PoetsError
+from poets.extras import dashboards
 
 from conftest import ctrl_c_when_logged, make_image_dir
 
@@ -165,6 +170,56 @@ def test_fine_tuning_moves_the_top_and_keeps_the_bottom(
       constants['fine_tuned_blocks/block2/expand/kernel'], trained)
 
 
+def _projector(folder):
+  """{name: (embedding config, features)} of the Projector files there."""
+  config = text_format.Parse(
+      (folder / dashboards.PROJECTOR_CONFIG).read_text(),
+      projector_config_pb2.ProjectorConfig())
+  return {embedding.tensor_name: (embedding, np.fromfile(
+      folder / embedding.tensor_path, np.float32).reshape(
+          embedding.tensor_shape)) for embedding in config.embeddings}
+
+
+def test_the_projector_shows_the_fine_tuned_features_beside_the_pretrained(
+    photos, tiny_module, tiny_cut, tmp_path):
+  cut_splits, _ = cut_cache.cache_cuts(photos, tiny_module, tiny_cut,
+                                       str(tmp_path / 'cache'))
+  splits = fine_tuning.pretrained_bottlenecks(tiny_cut, cut_splits)
+  config = _settings(tmp_path, how_many_training_steps=10,
+                     bottleneck_dir=str(tmp_path / 'cache'))
+  result = pipeline.train(config, photos.labels, tiny_module.spec,
+                          tiny_module, splits, tiny_cut, cut_splits)
+  dashboards.write_run(config.summaries_dir, config, tiny_module, splits,
+                       photos.labels, result, tiny_cut, cut_splits)
+  folder = tmp_path / 'summaries' / dashboards.PROJECTOR_RUN
+  shown = _projector(folder)
+  assert list(shown) == [dashboards.PRETRAINED, dashboards.FINE_TUNED]
+  for embedding, features in shown.values():
+    assert embedding.metadata_path == dashboards.METADATA
+    assert embedding.sprite.image_path == dashboards.SPRITE
+    assert features.shape == (36, 16)
+  (_, pretrained), (_, fine_tuned) = shown.values()
+  assert not np.allclose(pretrained, fine_tuned)
+  # The fine-tuned features are what the trained layer classified: through
+  # its weights they give the test photos' scores.
+  testing = (folder / dashboards.METADATA).read_text().splitlines()[1:]
+  rows = [i for i, line in enumerate(testing)
+          if line.split('\t')[1] == 'testing']
+  logits = (fine_tuned[rows] @
+            result.layer['final_retrain_ops/weights/final_weights'] +
+            result.layer['final_retrain_ops/biases/final_biases'])
+  scores = np.exp(logits - logits.max(axis=1, keepdims=True))
+  np.testing.assert_allclose(scores / scores.sum(axis=1, keepdims=True),
+                             result.test.scores, atol=1e-5)
+  # A run stopped before fine-tuning began shows the pretrained ones alone.
+  layer = {name: value for name, value in result.layer.items()
+           if not name.startswith('fine_tuned_blocks/')}
+  dashboards.write_run(config.summaries_dir, config, tiny_module, splits,
+                       photos.labels, dataclasses.replace(result, layer=layer),
+                       tiny_cut, cut_splits)
+  assert list(_projector(folder)) == [dashboards.PRETRAINED]
+
+
 def test_a_stop_while_fine_tuning_keeps_what_was_trained(
     photos, tiny_module, tiny_cut, tmp_path):
   cut_splits, _ = cut_cache.cache_cuts(photos, tiny_module, tiny_cut,
@@ -254,3 +309,13 @@ def test_a_fine_tuned_graph_labels_with_label_image_defaults(fine_tuned_run):
   assert labelled.error is None
   assert {p.label for p in labelled.predictions} == {'blue', 'green', 'red'}
   assert abs(sum(p.score for p in labelled.predictions) - 1) < 1e-4
+
+
+def test_a_fine_tuned_runs_projector_shows_both_features(fine_tuned_run):
+  config, _ = fine_tuned_run
+  shown = _projector(pathlib.Path(config.summaries_dir) /
+                     dashboards.PROJECTOR_RUN)
+  assert list(shown) == [dashboards.PRETRAINED, dashboards.FINE_TUNED]
+  (_, pretrained), (_, fine_tuned) = shown.values()
+  assert pretrained.shape == fine_tuned.shape == (24, 1280)
+  assert not np.allclose(pretrained, fine_tuned)

@@ -169,26 +169,46 @@ class FineTuning:
   learning_rate: float
 
 
+def top_features(cut, cuts, layer=None):
+  """The features (float32 [N, 1280]) of each array of cuts [N, h, w, c] in
+  the list `cuts`, through the top: the pretrained one, or with the values
+  `layer` (TrainingResult.layer) holds for it, the fine-tuned one."""
+  graph = tf.Graph()
+  with graph.as_default():
+    cut_values = tf.compat.v1.placeholder(tf.float32, [None, *cut.shape])
+    features = top(cut, cut_values)
+    init = tf.compat.v1.global_variables_initializer()
+  result = []
+  with tf.compat.v1.Session(graph=graph) as session:
+    session.run(init)
+    with graph.as_default():  # Variable.load needs it.
+      for variable in top_variables_of(graph):
+        if layer and variable.op.name in layer:
+          variable.load(layer[variable.op.name], session)
+    for values in cuts:
+      out = feeds.feedable_empty([len(values), features.shape[-1]])
+      for start in range(0, len(values), graph_names.BATCH_SIZE):
+        end = start + graph_names.BATCH_SIZE
+        out[start:end] = session.run(features,
+                                     {cut_values: values[start:end]})
+      result.append(out)
+  return result
+
+
+def is_fine_tuned(layer):
+  """Whether `layer` (TrainingResult.layer) holds trained top values: not
+  where the run stopped before fine-tuning began."""
+  return any(name.startswith(graph_names.FINE_TUNED_SCOPE + '/')
+             for name in layer)
+
+
 def pretrained_bottlenecks(cut, splits):
   """Each split's bottlenecks: its cuts through the pretrained top, the
   features the new layer first trains on alone."""
-  graph = tf.Graph()
-  with graph.as_default():
-    cuts = tf.compat.v1.placeholder(tf.float32, [None, *cut.shape])
-    features = top(cut, cuts)
-    init = tf.compat.v1.global_variables_initializer()
-  result = {}
-  with tf.compat.v1.Session(graph=graph) as session:
-    session.run(init)
-    for name, split in splits.items():
-      values = feeds.feedable_empty([len(split.ground_truth),
-                                     features.shape[-1]])
-      for start in range(0, len(values), graph_names.BATCH_SIZE):
-        end = start + graph_names.BATCH_SIZE
-        values[start:end] = session.run(
-            features, {cuts: split.bottlenecks[start:end]})
-      result[name] = dataclasses.replace(split, bottlenecks=values)
-  return result
+  features = top_features(cut, [split.bottlenecks
+                                for split in splits.values()])
+  return {name: dataclasses.replace(split, bottlenecks=values)
+          for (name, split), values in zip(splits.items(), features)}
 
 
 def network(cut, images):

@@ -6,7 +6,9 @@ of a run `write_run` adds, beside them in --summaries_dir:
 - `bottlenecks/`: the Projector's points. The bottleneck of every validation
   and test photo and of a sample of at most TRAINING_POINTS training photos
   (EVALUATION_POINTS at most of each evaluation split), with each photo's
-  label, split and file name, and its thumbnail in a sprite.
+  label, split and file name, and its thumbnail in a sprite; with
+  --fine_tune_blocks, beside them the fine-tuned network's features of the
+  same photos.
 - `test/`: the confusion matrix and the misclassified test photos as images,
   one precision-recall curve per class, and the run's settings and network
   as tables (Text).
@@ -43,6 +45,7 @@ from tensorboard.plugins.text import summary as text_summary
 import tensorflow as tf
 
 from poets import files
+from poets.core import fine_tuning
 from poets.core import summary_ops
 from poets.settings import RetrainSettings
 
@@ -55,6 +58,10 @@ THUMBNAIL_SIZE = 64  # pixels a side in the Projector's sprite
 MISCLASSIFIED_SHOWN = 16  # the most confident mistakes, two a row
 MISCLASSIFIED_SIZE = 160  # pixels a side of each photo there
 PROJECTOR_CONFIG = 'projector_config.pbtxt'  # the name the Projector reads
+# The Projector's embeddings: the pretrained network's features, and with
+# --fine_tune_blocks the fine-tuned network's, of the same photos.
+PRETRAINED = 'bottlenecks'
+FINE_TUNED = 'fine_tuned_bottlenecks'
 METADATA = 'metadata.tsv'
 SPRITE = 'sprite.jpg'
 # In --bottleneck_dir: each set of photos' sprite, so a run on the same photos
@@ -339,14 +346,19 @@ def network_table(module):
                 ('network', ''))
 
 
-def _sample_text(sample, splits):
+def _sample_text(sample, splits, embeddings):
   counts = ', '.join(
       f'{len(rows)} of {len(splits[name].ground_truth)} {name}'
       for name, rows in sample.rows.items())
-  return (f'{len(sample)} photos as points ({counts}; at most '
+  text = (f'{len(sample)} photos as points ({counts}; at most '
           f'{TRAINING_POINTS} training photos and {EVALUATION_POINTS:,} of '
           'each of the others). Open the Projector tab, colour by label, '
           'and try PCA, t-SNE and UMAP.')
+  if FINE_TUNED in embeddings:
+    text += (f' `{PRETRAINED}` are the pretrained network\'s features, '
+             f'`{FINE_TUNED}` those of the fine-tuned network: pick either '
+             'at the top left to see what fine-tuning moved.')
+  return text
 
 
 def _image_summary(tag, image, image_format, description):
@@ -378,23 +390,36 @@ def _event_writer(directory):
     return summary_ops.event_writer(directory)
 
 
-def write_run(summaries_dir, run_settings, module, splits, labels, result):
+def _embeddings(sample, splits, layer, cut, cut_splits):
+  """The features the Projector shows of `sample`: the pretrained ones, and
+  once the top was fine-tuned, the top's trained values run on the same
+  photos' cuts."""
+  embeddings = {PRETRAINED: sample.features(splits)}
+  if cut is not None and fine_tuning.is_fine_tuned(layer):
+    (embeddings[FINE_TUNED],) = fine_tuning.top_features(
+        cut, [sample.features(cut_splits)], layer)
+  return embeddings
+
+
+def write_run(summaries_dir, run_settings, module, splits, labels, result,
+              cut=None, cut_splits=None):
   """Writes the Projector, Images, PR curves and Text of a finished run.
 
   `module` is the run's ModuleInfo, `splits` its SplitBottlenecks by split
   name, `result` its TrainingResult; its test Evaluation, if any, gives
-  the images and curves.
+  the images and curves. With --fine_tune_blocks, `cut` is its
+  fine_tuning.Cut and `cut_splits` the cuts of the same photos.
   """
   step = result.steps_done
   sample = projector_sample(splits, labels)
+  embeddings = _embeddings(sample, splits, result.layer, cut, cut_splits)
   projector_dir = os.path.join(summaries_dir, PROJECTOR_RUN)
   writer = _event_writer(projector_dir)
   writer.add_summary(_tagged(text_summary.pb(
-      'points', _sample_text(sample, splits)), 'points'), step)
+      'points', _sample_text(sample, splits, embeddings)), 'points'), step)
   writer.close()
   if len(sample):
-    write_projector(projector_dir, sample,
-                    {'bottlenecks': sample.features(splits)},
+    write_projector(projector_dir, sample, embeddings,
                     os.path.join(run_settings.bottleneck_dir, SPRITE_CACHE))
 
   writer = _event_writer(os.path.join(summaries_dir, TEST_RUN))
