@@ -29,13 +29,14 @@ Each command is an experiment with a folder of its own,
 overwritten. In it: results.md (the command, the table, the plots; the table
 is also printed), results.csv, accuracy_and_time_by_<key>.png (test accuracy
 with its 95% interval, and each run's time split into making bottlenecks,
-training and the rest), validation_accuracy.png, and a folder per run with
-its graph, labels and retrain.log (everything the run printed, as
-retrain.py prints it). <experiments_dir>/index.md lists every experiment. All
-runs share --bottleneck_dir, so only the first run of a network makes
-bottlenecks. Each run's TensorBoard summaries go in its own folder (or, with
---summaries_dir, to <summaries_dir>/<experiment>/<run>/), out of the
-tf_files/training_summaries that the codelab's TensorBoard shows, so
+training and the rest), validation_accuracy.png, and a folder per run with its
+graph, labels, retrain.log (everything the run printed, as retrain.py prints
+it), and its test set's confusion_matrix.png and misclassified.jpg
+(TensorBoard's Images, as files). <experiments_dir>/index.md lists every
+experiment. All runs share --bottleneck_dir, so only the first run of a
+network makes bottlenecks. Each run's TensorBoard summaries go in its own
+folder (or, with --summaries_dir, to <summaries_dir>/<experiment>/<run>/), out
+of the tf_files/training_summaries that the codelab's TensorBoard shows, so
 
   tensorboard --logdir tf_files/experiments/<experiment>
 

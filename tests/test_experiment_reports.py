@@ -27,8 +27,11 @@ def fake_outcome(run, accuracy, status='ok', message='', test_images=58):
   correct = round(accuracy * test_images)
   confusion = np.array([[correct, test_images - correct], [0, 0]])
   truth = np.zeros(test_images, np.int64)
-  test = training.Evaluation(correct / test_images, test_images,
-                             np.repeat([0, 1], confusion[0]), truth, confusion)
+  predictions = np.repeat([0, 1], confusion[0])
+  test = training.Evaluation(
+      correct / test_images, test_images, predictions, truth, confusion,
+      np.eye(2, dtype=np.float32)[predictions] * 0.8 + 0.1,
+      [f'/photos/a/{index}.jpg' for index in range(test_images)])
   result = pipeline.RunResult(
       ['a', 'b'], bottlenecks.CacheSummary(created=100),
       {'training': 80, 'validation': 10, 'testing': test_images},

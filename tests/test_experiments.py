@@ -64,6 +64,8 @@ def test_images_per_class_sweep_writes_runs_table_and_plots(tmp_path,
     run = f'images_per_class={row["images_per_class"]}'
     assert row['status'] == 'ok' and row['run_dir'] == str(out / run)
     assert (out / run / 'retrained_graph.pb').stat().st_size > 0
+    with Image.open(out / run / 'confusion_matrix.png') as picture:
+      picture.verify()
     for split in ('train', 'validation'):
       assert any(n.startswith('events.out.tfevents')
                  for n in os.listdir(summaries / name / run / split))
@@ -393,6 +395,47 @@ def test_a_run_that_saved_before_the_stop_is_reported_finished(
   monkeypatch.setattr(subprocess, 'Popen', SavedThenStopped)
   (outcome,) = experiment_runs.run_all(experiment.runs, stop=stop)
   assert outcome.status == 'ok'
+
+
+def test_each_run_folder_holds_its_test_pictures_as_files(tmp_path,
+                                                         monkeypatch):
+  """The confusion matrix and the misclassified photos open without
+  TensorBoard, and the sweep's results.md links them."""
+  experiment = experiment_plan.plan(
+      [experiment_plan.parse_sweep('learning_rate=0.01,1.0', FLAG_NAMES)],
+      lambda overrides: settings.RetrainSettings(), str(tmp_path / 'out'))
+  results = iter([fake_outcome(run, accuracy).result for run, accuracy
+                  in zip(experiment.runs, [0.9, 1.0])])
+
+  class Finished:
+    """A child that trained and wrote its result."""
+
+    def __init__(self, argv, **kwargs):
+      self.job_path = argv[-1]
+
+    def wait(self):
+      with open(self.job_path + '.result', 'wb') as f:
+        pickle.dump(('ok', next(results)), f)
+      return 0
+
+  monkeypatch.setattr(subprocess, 'Popen', Finished)
+  mistaken, perfect = experiment_runs.run_all(experiment.runs)
+  folder = experiment.runs[0].dir
+  assert mistaken.pictures == [os.path.join(folder, 'confusion_matrix.png'),
+                               os.path.join(folder, 'misclassified.jpg')]
+  # No mistakes, no picture of them.
+  assert perfect.pictures == [
+      os.path.join(experiment.runs[1].dir, 'confusion_matrix.png')]
+  for path, kind in zip(mistaken.pictures, ['PNG', 'JPEG']):
+    with Image.open(path) as picture:
+      assert picture.format == kind and picture.width > 100
+  assert sorted(os.listdir(folder)) == [
+      'confusion_matrix.png', 'misclassified.jpg', experiment_plan.LOG_NAME]
+  experiment_reports.write_report([mistaken, perfect], experiment)
+  page = (tmp_path / 'out' / experiment.name / 'results.md').read_text()
+  assert ('- learning_rate=0.01: [confusion_matrix.png]'
+          '(learning_rate=0.01/confusion_matrix.png), [misclassified.jpg]'
+          '(learning_rate=0.01/misclassified.jpg)\n') in page
 
 
 def test_sweep_summaries_stay_out_of_the_codelab_tensorboard_folder(tmp_path):

@@ -14,7 +14,8 @@ of a run `write_run` adds, beside them in --summaries_dir:
   as tables (Text).
 
 experiments.py adds HParams with `write_hparams`: each run's swept values and
-final metrics, so the runs of a sweep line up in one sortable table.
+final metrics, so the runs of a sweep line up in one sortable table; and
+with `write_pictures` the test set's images as files in each run's folder.
 
 Nothing here is needed to label images. It uses what the run holds in memory
 and decodes only the thumbnails.
@@ -361,20 +362,69 @@ def _sample_text(sample, splits, embeddings):
   return text
 
 
-def _image_summary(tag, image, image_format, description):
-  """An Images-tab summary of one uint8 [height, width, 3] image, encoded
-  here: the tensorboard plugin's own pb() starts a TensorFlow session to
-  encode it, which costs more than all the rest."""
+def _encoded(image, image_format):
+  """uint8 [height, width, 3] as the bytes of a PNG or JPEG file."""
   encoded = io.BytesIO()
   Image.fromarray(image).save(encoded, image_format)
-  height, width = image.shape[:2]
+  return encoded.getvalue()
+
+
+@dataclasses.dataclass
+class Picture:
+  """One picture of the test set, for the Images tab and as a file."""
+  tag: str  # the Images tab's name, and the file's stem
+  image: np.ndarray  # uint8 [height, width, 3]
+  image_format: str  # 'PNG' (sharp lines and text) or 'JPEG' (photos)
+  description: str
+
+  @property
+  def file_name(self):
+    return self.tag + ('.png' if self.image_format == 'PNG' else '.jpg')
+
+
+def _image_summary(picture):
+  """An Images-tab summary of a Picture, encoded here: the tensorboard
+  plugin's own pb() starts a TensorFlow session to encode it, which costs
+  more than all the rest."""
+  height, width = picture.image.shape[:2]
   metadata = tf.compat.v1.SummaryMetadata.FromString(
       image_metadata.create_summary_metadata(
-          display_name=tag, description=description).SerializeToString())
+          display_name=picture.tag,
+          description=picture.description).SerializeToString())
   summary = tf.compat.v1.Summary()
-  summary.value.add(tag=tag, metadata=metadata, tensor=tf.make_tensor_proto(
-      [str(width), str(height), encoded.getvalue()], dtype=tf.string))
+  summary.value.add(tag=picture.tag, metadata=metadata,
+                    tensor=tf.make_tensor_proto(
+                        [str(width), str(height),
+                         _encoded(picture.image, picture.image_format)],
+                        dtype=tf.string))
   return summary
+
+
+def pictures_of(test, labels):
+  """The confusion matrix of the test Evaluation `test`, and its
+  misclassified photos if there are any: a list of Pictures."""
+  pictures = [Picture(
+      'confusion_matrix', _figure_image(confusion_figure(test, labels)),
+      'PNG', 'Rows: the true class; columns: what the network said. The '
+      'diagonal is right.')]
+  mistakes = misclassified_image(test, labels)
+  if mistakes is not None:
+    pictures.append(Picture(
+        'misclassified', mistakes, 'JPEG', 'Test photos the network got '
+        'wrong, the most confident first: the true class, the prediction '
+        'and its score.'))
+  return pictures
+
+
+def write_pictures(directory, test, labels):
+  """The pictures_of the test set as files in `directory`, to open without
+  TensorBoard (experiments.py's run folders); returns their paths."""
+  paths = []
+  for picture in pictures_of(test, labels):
+    paths.append(os.path.join(directory, picture.file_name))
+    files.atomic_write(paths[-1], _encoded(picture.image,
+                                           picture.image_format))
+  return paths
 
 
 def _tagged(summary, tag):
@@ -429,16 +479,8 @@ def write_run(summaries_dir, run_settings, module, splits, labels, result,
       'network', network_table(module)), 'network'), step)
   test = result.test
   if test is not None:
-    writer.add_summary(_image_summary(
-        'confusion_matrix', _figure_image(confusion_figure(test, labels)),
-        'PNG', 'Rows: the true class; columns: what the network said. The '
-        'diagonal is right.'), step)
-    mistakes = misclassified_image(test, labels)
-    if mistakes is not None:
-      writer.add_summary(_image_summary(
-          'misclassified', mistakes, 'JPEG', 'Test photos the network got '
-          'wrong, the most confident first: the true class, the prediction '
-          'and its score.'), step)
+    for picture in pictures_of(test, labels):
+      writer.add_summary(_image_summary(picture), step)
     for index, label in enumerate(labels):
       writer.add_summary(_tagged(pr_curve_summary.pb(
           'pr_curve', test.ground_truth == index,

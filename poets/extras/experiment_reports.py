@@ -459,8 +459,9 @@ def write_index(experiments_dir):
   return path
 
 
-def _results_page(experiment, table, plots):
-  """results.md: what was run, what was said, the table and the plots."""
+def _results_page(experiment, outcomes, table, plots):
+  """results.md: what was run, what was said, the table, each run's
+  pictures of its mistakes and the plots."""
   parts = [f'# {", ".join(experiment.keys)}, {experiment.started}\n']
   if experiment.command:
     parts.append(f'```\n{experiment.command}\n```\n')
@@ -470,6 +471,15 @@ def _results_page(experiment, table, plots):
                'the 95% interval (Wilson) is how far the true accuracy may '
                'lie from it. Each run\'s full log is in its folder, '
                'the CSV\'s run_dir.\n')
+  pictured = [outcome for outcome in outcomes if outcome.pictures]
+  if pictured:
+    parts.append('Where each run went wrong on the test images (also in '
+                 'TensorBoard\'s Images tab):\n\n' + ''.join(
+                     f'- {outcome.run.name}: ' + ', '.join(
+                         f'[{os.path.basename(path)}]'
+                         f'({os.path.relpath(path, experiment.dir)})'
+                         for path in outcome.pictures) + '\n'
+                     for outcome in pictured))
   parts.extend(f'![{os.path.splitext(plot)[0]}]({plot})\n' for plot in plots)
   return '\n'.join(parts)
 
@@ -489,7 +499,8 @@ def write_report(outcomes, experiment):
   for name in plots:
     figures[name].savefig(os.path.join(experiment.dir, name), dpi=100)
   files.atomic_write(os.path.join(experiment.dir, TABLE_NAME),
-                     _results_page(experiment, table, plots))
+                     _results_page(experiment, outcomes, table,
+                                   plots))
   files.atomic_write(os.path.join(experiment.dir, CSV_NAME),
                      csv_table(outcomes, experiment.keys))
   write_manifest(experiment, outcomes)

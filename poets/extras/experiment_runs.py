@@ -27,6 +27,7 @@ from poets import pipeline
 from poets import settings
 from poets import startup
 from poets.errors import PoetsError
+from poets.extras import dashboards
 from poets.extras import experiment_plan
 from poets.extras import experiment_reports
 
@@ -54,6 +55,8 @@ class Outcome:
   result: pipeline.RunResult | None = None
   seconds: float = 0.0  # wall clock of the child, start-up included
   warnings: int = 0  # warning lines in the run's log
+  # The test set's confusion matrix and mistakes in the run's folder.
+  pictures: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -134,11 +137,28 @@ def _run_child(run, job_path, verbosity, stop):
     # it (a second Ctrl-C can land mid-export); the detail keeps what.
     return Outcome(run, 'interrupted' if interrupted else status, payload,
                    seconds=seconds, warnings=warnings)
+  pictures = _write_pictures(run, payload)
   # A stop that came after the run saved its outputs found it finished.
   if payload.training.interrupted:
     return Outcome(run, 'interrupted', 'stopped on request', payload,
-                   seconds, warnings)
-  return Outcome(run, 'ok', '', payload, seconds, warnings)
+                   seconds, warnings, pictures)
+  return Outcome(run, 'ok', '', payload, seconds, warnings, pictures)
+
+
+def _write_pictures(run, result):
+  """The run's test pictures (dashboards.write_pictures) in its folder, so
+  they open without TensorBoard; their paths, [] without a test set."""
+  test = result.training.test
+  if test is None:
+    return []
+  try:
+    return dashboards.write_pictures(run.dir, test, result.labels)
+  except OSError as e:
+    line = files.environment_error(e)
+    if line is None:
+      raise
+    tqdm.write(f'{run.name}: could not write its pictures: {line}')
+    return []
 
 
 def _log_to_stderr(verbosity):
