@@ -14,6 +14,8 @@ import tensorflow as tf
 
 from poets.core import bottlenecks
 from poets.core import feeds
+from poets.core import final_layer
+from poets.core import graph_names
 from poets.core import image_listing
 from poets.core import modules
 from poets.core import training
@@ -148,6 +150,30 @@ def test_each_batch_size_sets_its_own_count(tmp_path, caplog):
                     caplog.text) == ['5', '5']
   assert re.findall(r'Final test accuracy = [\d.]+% \(N=(\d+)\)',
                     caplog.text) == ['3']
+
+
+def test_a_test_set_larger_than_a_batch_is_scored_whole_a_batch_at_a_time():
+  """Batches bound the memory of a large test set; each image is scored
+  once, the last partial batch too, as in one run over all of them."""
+  count = 2 * graph_names.BATCH_SIZE + 6
+  split = _split(np.random.default_rng(0), count, 2)
+  graph = tf.Graph()
+  with graph.as_default():
+    layer = final_layer.add_final_retrain_ops(
+        2, 'final_result', tf.constant(split.bottlenecks),
+        tf.constant(split.ground_truth), learning_rate=0.01)
+    init = tf.compat.v1.global_variables_initializer()
+  with tf.compat.v1.Session(graph=graph) as session:
+    session.run(init)
+    evaluation = training.evaluate(session, layer, split.bottlenecks,
+                                   split.ground_truth, 2)
+    whole = session.run(layer.final_tensor,
+                        {layer.bottleneck_input: split.bottlenecks})
+  assert evaluation.count == count and evaluation.confusion.sum() == count
+  np.testing.assert_allclose(evaluation.scores, whole, rtol=1e-5)
+  assert list(evaluation.predictions) == list(whole.argmax(1))
+  assert evaluation.accuracy == pytest.approx(
+      np.mean(whole.argmax(1) == split.ground_truth))
 
 
 def test_sampling_is_uniform_over_classes_and_seeded():

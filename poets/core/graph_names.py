@@ -42,7 +42,7 @@ TAKEN_NAMES = (INPUT_SCOPE, LAYER_SCOPE, 'cross_entropy', 'train',
                'accuracy', INPUT_NAME, 'init', 'save', FROZEN_SCOPE,
                FINE_TUNED_SCOPE)
 
-# Images per session run when making bottlenecks or labeling: large enough
-# to amortise the call, small enough that memory does not grow with the
-# folder.
+# Images per session run when making bottlenecks, evaluating or labeling:
+# large enough to amortise the call, small enough that memory does not grow
+# with the folder.
 BATCH_SIZE = 32

@@ -28,6 +28,7 @@ from poets import interrupts
 from poets import settings as settings_module
 from poets.core import feeds
 from poets.core import final_layer
+from poets.core import graph_names
 from poets.core import fine_tuning
 from poets.core import image_decoding
 from poets.core import metrics
@@ -190,11 +191,21 @@ def _validation_batch_size(requested, available):
 
 
 def evaluate(session, layer, bottlenecks, ground_truth, class_count):
-  """Runs the layer on bottlenecks; returns an Evaluation."""
-  accuracy, predictions, scores = session.run(
-      [layer.evaluation_step, layer.prediction, layer.final_tensor],
-      {layer.bottleneck_input: bottlenecks,
-       layer.ground_truth_input: ground_truth})
+  """Runs the layer on bottlenecks; returns an Evaluation.
+
+  A batch at a time: with fine-tuning, an image's activations in the top
+  blocks take many times the memory of its cut, so a whole test set in one
+  run would need memory in proportion to the folder.
+  """
+  size = graph_names.BATCH_SIZE
+  batches = [session.run([layer.prediction, layer.final_tensor],
+                         {layer.bottleneck_input: bottlenecks[start:
+                                                              start + size]})
+             for start in range(0, len(ground_truth), size)]
+  predictions = np.concatenate([batch[0] for batch in batches])
+  scores = np.concatenate([batch[1] for batch in batches])
+  # As the graph's evaluation_step computes it, in float32.
+  accuracy = np.mean(predictions == ground_truth, dtype=np.float32)
   confusion = np.zeros([class_count, class_count], np.int64)
   np.add.at(confusion, (ground_truth, predictions), 1)
   return Evaluation(float(accuracy), len(ground_truth), predictions,
