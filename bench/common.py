@@ -131,8 +131,29 @@ def load():
 # pipeline's RunResult written out: stage times come from the pipeline, not
 # from log wording.
 _RETRAIN_CHILD = """
-import json, sys, time
+import json, sys, threading, time
 started = time.perf_counter()
+
+def sample_memory(at_peak):
+  # The resident memory's make-up when it was largest: file-backed pages
+  # (a mapped file's, which the kernel may drop and read again) against
+  # anonymous ones (which it may not, without swap).
+  while True:
+    fields = {}
+    try:
+      with open('/proc/self/status') as status:
+        for line in status:
+          key, _, value = line.partition(':')
+          if key in ('VmRSS', 'RssAnon', 'RssFile', 'RssShmem'):
+            fields[key] = int(value.split()[0]) / 1024
+    except OSError:
+      return
+    if fields.get('VmRSS', 0) > at_peak.get('VmRSS', 0):
+      at_peak.update(fields)
+    time.sleep(0.05)
+
+at_peak = {}
+threading.Thread(target=sample_memory, args=(at_peak,), daemon=True).start()
 
 def own_peak_mib():
   # This process's own high-water mark: os.wait4's ru_maxrss starts from
@@ -165,7 +186,7 @@ with open(sys.argv[1], 'w') as f:
              'indexed': result.cache.indexed,
              'accuracy': test and test.accuracy,
              'test_images': test and test.count,
-             'own_peak_mib': own_peak_mib()}, f)
+             'own_peak_mib': own_peak_mib(), 'at_peak_mib': at_peak}, f)
 """
 
 

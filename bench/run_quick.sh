@@ -7,3 +7,5 @@ for bench in bottlenecks training memory end_to_end tflite scale fine_tune secon
   echo "== bench/$bench.py --quick"
   python "bench/$bench.py" --quick "$@"
 done
+echo "== bench/scale.py --quick --fine_tune_blocks 2"
+python bench/scale.py --quick --fine_tune_blocks 2 "$@"

@@ -21,8 +21,19 @@ read at >= 20,000 files a second; peak memory at 100,000 images under 2 GB.
 At the largest size the readers are also compared in this process, where
 CPU seconds can be read beside wall seconds.
 
+With --fine_tune_blocks N it measures instead the memory of a warm
+`retrain.py --fine_tune_blocks N` (the default module) on folders of 3,670
+and 100,000 generated photos: their cut cache is made up, valid files of the
+cut's shape written as poets.core.cut_cache writes them, so that no photo
+goes through the network. Printed: peak resident memory and its make-up at
+the peak, anonymous against file-backed (the mapped cuts, which the kernel
+may drop and read again), beside the bytes of cuts the run maps.
+
   python bench/scale.py [--quick] [--sizes 1000,10000,100000] [--steps 1000]
+  python bench/scale.py --fine_tune_blocks 2 [--sizes 3670,100000] [--steps 100]
 """
+
+import functools
 
 import os
 import sys
@@ -41,7 +52,9 @@ import tensorflow as tf  # noqa: E402
 from bench import common  # noqa: E402
 from poets.core import bottlenecks  # noqa: E402
 from poets.core import cache_index  # noqa: E402
+from poets.core import cut_cache  # noqa: E402
 from poets.core import feeds  # noqa: E402
+from poets.core import fine_tuning  # noqa: E402
 from poets.core import image_listing  # noqa: E402
 from poets.core import modules  # noqa: E402
 
@@ -59,6 +72,9 @@ flags.DEFINE_integer('read_sample', None, 'Cache files the readers are '
                      'compared on, at the largest size (default 10000; '
                      '--quick: 100).')
 flags.DEFINE_integer('width', 1280, "The tiny module's bottleneck size.")
+flags.DEFINE_integer('fine_tune_blocks', 0, 'Measure the memory of warm '
+                     '--fine_tune_blocks runs of this N instead (default '
+                     'sizes 3670,100000, steps 100; --quick: 60, 20).')
 flags.DEFINE_string('data_dir', os.path.join(common.REPO_ROOT, 'tf_files',
                                              'bench_scale'),
                     'Where the generated photos and the tiny module are kept '
@@ -75,6 +91,8 @@ STAGES = ('listing', 'cache read', 'computing', 'training', 'export')
 SAME_WORK_STAGES = ('listing', 'training', 'export')
 TARGET_FILES_PER_SECOND = 20_000
 TARGET_PEAK_MIB = 2048
+# Memory, not accuracy: the top trains for a few steps.
+FINE_TUNE_STEPS = 5
 
 
 class _TinyModule(tf.Module):
@@ -194,6 +212,62 @@ def _compare_readers(image_dir, bottleneck_dir, module_name, sample):
           f'target), {len(entries) / cpu:7.0f} files per CPU-second')
 
 
+def _made_up_cuts(image_dir, bottleneck_dir, cut):
+  """A cut file for every photo of `image_dir`, named and written as
+  poets.core.cut_cache names and writes them: each class its own mean plus
+  noise, so the layer has something to learn."""
+  folder = cut_cache.cut_folder(bottleneck_dir, cut)
+  image_lists = image_listing.create_image_lists(image_dir, 10, 10)
+  rng = np.random.default_rng(0)
+  means = rng.standard_normal([len(image_lists.classes), *cut.shape],
+                              np.float32)
+  for entry in bottlenecks.entries_of(
+      image_lists, functools.partial(cut_cache.cut_path, folder)):
+    cut_cache.write_cut(entry.cache_path, means[entry.class_index] +
+                        rng.standard_normal(cut.shape, np.float32))
+
+
+def _fine_tune_point(count, work, steps, cut):
+  """A warm --fine_tune_blocks run on `count` photos; prints its memory."""
+  image_dir = _photos(count)
+  bottleneck_dir = os.path.join(work, 'bottlenecks')
+  _made_up_cuts(image_dir, bottleneck_dir, cut)
+  seconds, _, measured = common.retrain_in_child(
+      ['--image_dir', image_dir, '--bottleneck_dir', bottleneck_dir,
+       '--architecture', common.ARCHITECTURE, '--model_dir', FLAGS.model_dir,
+       '--fine_tune_blocks', str(FLAGS.fine_tune_blocks),
+       '--fine_tune_steps', str(FINE_TUNE_STEPS),
+       '--how_many_training_steps', str(steps), '--random_seed', '0'],
+      work, f'fine_tune_{count}')
+  mapped = measured['reused'] * np.prod(cut.shape) * np.dtype(
+      cut_cache.DTYPE).itemsize / 2**20
+  at_peak = measured['at_peak_mib']
+  print(f'{count:>7} {measured["reused"]:>7} {measured["created"]:>7} '
+        f'{mapped:10.0f} {measured["own_peak_mib"]:8.0f} '
+        f'{at_peak["RssAnon"]:8.0f} {at_peak["RssFile"]:8.0f} '
+        f'{at_peak["RssShmem"]:8.0f} {seconds:7.1f}   {common.load()}',
+        flush=True)
+
+
+def _fine_tune_memory():
+  sizes = [int(size) for size in common.by_mode(
+      FLAGS.sizes, ['60'], ['3670', '100000'])]
+  steps = common.by_mode(FLAGS.steps, 20, 100)
+  common.module_spec()  # built before anything is measured
+  cut = fine_tuning.find_cut(common.ARCHITECTURE, '', FLAGS.fine_tune_blocks)
+  print(f'warm retrain.py --fine_tune_blocks {FLAGS.fine_tune_blocks} (cut '
+        f'{"x".join(map(str, cut.shape))} float16 a photo, made up), {steps} '
+        f'steps + {FINE_TUNE_STEPS} fine-tuning steps, each run a fresh '
+        f'process; MiB; anon/file/shmem: resident at the peak')
+  print(f'{"images":>7} {"reused":>7} {"created":>7} {"cuts mapped":>10} '
+        f'{"peak":>8} {"anon":>8} {"file":>8} {"shmem":>8} {"wall s":>7}')
+  for count in sizes:
+    # Each point's cache is removed after it: 100,000 cuts are 1.9 GB.
+    with tempfile.TemporaryDirectory(prefix='bench_scale_',
+                                     dir=FLAGS.data_dir) as work:
+      _fine_tune_point(count, work, steps, cut)
+
+
 _HEADER = (f'{"module":<18} {"images":>7} {"cache":<5} {"listing":>8} '
            f'{"read":>7} {"files/s":>8} {"compute":>8} {"training":>8} '
            f'{"export":>7} {"wall s":>7} {"peak MiB":>8} {"accuracy":>8}')
@@ -308,6 +382,9 @@ def main(argv):
   plot = FLAGS.plot or os.path.join(
       FLAGS.data_dir, 'quick.png' if FLAGS.quick else 'scale.png')
   os.makedirs(FLAGS.data_dir, exist_ok=True)
+  if FLAGS.fine_tune_blocks:
+    _fine_tune_memory()
+    return
   tiny = _tiny_module(FLAGS.width)
   for count in [*sizes, default_images]:
     if count:
