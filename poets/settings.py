@@ -82,7 +82,7 @@ class RetrainSettings:
   # Fine-tuning the network's top blocks after the new layer (0: none).
   fine_tune_blocks: int = 0
   fine_tune_steps: int = 40
-  fine_tune_learning_rate: float = 0.01
+  fine_tune_learning_rate: float = 0.0001
   checkpoint_path: str = 'tf_files/_retrain_checkpoint'
   # Export.
   final_tensor_name: str = graph_names.FINAL_TENSOR_NAME

@@ -134,7 +134,7 @@ def test_an_interrupted_cut_cache_resumes(photos, tiny_module, tiny_cut,
 def _settings(tmp_path, **changes):
   return settings.RetrainSettings(
       how_many_training_steps=60, fine_tune_steps=5, train_batch_size=10,
-      learning_rate=0.5, fine_tune_learning_rate=0.5,
+      learning_rate=0.5,
       eval_step_interval=20, fine_tune_blocks=2, random_seed=0,
       summaries_dir=str(tmp_path / 'summaries'),
       checkpoint_path=str(tmp_path / 'checkpoint' / 'retrain')).replace(
@@ -160,6 +160,11 @@ def test_fine_tuning_moves_the_top_and_keeps_the_bottom(
   assert not np.allclose(trained, network.blocks[2].expand.kernel)
   assert not np.allclose(result.layer['fine_tuned_blocks/head/kernel'],
                          network.head.kernel)
+  # The checkpoint holds the model's weights, not the optimizer's state.
+  saved = [name for name, _ in tf.train.list_variables(config.checkpoint_path)]
+  assert sorted(saved) == sorted(result.layer)
+  assert {name.rsplit('/', 1)[1] for name in saved} == {
+      'kernel', 'bias', 'final_weights', 'final_biases'}
   with export.FrozenGraphs(tiny_module.spec, 3, 'final_result',
                            tiny_cut) as frozen_graphs:
     constants = _frozen(frozen_graphs.freeze(result.layer))
@@ -261,7 +266,8 @@ def test_distorted_photos_go_through_the_frozen_bottom(
       _settings(tmp_path, flip_left_right=True), cut_splits, photos.labels,
       fine_tune=fine_tuning.FineTuning(
           tiny_cut, fine_tuning.bottom_module(tiny_cut, tiny_module), {},
-          first_step=60, steps=3, learning_rate=0.5))
+          first_step=60, steps=3,
+          learning_rate=settings.RetrainSettings.fine_tune_learning_rate))
   assert result.steps_done == 63
   assert not np.allclose(result.layer['fine_tuned_blocks/head/kernel'],
                          tiny_cut.network.head.kernel)

@@ -144,7 +144,7 @@ def cut_input(cut, default):
 
 
 def top_variables_of(graph):
-  return graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
+  return graph.get_collection(tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES,
                               scope=graph_names.FINE_TUNED_SCOPE)
 
 
