@@ -35,7 +35,7 @@ from poets import settings  # noqa: E402
 from poets.core import export  # noqa: E402
 from poets.core import frozen_graphs  # noqa: E402
 from poets.core import graph_names  # noqa: E402
-from poets.core import image_decoding
+from poets.core import image_decoding  # noqa: E402
 from poets.core import image_listing  # noqa: E402
 from poets.core import modules  # noqa: E402
 from poets.core import tflite_interpreter  # noqa: E402

@@ -402,6 +402,42 @@ def _save_checkpoint(session, saver, checkpoint_path):
     logging.warning('Could not save the checkpoint: %s', line)
 
 
+def _run_steps(session, net, settings, steps, check_loss, validation,
+               save_intermediate):
+  """Runs the training `steps` (a range), evaluating every
+  --eval_step_interval steps and at the last; returns the steps done,
+  whether a stop signal cut them short, and the validation curve."""
+  # Cheaper per call than session.run.
+  train_step = session.make_callable(net.layer.train_step,
+                                     feed_list=list(net.batches.feed))
+  curve = []
+  steps_done = steps.start
+  try:
+    with interrupts.at_step_boundaries() as boundary:
+      for step in steps:
+        steps_done = step
+        if boundary.stop_requested:
+          raise KeyboardInterrupt
+        if step % settings.eval_step_interval and step + 1 != steps.stop:
+          train_step(*net.batches.feed.values())
+        else:
+          accuracy = _evaluation_step(session, net, step, check_loss,
+                                      validation)
+          if accuracy is not None:
+            curve.append((step, accuracy))
+        # The original's rule, whatever the evaluation interval.
+        if (settings.intermediate_store_frequency > 0 and step > 0 and
+            step % settings.intermediate_store_frequency == 0):
+          save_intermediate(step)
+      # A signal during the last step is raised as the block ends.
+      steps_done = steps.stop
+    return steps_done, False, curve
+  except KeyboardInterrupt:
+    logging.warning('Interrupted at step %d of %d; saving what was trained.',
+                    steps_done, steps.stop)
+    return steps_done, True, curve
+
+
 def train(settings, splits, labels, module_spec=None, save_intermediate=None,
           fine_tune=None, final_test=True):
   """Trains the final layer on cached bottlenecks (or distorted images).
@@ -423,7 +459,6 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None,
   _warn_empty(splits, labels)
   rng = np.random.default_rng(settings.random_seed)
   net = _build_graph(settings, splits, class_count, module_spec, fine_tune)
-  check_loss = LossCheck(class_count, settings.learning_rate)
   validation = (splits['validation'], _validation_batch_size(
       settings.validation_batch_size,
       len(splits['validation'].ground_truth)), rng)
@@ -431,8 +466,6 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None,
   if fine_tune:
     first_step = fine_tune.first_step
     end_step = first_step + fine_tune.steps
-  curve = []
-  interrupted = False
   with tf.compat.v1.Session(graph=net.graph) as session:
     session.run(net.init)
     if fine_tune:
@@ -440,38 +473,19 @@ def train(settings, splits, labels, module_spec=None, save_intermediate=None,
         for variable in net.variables:
           if variable.op.name in fine_tune.start:
             variable.load(fine_tune.start[variable.op.name], session)
-    # Cheaper per call than session.run.
-    train_step = session.make_callable(net.layer.train_step,
-                                       feed_list=list(net.batches.feed))
 
     def layer_values():
       return dict(zip([v.op.name for v in net.variables],
                       session.run(net.variables)))
 
-    steps_done = first_step
-    try:
-      with interrupts.at_step_boundaries() as boundary:
-        for step in range(first_step, end_step):
-          steps_done = step
-          if boundary.stop_requested:
-            raise KeyboardInterrupt
-          if step % settings.eval_step_interval and step + 1 != end_step:
-            train_step(*net.batches.feed.values())
-          else:
-            accuracy = _evaluation_step(session, net, step, check_loss,
-                                        validation)
-            if accuracy is not None:
-              curve.append((step, accuracy))
-          # The original's rule, whatever the evaluation interval.
-          if (settings.intermediate_store_frequency > 0 and step > 0 and
-              step % settings.intermediate_store_frequency == 0 and
-              save_intermediate):
-            save_intermediate(step, layer_values())
-        steps_done = end_step
-    except KeyboardInterrupt:
-      interrupted = True
-      logging.warning('Interrupted at step %d of %d; saving what was trained.',
-                      steps_done, end_step)
+    def save_layer(step):
+      if save_intermediate:
+        save_intermediate(step, layer_values())
+
+    steps_done, interrupted, curve = _run_steps(
+        session, net, settings, range(first_step, end_step),
+        LossCheck(class_count, settings.learning_rate), validation,
+        save_layer)
     _save_checkpoint(session, net.saver,
                      files.interrupted_path(settings.checkpoint_path)
                      if interrupted else settings.checkpoint_path)
