@@ -255,6 +255,43 @@ def _write_dashboards(settings, module, splits, labels, result, cut,
     logging.warning('Could not write the dashboards: %s', line)
 
 
+def _train_and_export(settings, spec, module, labels, splits, cut,
+                      cut_splits):
+  """Trains, then freezes the graph and saves the outputs; returns the
+  TrainingResult, the paths saved and the seconds of each part."""
+  frozen = export.FrozenGraphs(spec, len(labels), settings.final_tensor_name,
+                               cut)
+  with summaries.claim(settings.summaries_dir, RUN_FOLDERS), frozen:
+
+    def freeze(layer):
+      # The module's function opened up: TensorFlow's optimize_for_inference
+      # drops a graph's functions, and the codelab ran it on this graph.
+      return tensorboard_graph.inline_functions(frozen.freeze(layer),
+                                                spec.name)
+
+    def save_intermediate(step, layer):
+      path = os.path.join(settings.intermediate_output_graphs_dir,
+                          f'intermediate_{step}.pb')
+      logging.info('Save intermediate result to : %s', path)
+      export.save_graph(freeze(layer), path)
+
+    start = time.perf_counter()
+    result = train(settings, labels, spec, module, splits, cut, cut_splits,
+                   save_intermediate)
+    training_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    graph_def = freeze(result.layer)
+    saved = _save_outputs(settings, graph_def, labels,
+                          splits['training'].filenames, result.interrupted)
+    # After the outputs, and its writer only warns: a summary that cannot
+    # be written loses no layer.
+    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir,
+                                          spec.name)
+  return (result, saved, training_seconds,
+          time.perf_counter() - start)
+
+
 def run(settings, images_per_class=None):
   """Retrains and exports; returns a RunResult. Raises PoetsError.
 
@@ -295,36 +332,8 @@ def run(settings, images_per_class=None):
                len(cache.failed))
   _check_usable(splits, labels)
 
-  frozen = export.FrozenGraphs(spec, len(labels), settings.final_tensor_name,
-                               cut)
-  with summaries.claim(settings.summaries_dir, RUN_FOLDERS), frozen:
-
-    def freeze(layer):
-      # The module's function opened up: TensorFlow's optimize_for_inference
-      # drops a graph's functions, and the codelab ran it on this graph.
-      return tensorboard_graph.inline_functions(frozen.freeze(layer),
-                                                spec.name)
-
-    def save_intermediate(step, layer):
-      path = os.path.join(settings.intermediate_output_graphs_dir,
-                          f'intermediate_{step}.pb')
-      logging.info('Save intermediate result to : %s', path)
-      export.save_graph(freeze(layer), path)
-
-    start = time.perf_counter()
-    result = train(settings, labels, spec, module, splits, cut, cut_splits,
-                   save_intermediate)
-    training_seconds = time.perf_counter() - start
-
-    start = time.perf_counter()
-    graph_def = freeze(result.layer)
-    saved = _save_outputs(settings, graph_def, labels,
-                          splits['training'].filenames, result.interrupted)
-    # After the outputs, and its writer only warns: a summary that cannot
-    # be written loses no layer.
-    tensorboard_graph.write_graph_summary(graph_def, settings.summaries_dir,
-                                          spec.name)
-  export_seconds = time.perf_counter() - start
+  result, saved, training_seconds, export_seconds = _train_and_export(
+      settings, spec, module, labels, splits, cut, cut_splits)
   _write_dashboards(settings, module, splits, labels, result, cut,
                     cut_splits)
   if result.interrupted:
