@@ -13,9 +13,14 @@ leaves in --summaries_dir (each event folder, the Projector's files), and
 the Projector's files for the full flower_photos (3,670 photos: 734
 validation and test photos and 500 training photos as points), written from
 the folder's photos repeated.
+With --fine_tune_blocks N every run fine-tunes the top N blocks too
+(retrain.py's default --fine_tune_steps; --quick: 2), so write_run also runs
+the Projector's photos through the fine-tuned blocks for its second tensor,
+and the full flower_photos' Projector holds both tensors.
 Target: (a) / (b) <= 1.05; nothing of it is needed to label images.
 
   python bench/dashboards.py [--quick] [--image_dir ...] [--rounds 3]
+      [--fine_tune_blocks 2]
 """
 
 import glob
@@ -44,6 +49,8 @@ FULL_POINTS = 734 + dashboards.TRAINING_POINTS
 flags.DEFINE_integer('rounds', None, 'Runs of each (default 3; --quick: 1).')
 flags.DEFINE_integer('steps', None, 'Training steps (default 500, the '
                      "README's; --quick: 50).")
+flags.DEFINE_integer('fine_tune_blocks', 0, 'Fine-tune this many top blocks '
+                     'in every run (retrain.py --fine_tune_blocks); 0 = none.')
 FLAGS = flags.FLAGS
 
 
@@ -62,6 +69,9 @@ def _config(image_dir, work, steps):
       output_graph=os.path.join(work, 'retrained_graph.pb'),
       output_labels=os.path.join(work, 'retrained_labels.txt'),
       checkpoint_path=os.path.join(work, 'checkpoint', 'retrain'),
+      fine_tune_blocks=FLAGS.fine_tune_blocks,
+      fine_tune_steps=common.by_mode(
+          None, 2, settings.RetrainSettings.fine_tune_steps),
       random_seed=0)
 
 
@@ -96,7 +106,9 @@ def _whole_commands(config, rounds):
       ('summaries_dir', config.summaries_dir + '_children'),
       ('output_graph', config.output_graph),
       ('output_labels', config.output_labels),
-      ('checkpoint_path', config.checkpoint_path), ('random_seed', 0))]
+      ('checkpoint_path', config.checkpoint_path),
+      ('fine_tune_blocks', config.fine_tune_blocks),
+      ('fine_tune_steps', config.fine_tune_steps), ('random_seed', 0))]
   log = config.summaries_dir + '_child.log'
   times = {'with': [], 'without': []}
   for _ in range(rounds):
@@ -133,8 +145,11 @@ def _measure(image_dir, work, steps, rounds):
       [statistics.median(times) for times in zip(*runs)]
       for runs in (with_dashboards, without, inside)]
   photos = common.photo_count(image_dir)
-  print(f'{image_dir}: {photos} photos, {steps} steps, median of {rounds}, '
-        'wall (CPU) seconds')
+  fine_tuned = (f', then {config.fine_tune_steps} steps of the top '
+                f'{config.fine_tune_blocks} blocks' if config.fine_tune_blocks
+                else '')
+  print(f'{image_dir}: {photos} photos, {steps} steps{fine_tuned}, median of '
+        f'{rounds}, wall (CPU) seconds')
   print('  pipeline.run in this process:')
   print(f'  (a) with dashboards  {a:6.2f} ({a_cpu:5.2f})   write_run '
         f'{written:.2f} ({written_cpu:.2f})')
@@ -172,18 +187,24 @@ def main(argv):
 
 def _full_projector(image_dir, work):
   """The Projector's files for 3,670 photos' worth of points, measured: the
-  folder's photos over and over, with random 1,280-value bottlenecks."""
+  folder's photos over and over, with random 1,280-value bottlenecks (and
+  fine-tuned features, with --fine_tune_blocks)."""
   paths = sorted(glob.glob(os.path.join(image_dir, '*', '*.jpg')))
   points = [paths[i % len(paths)] for i in range(FULL_POINTS)]
   sample = dashboards.ProjectorSample({}, ['flower'] * FULL_POINTS,
                                       ['testing'] * FULL_POINTS, points)
-  features = np.random.default_rng(0).random([FULL_POINTS, 1280], np.float32)
+  rng = np.random.default_rng(0)
+  names = [dashboards.PRETRAINED] + (
+      [dashboards.FINE_TUNED] if FLAGS.fine_tune_blocks else [])
+  embeddings = {name: rng.random([FULL_POINTS, 1280], np.float32)
+                for name in names}
   # A cold sprite cache: the run that first sees these photos.
   wall, cpu = common.timed(lambda: dashboards.write_projector(
-      os.path.join(work, 'projector'), sample, {'bottlenecks': features},
+      os.path.join(work, 'projector'), sample, embeddings,
       os.path.join(work, 'sprites')))
   print(f'3,670 photos: {FULL_POINTS} points (734 validation and test, '
-        f'{dashboards.TRAINING_POINTS} training); the Projector\'s files '
+        f'{dashboards.TRAINING_POINTS} training), {" and ".join(names)}; '
+        'the Projector\'s files '
         f'{_size(os.path.join(work, "projector")) / 2**20:.1f} MiB, '
         f'written (sprite made, not cached) in {wall:.2f} s '
         f'({cpu:.2f} s CPU)  {common.load()}')
