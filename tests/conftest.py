@@ -136,9 +136,12 @@ _current_test = None
 _popen_init = subprocess.Popen.__init__
 _fork = os.fork
 OUTSIDE_ANY_TEST = ''
-# The longest chain of steps that must run in order: started first, so the
-# other workers take the rest of the suite meanwhile.
-RUN_FIRST = 'tests/test_readme.py'
+# The longest chain of steps that must run in order, the README's: started
+# first, so the other workers take the rest of the suite meanwhile. The docs
+# pages go on from where it left off, each on its own, so they come last and
+# any worker takes any of them.
+RUN_FIRST = 'tests/test_readme.py::test_readme_commands'
+RUN_LAST_APART = 'tests/test_readme.py::test_docs_page_commands'
 
 
 def _counted_popen_init(self, *args, **kwargs):
@@ -166,7 +169,24 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-  items.sort(key=lambda item: not item.nodeid.startswith(RUN_FIRST))
+  items.sort(key=lambda item: (not item.nodeid.startswith(RUN_FIRST),
+                               item.nodeid.startswith(RUN_LAST_APART)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  if config.getoption('dist') != 'loadscope':
+    return None
+  from xdist import scheduler
+
+  class ModulesTogetherDocsPagesApart(scheduler.LoadScopeScheduling):
+
+    def _split_scope(self, nodeid):
+      if nodeid.startswith(RUN_LAST_APART):
+        return nodeid
+      return super()._split_scope(nodeid)
+
+  return ModulesTogetherDocsPagesApart(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,14 +1,17 @@
 """The README and the docs are executed: their bash blocks run as a user
 would type them.
 
-In one copy of the repository's files (what a fresh clone holds), offline,
-the README first and then each page of docs/, each in its own order, so that
-one step's outputs feed the next as they would for a reader who did the
-README's codelab first. Training steps are cut to a few; everything else runs
-as written. A documented step that fails fails its page's test.
+In a copy of the repository's files (what a fresh clone holds), offline,
+the README's commands in order, so that one step's outputs feed the next;
+then each page of docs/ in its own copy of where the README left off, as a
+reader who did the README's codelab first would run it. Training steps are
+cut to a few; everything else runs as written. A documented step that fails
+fails its page's test.
 """
 
+import fcntl
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -42,7 +45,8 @@ TRAINING_SCRIPTS = ('retrain.py', 'scripts.retrain')
 # sweep (a value the sweep itself sets is kept).
 CUT_SCRIPTS = TRAINING_SCRIPTS + ('experiments.py', 'scripts.experiments')
 FEW_STEPS = 20
-STEPS_FLAG = re.compile(r'--how_many_training_steps[= ](\d+)')
+# Steps of the fine-tuned blocks, cut too where a command fine-tunes.
+FEW_FINE_TUNE_STEPS = 3
 LAYOUT_PAGE = 'docs/layout.md'
 # What a documented command that works never prints, beside TensorFlow's own
 # library lines (startup.is_library_line): a traceback, LiteRT's notes.
@@ -65,16 +69,26 @@ def without_comment(command):
   return re.sub(r'\s+#\s.*$', '', command)
 
 
+def _capped(command, flag, most):
+  """`command` with `flag`'s value at most `most`, the flag added if absent."""
+  given = re.compile(flag + r'[= ](\d+)')
+  if given.search(command):
+    return given.sub(lambda steps: f'{flag} {min(int(steps[1]), most)}',
+                     command)
+  return f'{command} {flag} {most}'
+
+
 def with_few_steps(command):
   """`command` without its comment, its training cut to at most FEW_STEPS
-  steps."""
+  steps (and FEW_FINE_TUNE_STEPS of fine-tuning)."""
   command = without_comment(command)
   if not any(script in command for script in CUT_SCRIPTS):
     return command
-  if STEPS_FLAG.search(command):
-    return STEPS_FLAG.sub(lambda steps: '--how_many_training_steps '
-                          f'{min(int(steps[1]), FEW_STEPS)}', command)
-  return f'{command} --how_many_training_steps {FEW_STEPS}'
+  command = _capped(command, '--how_many_training_steps', FEW_STEPS)
+  if 'fine_tune_blocks' in command:
+    command = _capped(command, '--fine_tune_steps',
+                      FEW_FINE_TUNE_STEPS)
+  return command
 
 
 def copy_of_checkout(destination):
@@ -101,7 +115,10 @@ def test_commands_are_read_and_cut_as_a_user_would_type_them():
               '```bash\npython label_image.py --image a.jpg\n'
               'python experiments.py --sweep learning_rate=0.1,1\n'
               'python experiments.py --how_many_training_steps=10 '
-              '--sweep how_many_training_steps=5,9\n```\n')
+              '--sweep how_many_training_steps=5,9\n'
+              'python retrain.py --fine_tune_blocks 2 '
+              '--fine_tune_steps=40\n'
+              'python experiments.py --sweep fine_tune_blocks=0,2\n```\n')
   commands = readme_commands(markdown)
   assert commands == [
       'python retrain.py   # retrain',
@@ -110,7 +127,9 @@ def test_commands_are_read_and_cut_as_a_user_would_type_them():
       'python label_image.py --image a.jpg',
       'python experiments.py --sweep learning_rate=0.1,1',
       'python experiments.py --how_many_training_steps=10 '
-      '--sweep how_many_training_steps=5,9']
+      '--sweep how_many_training_steps=5,9',
+      'python retrain.py --fine_tune_blocks 2 --fine_tune_steps=40',
+      'python experiments.py --sweep fine_tune_blocks=0,2']
   assert [with_few_steps(c) for c in commands] == [
       f'python retrain.py --how_many_training_steps {FEW_STEPS}',
       f'python retrain.py --how_many_training_steps {FEW_STEPS}      '
@@ -119,7 +138,12 @@ def test_commands_are_read_and_cut_as_a_user_would_type_them():
       'python experiments.py --sweep learning_rate=0.1,1 '
       f'--how_many_training_steps {FEW_STEPS}',
       'python experiments.py --how_many_training_steps 10 '
-      '--sweep how_many_training_steps=5,9']
+      '--sweep how_many_training_steps=5,9',
+      'python retrain.py --fine_tune_blocks 2 --fine_tune_steps '
+      f'{FEW_FINE_TUNE_STEPS} --how_many_training_steps {FEW_STEPS}',
+      'python experiments.py --sweep fine_tune_blocks=0,2 '
+      f'--how_many_training_steps {FEW_STEPS} '
+      f'--fine_tune_steps {FEW_FINE_TUNE_STEPS}']
 
 
 def documented_pages():
@@ -134,6 +158,11 @@ def read_page(page):
     return f.read()
 
 
+def runs_commands(page):
+  return any(not is_left_out(command)
+             for command in readme_commands(read_page(page)))
+
+
 def is_left_out(command):
   if command.startswith(tuple(NOT_RUN)):
     return True
@@ -144,15 +173,10 @@ def is_left_out(command):
 
 
 class FreshCopy:
-  """One copy of the checkout, in which each page's commands run once."""
+  """A copy of the checkout in which one page's commands run, once."""
 
   def __init__(self, repo):
     self.repo = repo
-    self.ran = {}  # Page -> the commands it ran, as typed.
-    # Commands that already succeeded here: a page that repeats one (a
-    # docs page quoting the README's) has it checked already.
-    self.succeeded = set()
-    self.failed = {}  # Page -> the first line of why.
     self.env = dict(os.environ)
     self.env['PATH'] = os.pathsep.join([os.path.dirname(sys.executable),
                                         self.env.get('PATH', '')])
@@ -166,66 +190,91 @@ class FreshCopy:
     for name in ('TF_CPP_MIN_LOG_LEVEL', startup.SHOW_TF_LOGS):
       self.env.pop(name, None)  # As a user's shell has them.
 
-  def run_page(self, page):
-    """Runs `page`'s commands, once, and returns those it ran."""
-    if page in self.failed:
-      pytest.fail(f'{page} failed earlier on this copy: {self.failed[page]}')
-    if page not in self.ran:
-      try:
-        self.ran[page] = self._run_commands(page)
-      except AssertionError as error:
-        self.failed[page] = str(error).splitlines()[0]
-        raise
-    return self.ran[page]
-
-  def _run_commands(self, page):
+  def run_page(self, page, already_ran=()):
+    """Runs `page`'s commands and returns them as typed; a command in
+    `already_ran` (a docs page quoting the README's) is checked already."""
     ran = []
     for command in readme_commands(read_page(page)):
       if is_left_out(command):
         continue
-      if with_few_steps(command) in self.succeeded:
-        ran.append(without_comment(command))
-        continue
-      done = subprocess.run(['bash', '-c', with_few_steps(command)],
-                            cwd=self.repo, env=self.env, capture_output=True,
-                            text=True, timeout=600)
-      assert done.returncode == 0, (
-          f'{page} command failed: {command}\n{done.stderr[-3000:]}')
-      assert not [line for line in done.stderr.splitlines()
-                  if startup.is_library_line(line)], command
-      assert not NOISE.search(done.stderr), (command, done.stderr[-3000:])
-      if any(script in command for script in TRAINING_SCRIPTS):
-        # The real default module trained: a run that printed no accuracy
-        # did not do what the page promises.
-        assert re.search(r'^INFO: Final test accuracy = [\d.]+% \(N=\d+\)$',
-                         done.stderr, re.M), (command, done.stderr[-3000:])
-      self.succeeded.add(with_few_steps(command))
+      if without_comment(command) not in already_ran:
+        self._run(page, command)
       ran.append(without_comment(command))
     return ran
 
+  def _run(self, page, command):
+    done = subprocess.run(['bash', '-c', with_few_steps(command)],
+                          cwd=self.repo, env=self.env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, (
+        f'{page} command failed: {command}\n{done.stderr[-3000:]}')
+    assert not [line for line in done.stderr.splitlines()
+                if startup.is_library_line(line)], command
+    assert not NOISE.search(done.stderr), (command, done.stderr[-3000:])
+    if any(script in command for script in TRAINING_SCRIPTS):
+      # The real default module trained: a run that printed no accuracy
+      # did not do what the page promises.
+      assert re.search(r'^INFO: Final test accuracy = [\d.]+% \(N=\d+\)$',
+                       done.stderr, re.M), (command, done.stderr[-3000:])
 
-@pytest.fixture(scope='module')
-def fresh_copy(tmp_path_factory):
-  repo = copy_of_checkout(tmp_path_factory.mktemp('clone') / 'repo')
-  if repo is None:
-    pytest.skip('not a git checkout: cannot tell which files a clone holds')
-  return FreshCopy(repo)
+
+def _shared_folder(tmp_path_factory):
+  """A folder every test worker of this session sees."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
+@pytest.fixture(scope='session')
+def after_readme(tmp_path_factory):
+  """A fresh copy after the README's commands ran in it, and those commands.
+
+  The README runs once per test session, whichever worker asks first; the
+  others wait for it. Each docs page then goes on from there in its own
+  copy, as a reader who did the README's codelab first would, so the pages
+  run side by side."""
+  shared = _shared_folder(tmp_path_factory) / 'readme'
+  shared.mkdir(exist_ok=True)
+  outcome = shared / 'outcome.json'
+  with open(shared / 'lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not outcome.exists():
+      repo = copy_of_checkout(shared / 'repo')
+      if repo is None:
+        result = {'skip': 'not a git checkout: cannot tell which files a '
+                          'clone holds'}
+      else:
+        try:
+          result = {'ran': FreshCopy(repo).run_page('README.md')}
+        except AssertionError as error:
+          result = {'failed': str(error)}
+      outcome.write_text(json.dumps(result))
+  result = json.loads(outcome.read_text())
+  if 'skip' in result:
+    pytest.skip(result['skip'])
+  if 'failed' in result:
+    pytest.fail(f'README.md failed on a fresh copy: {result["failed"]}')
+  return shared / 'repo', result['ran']
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('page', documented_pages())
-def test_page_commands_run_on_a_fresh_copy_offline(fresh_copy, page):
-  # Pages go on from where the README's codelab leaves a reader.
-  readme_ran = fresh_copy.run_page('README.md')
-  ran = fresh_copy.run_page(page)
-  if page == 'README.md':
-    # The run command of "Install, test, run", and the codelab's retrain and
-    # label_image steps.
-    assert 'python retrain.py' in ran
-    assert any(c.startswith('python label_image.py') for c in ran)
-    assert os.path.exists(os.path.join(fresh_copy.repo, 'tf_files',
-                                       'retrained_graph.pb'))
-  assert readme_ran
+def test_readme_commands_run_on_a_fresh_copy_offline(after_readme):
+  repo, ran = after_readme
+  # The run command of "Install, test, run", and the codelab's retrain and
+  # label_image steps.
+  assert 'python retrain.py' in ran
+  assert any(c.startswith('python label_image.py') for c in ran)
+  assert os.path.exists(os.path.join(repo, 'tf_files', 'retrained_graph.pb'))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'page', [page for page in documented_pages()[1:] if runs_commands(page)])
+def test_docs_page_commands_run_on_a_fresh_copy_offline(after_readme,
+                                                         tmp_path, page):
+  readme_repo, readme_ran = after_readme
+  repo = tmp_path / 'repo'
+  shutil.copytree(readme_repo, repo, symlinks=True)
+  FreshCopy(repo).run_page(page, already_ran=readme_ran)
 
 
 @pytest.mark.parametrize('page', documented_pages())
