@@ -138,6 +138,8 @@ def import_tensorflow():
   users. With POETS_SHOW_TF_LOGS=1 TensorFlow is left as it is.
   """
   # pylint: disable=g-import-not-at-top
+  # tf.keras as tensorflow_hub's own tf_keras: one Keras is loaded, not two.
+  os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
   if os.environ.get(SHOW_TF_LOGS) == '1':
     import tensorflow as tf
     return tf

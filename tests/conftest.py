@@ -16,6 +16,8 @@ import subprocess
 import threading
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# As the scripts import TensorFlow (startup.import_tensorflow).
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 from absl import logging  # noqa: E402
 import hypothesis  # noqa: E402
