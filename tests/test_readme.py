@@ -158,9 +158,9 @@ def read_page(page):
     return f.read()
 
 
-def runs_commands(page):
-  return any(not is_left_out(command)
-             for command in readme_commands(read_page(page)))
+def commands_run(page):
+  return [command for command in readme_commands(read_page(page))
+          if not is_left_out(command)]
 
 
 def is_left_out(command):
@@ -267,8 +267,11 @@ def test_readme_commands_run_on_a_fresh_copy_offline(after_readme):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    'page', [page for page in documented_pages()[1:] if runs_commands(page)])
+# The pages with the most commands first, so that the last to start is short
+# and no worker waits long for another at the end.
+@pytest.mark.parametrize('page', sorted(
+    filter(commands_run, documented_pages()[1:]),
+    key=lambda page: -len(commands_run(page))))
 def test_docs_page_commands_run_on_a_fresh_copy_offline(after_readme,
                                                          tmp_path, page):
   readme_repo, readme_ran = after_readme
