@@ -188,6 +188,17 @@ def pytest_xdist_make_scheduler(config, log):
         return nodeid
       return super()._split_scope(nodeid)
 
+    def _reschedule(self, node):
+      # A docs page is long: a worker gets one only when it holds a single
+      # test (a worker starts a test once it has the next, so it always
+      # holds one), and the last pages go to whichever worker frees up
+      # first instead of queueing two deep behind another page.
+      if (self.workqueue and
+          next(iter(self.workqueue)).startswith(RUN_LAST_APART) and
+          self._pending_of(self.assigned_work[node]) > 1):
+        return
+      super()._reschedule(node)
+
   return ModulesTogetherDocsPagesApart(config, log)
 
 
