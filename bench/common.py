@@ -99,8 +99,9 @@ def module_spec():
   return modules.resolve_module(ARCHITECTURE, '', FLAGS.model_dir)
 
 
-def run_child(command, log_path):
-  """Runs `command` with output to `log_path`; returns (seconds, peak MiB, rc).
+def run_child(command, log_path, env=None):
+  """Runs `command` (in `env`, else this process's environment) with output
+  to `log_path`; returns (seconds, peak MiB, rc).
 
   os.wait4 gives this child's own peak resident memory, where
   RUSAGE_CHILDREN would give the largest of all children so far.
@@ -108,7 +109,7 @@ def run_child(command, log_path):
   start = time.perf_counter()
   with open(log_path, 'w') as log:
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                             cwd=REPO_ROOT)
+                             cwd=REPO_ROOT, env=env)
   _, status, usage = os.wait4(child.pid, 0)
   child.returncode = os.waitstatus_to_exitcode(status)  # reaped: no 2nd wait
   return (time.perf_counter() - start, usage.ru_maxrss / 1024,

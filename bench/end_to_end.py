@@ -7,13 +7,18 @@ after a user's first run. For each run: wall seconds, the child's peak
 resident memory (os.wait4), the final test accuracy, and where the time went,
 from the pipeline's own RunResult (the child is retrain.py's flags and
 pipeline.run, with the result written out). TensorFlow's own start-up is timed
-apart, as a child that only imports tensorflow and tensorflow_hub.
+apart, as a child that only imports tensorflow and tensorflow_hub: with
+TF_USE_LEGACY_KERAS=1, as the scripts import it (tf.keras is then
+tensorflow_hub's tf_keras), against =0 (TensorFlow also loads Keras 3),
+interleaved rounds, the median wall and CPU seconds of each and their ratio.
 Targets on the 600-photo sample: warm run under 20 s, peak under 2 GB.
 
   python bench/end_to_end.py [--quick] [--steps 4000]
 """
 
 import os
+import resource
+import statistics
 import sys
 import tempfile
 
@@ -47,6 +52,34 @@ def _retrain(image_dir, work, name, steps):
   return seconds, peak, stages, result
 
 
+def _child_cpu():
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def _start_up(work, rounds):
+  """Prints `import tensorflow, tensorflow_hub` in a child, with one Keras
+  against two: median wall and CPU seconds and their ratios."""
+  times = {'1': [], '0': []}
+  for _ in range(rounds):
+    for legacy, runs in times.items():
+      cpu = _child_cpu()
+      seconds, _, _ = common.run_child(
+          [sys.executable, '-c', 'import tensorflow, tensorflow_hub'],
+          os.path.join(work, 'import.log'),
+          env={**os.environ, 'TF_USE_LEGACY_KERAS': legacy})
+      runs.append((seconds, _child_cpu() - cpu))
+  medians = {legacy: [statistics.median(run[i] for run in runs)
+                      for i in range(2)]
+             for legacy, runs in times.items()}
+  for legacy, (seconds, cpu) in medians.items():
+    print(f'import tensorflow, tensorflow_hub, TF_USE_LEGACY_KERAS={legacy}: '
+          f'{seconds:5.2f} s, CPU {cpu:5.2f} s (median of {rounds})')
+  (one_wall, one_cpu), (two_wall, two_cpu) = medians['1'], medians['0']
+  print(f'one Keras against two: {one_wall / two_wall:.2f}x the wall time, '
+        f'{one_cpu / two_cpu:.2f}x the CPU')
+
+
 def main(argv):
   del argv
   common.start()
@@ -56,11 +89,7 @@ def main(argv):
     image_dir = common.photos(work)
     print(f'retrain.py on {common.photo_count(image_dir)} photos, {steps} '
           f'steps; {common.load()}')
-    seconds, peak, _ = common.run_child(
-        [sys.executable, '-c', 'import tensorflow, tensorflow_hub'],
-        os.path.join(work, 'import.log'))
-    print(f'import tensorflow, tensorflow_hub alone: {seconds:5.1f} s, '
-          f'peak {peak:6.0f} MiB')
+    _start_up(work, rounds=common.by_mode(None, 1, 5))
     for name in ('cold', 'warm'):
       seconds, peak, stages, result = _retrain(image_dir, work, name, steps)
       print(f'{name} cache: {seconds:5.1f} s, peak {peak:6.0f} MiB, {result}')
