@@ -163,7 +163,21 @@ def _is_worker_controller(config):
           getattr(config.option, 'numprocesses', None))
 
 
+def _share_the_cores(config):
+  """Each xdist worker gets its share of the cores for TensorFlow's thread
+  pools, in the worker and in the processes its tests start (the variables
+  are inherited). With one worker per core and TensorFlow's default of a
+  thread per core in each, two workers' pools would spin against each other
+  on the same cores."""
+  workers = getattr(config, 'workerinput', {}).get('workercount')
+  if workers:
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for name in ('TF_NUM_INTRAOP_THREADS', 'TF_NUM_INTEROP_THREADS'):
+      os.environ.setdefault(name, threads)
+
+
 def pytest_configure(config):
+  _share_the_cores(config)
   # The controller of workers starts them and runs no test: nothing to count.
   if not _is_worker_controller(config):
     subprocess.Popen.__init__ = _counted_popen_init
