@@ -9,6 +9,7 @@ cut to a few; everything else runs as written. A documented step that fails
 fails its page's test.
 """
 
+import csv
 import fcntl
 import importlib.util
 import json
@@ -18,9 +19,12 @@ import shutil
 import subprocess
 import sys
 
+from PIL import Image
 import pytest
 
 from poets import startup
+from poets.extras import experiment_plan
+from poets.extras import experiment_reports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -191,16 +195,17 @@ class FreshCopy:
       self.env.pop(name, None)  # As a user's shell has them.
 
   def run_page(self, page, already_ran=()):
-    """Runs `page`'s commands and returns them as typed; a command in
-    `already_ran` (a docs page quoting the README's) is checked already."""
-    ran = []
+    """Runs `page`'s commands; returns what each printed on stdout, by the
+    command as typed. A command in `already_ran` (a docs page quoting the
+    README's) is checked already."""
+    printed = {}
     for command in readme_commands(read_page(page)):
       if is_left_out(command):
         continue
-      if without_comment(command) not in already_ran:
-        self._run(page, command)
-      ran.append(without_comment(command))
-    return ran
+      typed = without_comment(command)
+      printed[typed] = (None if typed in already_ran else
+                        self._run(page, command))
+    return printed
 
   def _run(self, page, command):
     done = subprocess.run(['bash', '-c', with_few_steps(command)],
@@ -216,6 +221,7 @@ class FreshCopy:
       # did not do what the page promises.
       assert re.search(r'^INFO: Final test accuracy = [\d.]+% \(N=\d+\)$',
                        done.stderr, re.M), (command, done.stderr[-3000:])
+    return done.stdout
 
 
 def _shared_folder(tmp_path_factory):
@@ -226,7 +232,8 @@ def _shared_folder(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def after_readme(tmp_path_factory):
-  """A fresh copy after the README's commands ran in it, and those commands.
+  """A fresh copy after the README's commands ran in it, and what each of
+  those commands printed on stdout, by the command as typed.
 
   The README runs once per test session, whichever worker asks first; the
   others wait for it. Each docs page then goes on from there in its own
@@ -244,7 +251,7 @@ def after_readme(tmp_path_factory):
                           'clone holds'}
       else:
         try:
-          result = {'ran': FreshCopy(repo).run_page('README.md')}
+          result = {'printed': FreshCopy(repo).run_page('README.md')}
         except AssertionError as error:
           result = {'failed': str(error)}
       outcome.write_text(json.dumps(result))
@@ -253,12 +260,13 @@ def after_readme(tmp_path_factory):
     pytest.skip(result['skip'])
   if 'failed' in result:
     pytest.fail(f'README.md failed on a fresh copy: {result["failed"]}')
-  return shared / 'repo', result['ran']
+  return shared / 'repo', result['printed']
 
 
 @pytest.mark.slow
 def test_readme_commands_run_on_a_fresh_copy_offline(after_readme):
-  repo, ran = after_readme
+  repo, printed = after_readme
+  ran = list(printed)
   # The run command of "Install, test, run", and the codelab's retrain and
   # label_image steps.
   assert 'python retrain.py' in ran
@@ -267,17 +275,76 @@ def test_readme_commands_run_on_a_fresh_copy_offline(after_readme):
 
 
 @pytest.mark.slow
-# The pages with the most commands first, so that the last to start is short
-# and no worker waits long for another at the end.
+def test_the_readmes_photo_count_sweep_leaves_its_table_runs_and_plots(
+    after_readme):
+  """The homework's "how many photos" answer: the table printed, a run
+  folder each with its graph, curves and pictures, and the plots."""
+  repo, printed = after_readme
+  [table] = [stdout for command, stdout in printed.items()
+             if '--sweep images_per_class=5,all ' in command]
+  assert '| images_per_class | status | test accuracy |' in table
+  # The runs' own log lines stay in their logs.
+  assert 'Train accuracy' not in table
+  experiments = repo / 'tf_files' / 'experiments'
+  [name] = [n for n in os.listdir(experiments)
+            if n.endswith('_images_per_class')]
+  out = experiments / name
+  with open(out / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [row['images_per_class'] for row in rows] == ['5', 'all']
+  for row in rows:
+    run = out / f'images_per_class={row["images_per_class"]}'
+    assert row['status'] == 'ok' and repo / row['run_dir'] == run
+    assert (run / 'retrained_graph.pb').stat().st_size > 0
+    with Image.open(run / 'confusion_matrix.png') as picture:
+      picture.verify()
+    for split in ('train', 'validation'):
+      assert any(n.startswith('events.out.tfevents')
+                 for n in os.listdir(run / split))
+    # The table's numbers are the run's own.
+    log = (run / experiment_plan.LOG_NAME).read_text()
+    accuracy = re.search(r'Final test accuracy = ([\d.]+)% \(N=(\d+)\)', log)
+    assert f'{100 * float(row["test_accuracy"]):.1f}' == accuracy[1]
+    assert row['test_images'] == accuracy[2]
+    assert f'({row["training_images"]} training, ' in log
+    assert row['steps'] == str(FEW_STEPS)
+  few, every = rows
+  # Five photos of each of the five classes, tested on the same photos.
+  assert few['training_images'] == '25' != every['training_images']
+  assert few['test_images'] == every['test_images'] != '0'
+  # Both runs found every bottleneck in the cache the codelab's steps made.
+  assert [row['bottlenecks_created'] for row in rows] == ['0', '0']
+  for plot in (experiment_reports.CURVES_NAME,
+               'accuracy_and_time_by_images_per_class.png'):
+    with Image.open(out / plot) as image:
+      image.verify()
+  page = (out / 'results.md').read_text()
+  assert '--sweep images_per_class=5,all' in page
+  assert '](accuracy_and_time_by_images_per_class.png)' in page
+  assert f']({name}/results.md)' in (experiments / 'index.md').read_text()
+
+
+def processes_started(page):
+  """How many Python processes `page`'s commands start, a measure of what
+  running them costs: each starts TensorFlow. Beam's DirectRunner starts a
+  worker process per core besides."""
+  return sum(1 + (os.cpu_count() or 1) * ('beam_bottlenecks.py' in command)
+             for command in commands_run(page)
+             if command.startswith('python'))
+
+
+@pytest.mark.slow
+# The costliest pages first, so that the last to start are short and no
+# worker waits long for another at the end.
 @pytest.mark.parametrize('page', sorted(
     filter(commands_run, documented_pages()[1:]),
-    key=lambda page: -len(commands_run(page))))
+    key=lambda page: -processes_started(page)))
 def test_docs_page_commands_run_on_a_fresh_copy_offline(after_readme,
                                                          tmp_path, page):
-  readme_repo, readme_ran = after_readme
+  readme_repo, readme_printed = after_readme
   repo = tmp_path / 'repo'
   shutil.copytree(readme_repo, repo, symlinks=True)
-  FreshCopy(repo).run_page(page, already_ran=readme_ran)
+  FreshCopy(repo).run_page(page, already_ran=readme_printed)
 
 
 @pytest.mark.parametrize('page', documented_pages())
