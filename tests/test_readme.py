@@ -50,7 +50,7 @@ TRAINING_SCRIPTS = ('retrain.py', 'scripts.retrain')
 CUT_SCRIPTS = TRAINING_SCRIPTS + ('experiments.py', 'scripts.experiments')
 FEW_STEPS = 20
 # Steps of the fine-tuned blocks, cut too where a command fine-tunes.
-FEW_FINE_TUNE_STEPS = 3
+FEW_FINE_TUNE_STEPS = 1
 LAYOUT_PAGE = 'docs/layout.md'
 # What a documented command that works never prints, beside TensorFlow's own
 # library lines (startup.is_library_line): a traceback, LiteRT's notes.
