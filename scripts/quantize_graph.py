@@ -16,19 +16,13 @@ int8 (or dynamic), or tflite_convert.py --quantization.
 import os
 import sys
 
+from absl import app
+from absl import flags
+
+from poets import cli
+from poets import files
 from poets import startup
-
-startup.begin_script()  # Before anything else imports TensorFlow.
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from poets import cli  # noqa: E402
-from poets.core import export  # noqa: E402
-from poets.core import frozen_graphs  # noqa: E402
-from poets import files  # noqa: E402
-from poets.errors import PoetsError  # noqa: E402
-from poets.extras import graph_tools  # noqa: E402
+from poets.errors import PoetsError
 
 # The original's modes; only weights_rounded still means something here.
 MODES = ('round', 'quantize', 'eightbit', 'weights', 'test', 'weights_rounded')
@@ -60,6 +54,11 @@ def main(argv):
              'tf_files/optimized_graph.tflite --tflite_quantization int8 (or '
              'tflite_convert.py --quantization int8), or keep '
              '--mode=weights_rounded for a .pb that compresses smaller.')
+  startup.begin_script()  # Before anything imports TensorFlow.
+  # pylint: disable=g-import-not-at-top
+  from poets.core import export
+  from poets.core import frozen_graphs
+  from poets.extras import graph_tools
   try:
     if os.path.realpath(FLAGS.input) == os.path.realpath(FLAGS.output):
       raise PoetsError(f'--output {FLAGS.output} is also --input; pass '

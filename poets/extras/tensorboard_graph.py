@@ -85,6 +85,8 @@ def inline_functions(graph_def, module_name):
   and the NoOps that gather them are left out: they order nothing in a
   frozen graph and would tie every layer to one node.
   """
+  if not graph_def.library.function:
+    return graph_def  # Nothing to open up (a graph inlined already).
   library = {f.signature.name: f for f in graph_def.library.function}
   taken = set()
   emitted = []  # (scope, node) in the order they go into the new graph
