@@ -19,6 +19,8 @@ import tempfile
 import time
 import urllib.request
 
+from absl import logging
+
 from poets.errors import PoetsError
 
 # The longest file name, in bytes, on Linux and macOS file systems.
@@ -277,6 +279,21 @@ def environment_error(error):
         return (f'Cannot write {path} ({words}); {fix}, or choose another '
                 'folder.')
   return None
+
+
+@contextlib.contextmanager
+def only_a_warning(what, errors=(OSError,)):
+  """Runs the block; an error of the machine's among `errors` (see
+  environment_error) becomes the warning "Could not <what>: <line>", for
+  what a run writes beside its outputs and can go on without. Any other
+  error is raised."""
+  try:
+    yield
+  except errors as e:
+    line = environment_error(e)
+    if line is None:
+      raise
+    logging.warning('Could not %s: %s', what, line)
 
 
 def check_writable(directory, flag):

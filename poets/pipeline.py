@@ -245,14 +245,10 @@ def _save_outputs(settings, graph_def, labels, training_paths, interrupted):
 
 def _write_dashboards(settings, module, splits, labels, result, cut,
                       cut_splits):
-  try:
+  with files.only_a_warning('write the dashboards',
+                            (OSError, tf.errors.OpError)):
     dashboards.write_run(settings.summaries_dir, settings, module, splits,
                          labels, result, cut, cut_splits)
-  except (OSError, tf.errors.OpError) as e:
-    line = files.environment_error(e)
-    if line is None:
-      raise
-    logging.warning('Could not write the dashboards: %s', line)
 
 
 def _train_and_export(settings, spec, module, labels, splits, cut,

@@ -391,15 +391,11 @@ def _evaluation_step(session, net, step, check_loss, validation):
 
 
 def _save_checkpoint(session, saver, checkpoint_path):
-  try:
+  # The layer's values are kept in memory: export still has them.
+  with files.only_a_warning('save the checkpoint',
+                            (OSError, tf.errors.OpError)):
     os.makedirs(os.path.dirname(checkpoint_path) or '.', exist_ok=True)
     saver.save(session, checkpoint_path, write_state=False)
-  except (OSError, tf.errors.OpError) as e:
-    line = files.environment_error(e)
-    if line is None:
-      raise
-    # The layer's values are kept in memory: export still has them.
-    logging.warning('Could not save the checkpoint: %s', line)
 
 
 def _run_steps(session, net, settings, steps, check_loss, validation,
