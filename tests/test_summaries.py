@@ -100,37 +100,26 @@ def test_marker_names_what_the_folder_may_hold(tmp_path):
   assert files.strangers(str(tmp_path / 'train')) == ['photo.jpg']
 
 
-def test_a_full_disk_under_the_summaries_costs_no_layer(tmp_path, tf2_module,
-                                                        small_disk, caplog):
+# What sits on the full disk, the room left there (for its folders, not
+# what goes in them), and the warning the run gives as it goes on.
+@pytest.mark.parametrize('on_full_disk, leave, warning', [
+    ('summaries', 32 * 1024, 'Could not write TensorBoard summaries: '),
+    ('checkpoint', 4 * 1024, 'Could not save the checkpoint: ')])
+def test_a_full_disk_under_the_extras_costs_no_layer(
+    tmp_path, tf2_module, small_disk, caplog, on_full_disk, leave, warning):
+  folders = {name: (small_disk if name == on_full_disk else tmp_path) / name
+             for name in ('summaries', 'checkpoint')}
   config = settings.RetrainSettings(
       image_dir=make_image_dir(tmp_path / 'photos', per_class=6),
       output_graph=str(tmp_path / 'out' / 'graph.pb'),
       output_labels=str(tmp_path / 'out' / 'labels.txt'),
       bottleneck_dir=str(tmp_path / 'bottlenecks'), tfhub_module=tf2_module,
       model_dir=str(tmp_path / 'models'), how_many_training_steps=20,
-      eval_step_interval=5, summaries_dir=str(small_disk / 'summaries'),
-      checkpoint_path=str(tmp_path / 'checkpoint' / 'x'), random_seed=0)
-  fill(small_disk, leave=32 * 1024)  # Room for the folders, not the events.
+      eval_step_interval=5, summaries_dir=str(folders['summaries']),
+      checkpoint_path=str(folders['checkpoint'] / 'x'), random_seed=0)
+  fill(small_disk, leave=leave)
   result = pipeline.run(config)
   assert result.training.steps_done == 20
   assert os.path.getsize(config.output_graph) > 0
-  assert 'Could not write TensorBoard summaries: Cannot write' in caplog.text
-  assert 'No space left on device' in caplog.text
-
-
-def test_a_full_disk_under_the_checkpoint_costs_no_layer(tmp_path, tf2_module,
-                                                         small_disk, caplog):
-  config = settings.RetrainSettings(
-      image_dir=make_image_dir(tmp_path / 'photos', per_class=6),
-      output_graph=str(tmp_path / 'out' / 'graph.pb'),
-      output_labels=str(tmp_path / 'out' / 'labels.txt'),
-      bottleneck_dir=str(tmp_path / 'bottlenecks'), tfhub_module=tf2_module,
-      model_dir=str(tmp_path / 'models'), how_many_training_steps=20,
-      eval_step_interval=5, summaries_dir=str(tmp_path / 'summaries'),
-      checkpoint_path=str(small_disk / 'checkpoint' / 'x'), random_seed=0)
-  fill(small_disk, leave=4 * 1024)  # Room for the folder, not the values.
-  result = pipeline.run(config)
-  assert result.training.steps_done == 20
-  assert os.path.getsize(config.output_graph) > 0
-  assert 'Could not save the checkpoint: Cannot write' in caplog.text
+  assert warning + 'Cannot write' in caplog.text
   assert 'No space left on device' in caplog.text
