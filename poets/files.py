@@ -282,7 +282,7 @@ def environment_error(error):
 
 
 @contextlib.contextmanager
-def only_a_warning(what, errors=(OSError,)):
+def only_a_warning(what, errors):
   """Runs the block; an error of the machine's among `errors` (see
   environment_error) becomes the warning "Could not <what>: <line>", for
   what a run writes beside its outputs and can go on without. Any other
